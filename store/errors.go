@@ -1,0 +1,23 @@
+package store
+
+import "errors"
+
+// Errors returned by [Store.Write] for messages it refuses. Nothing is written when one is
+// returned, and the caller's transaction stays usable. Test with errors.Is.
+var (
+	ErrEmptyTopic      = errors.New("outbox: message topic is empty")
+	ErrInvalidTopic    = errors.New("outbox: invalid message topic")
+	ErrInvalidKey      = errors.New("outbox: invalid message key")
+	ErrInvalidID       = errors.New("outbox: invalid message id")
+	ErrPayloadTooLarge = errors.New("outbox: message payload too large")
+	ErrInvalidHeader   = errors.New("outbox: invalid message header")
+	ErrNilTx           = errors.New("outbox: nil transaction")
+)
+
+// ErrInvalidTable is returned by store constructors for a table name that is not a plain SQL
+// identifier (letters, digits and underscores, optionally schema-qualified).
+var ErrInvalidTable = errors.New("outbox: invalid table name")
+
+// ErrNotMigrated is returned by [Store.Check] when the outbox table is missing or lacks
+// columns: run the store's Migrate, or its migration files, first.
+var ErrNotMigrated = errors.New("outbox: outbox table missing or not migrated")

@@ -1,0 +1,22 @@
+CREATE TABLE IF NOT EXISTS "outbox" (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT    NOT NULL UNIQUE,
+    topic           TEXT    NOT NULL,
+    message_key     TEXT    NOT NULL DEFAULT '',
+    payload         BLOB    NOT NULL,
+    headers         TEXT    NOT NULL DEFAULT '{}',
+    created_at      INTEGER NOT NULL, -- unix microseconds, as are all times here
+    state           TEXT    NOT NULL DEFAULT 'pending', -- pending, delivered, parked
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    claimed_until   INTEGER NOT NULL DEFAULT 0,
+    claim_token     TEXT,
+    last_error      TEXT,
+    delivered_at    INTEGER
+);
+
+-- Claims scan pending messages in write order.
+CREATE INDEX IF NOT EXISTS "outbox_pending" ON "outbox" (seq) WHERE state = 'pending';
+
+-- Claims look for an earlier pending message of the same key.
+CREATE INDEX IF NOT EXISTS "outbox_pending_key" ON "outbox" (message_key, seq) WHERE state = 'pending';

@@ -1,0 +1,167 @@
+package sqlstore
+
+import (
+	"embed"
+	"fmt"
+	"io/fs"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/outboxgo/outbox/store"
+)
+
+//go:embed migrations
+var migrationFiles embed.FS
+
+// Dialect is what differs between the SQL databases the store runs on. Get one from
+// [SQLite]; its fields are not exported because the store's queries depend on them together.
+type Dialect struct {
+	name          string
+	quote         byte
+	numbered      bool // $1, $2 instead of ?
+	maxParams     int
+	unixMicroTime bool // times stored as integer unix microseconds
+	skipLocked    bool
+	migrationsDir string
+}
+
+// SQLite is the dialect of SQLite 3.35 or later (for RETURNING).
+func SQLite() Dialect {
+	return Dialect{
+		name:          "sqlite",
+		quote:         '"',
+		maxParams:     32766,
+		unixMicroTime: true,
+		migrationsDir: "migrations/sqlite",
+	}
+}
+
+// Name is the database's name: "sqlite", "postgres" or "mysql".
+func (d Dialect) Name() string { return d.name }
+
+var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
+
+// table is a validated, possibly schema-qualified table name.
+type table struct {
+	schema, name string
+	d            Dialect
+}
+
+func parseTable(d Dialect, s string) (table, error) {
+	parts := strings.Split(s, ".")
+	for _, p := range parts {
+		if !identRE.MatchString(p) {
+			return table{}, fmt.Errorf("%w: %q (want letters, digits and underscores, at most 63, optionally schema.table)", store.ErrInvalidTable, s)
+		}
+	}
+	switch len(parts) {
+	case 1:
+		return table{name: parts[0], d: d}, nil
+	case 2:
+		return table{schema: parts[0], name: parts[1], d: d}, nil
+	}
+	return table{}, fmt.Errorf("%w: %q has more than one dot", store.ErrInvalidTable, s)
+}
+
+func (d Dialect) quoteIdent(s string) string {
+	q := string(d.quote)
+	return q + s + q
+}
+
+// String is the quoted, qualified table name for queries.
+func (t table) String() string {
+	if t.schema != "" {
+		return t.d.quoteIdent(t.schema) + "." + t.d.quoteIdent(t.name)
+	}
+	return t.d.quoteIdent(t.name)
+}
+
+// Index is the quoted name of one of the table's indexes. Index names are not schema-qualified.
+func (t table) Index(suffix string) string { return t.d.quoteIdent(t.name + "_" + suffix) }
+
+// Related is the quoted name of a table that belongs to the outbox table, in its schema.
+func (t table) Related(suffix string) string {
+	r := table{schema: t.schema, name: t.name + "_" + suffix, d: t.d}
+	return r.String()
+}
+
+// Table is the quoted table name, for migration templates.
+func (t table) Table() string { return t.String() }
+
+// timeArg is how a time goes into a query.
+func (d Dialect) timeArg(t time.Time) any {
+	if d.unixMicroTime {
+		return t.UnixMicro()
+	}
+	return t.UTC()
+}
+
+// builder accumulates a query's arguments and hands out their placeholders.
+type builder struct {
+	d    Dialect
+	args []any
+}
+
+func (b *builder) arg(v any) string {
+	b.args = append(b.args, v)
+	if b.d.numbered {
+		return "$" + strconv.Itoa(len(b.args))
+	}
+	return "?"
+}
+
+func (b *builder) list(vs []string) string {
+	var sb strings.Builder
+	for i, v := range vs {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(b.arg(v))
+	}
+	return sb.String()
+}
+
+// Migration is one step of the outbox schema.
+type Migration struct {
+	// Version orders the migrations, from 1.
+	Version int
+	// Name describes the step, e.g. "create_outbox".
+	Name string
+	// SQL is the step's statements for the configured table name, separated by semicolons.
+	SQL string
+}
+
+func (d Dialect) migrations(t table) ([]Migration, error) {
+	entries, err := fs.ReadDir(migrationFiles, d.migrationsDir)
+	if err != nil {
+		return nil, err
+	}
+	var out []Migration
+	for _, e := range entries {
+		base := strings.TrimSuffix(e.Name(), ".sql")
+		num, name, ok := strings.Cut(base, "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("outbox: migration file %q is not named NNNN_name.sql", e.Name())
+		}
+		raw, err := fs.ReadFile(migrationFiles, d.migrationsDir+"/"+e.Name())
+		if err != nil {
+			return nil, err
+		}
+		tmpl, err := template.New(e.Name()).Parse(string(raw))
+		if err != nil {
+			return nil, err
+		}
+		var sb strings.Builder
+		if err := tmpl.Execute(&sb, t); err != nil {
+			return nil, err
+		}
+		out = append(out, Migration{Version: v, Name: name, SQL: sb.String()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
+	return out, nil
+}

@@ -1,0 +1,161 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"time"
+)
+
+// Execer runs a statement. *sql.Tx, *sql.DB, *sql.Conn, bun.Tx, *bun.DB and bun.Conn all
+// implement it; pass the transaction that writes your domain rows.
+type Execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// Querier runs a query. The same types as for [Execer] implement it.
+type Querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// State is where a stored message stands.
+type State string
+
+const (
+	// Pending messages wait to be published (or retried).
+	Pending State = "pending"
+	// Delivered messages were acknowledged by the publisher.
+	Delivered State = "delivered"
+	// Parked messages ran out of attempts; they wait for an operator to requeue them.
+	Parked State = "parked"
+)
+
+// Store is an outbox in a database. Implementations are safe for concurrent use and pass the
+// conformance suite in package storetest.
+type Store interface {
+	// Write stores msgs through db, which should be the caller's transaction. It validates
+	// every message first and writes nothing if one is invalid. Writing no messages is a no-op.
+	Write(ctx context.Context, db Execer, msgs ...Message) error
+
+	// Claim leases up to Limit due messages, oldest first, to the caller.
+	Claim(ctx context.Context, params *ClaimParams) (*ClaimResult, error)
+	// MarkDelivered records that the publisher acknowledged the messages.
+	MarkDelivered(ctx context.Context, params *MarkDeliveredParams) error
+	// Fail records failed attempts: each message becomes due again after its RetryAfter, or is
+	// parked.
+	Fail(ctx context.Context, params *FailParams) error
+	// Release gives claimed messages back without counting an attempt.
+	Release(ctx context.Context, params *ReleaseParams) error
+
+	// List returns stored messages, oldest first.
+	List(ctx context.Context, params *ListParams) (*ListResult, error)
+	// Check reports whether the store is usable: reachable, and its schema in place
+	// (ErrNotMigrated otherwise).
+	Check(ctx context.Context) error
+	// Capabilities declares what this store can do.
+	Capabilities() Capabilities
+}
+
+// Capabilities declares the behaviour of a [Store] that a dispatcher or a test may rely on.
+type Capabilities struct {
+	// Name is the database's name, for logs: "sqlite", "postgres", "mysql".
+	Name string
+	// SkipLocked is true when concurrent claims skip each other's rows instead of waiting on
+	// them (FOR UPDATE SKIP LOCKED). Claims are correct either way.
+	SkipLocked bool
+	// CrossProcessNotify is true when the store's [Notifier] also hears messages written by
+	// other processes (Postgres LISTEN/NOTIFY). Otherwise it hears only this process's writes.
+	CrossProcessNotify bool
+}
+
+// Notifier is implemented by stores that can tell a dispatcher that messages were written, so
+// that it need not poll fast for low latency.
+type Notifier interface {
+	// Subscribe returns a channel that receives a value soon after messages are written
+	// (signals coalesce), and a function that ends the subscription.
+	Subscribe() (signals <-chan struct{}, cancel func())
+}
+
+// ClaimParams are the parameters of [Store.Claim].
+type ClaimParams struct {
+	// Limit is the most messages to claim. Must be positive.
+	Limit int
+	// Lease is how long the claim holds. After it, the messages can be claimed again, which is
+	// how the messages of a crashed dispatcher come back. Must be positive.
+	Lease time.Duration
+}
+
+// ClaimResult is the result of [Store.Claim].
+type ClaimResult struct {
+	// Token identifies this claim; pass it to Fail and Release.
+	Token string
+	// Messages are the claimed messages in write order.
+	Messages []ClaimedMessage
+}
+
+// ClaimedMessage is a message held by a claim.
+type ClaimedMessage struct {
+	Message
+	// Attempts is the number of failed attempts recorded so far.
+	Attempts int
+}
+
+// MarkDeliveredParams are the parameters of [Store.MarkDelivered].
+type MarkDeliveredParams struct {
+	// IDs of the delivered messages. A message is marked even if its claim has expired: it was
+	// acknowledged, and marking it spares a duplicate.
+	IDs []string
+}
+
+// FailParams are the parameters of [Store.Fail].
+type FailParams struct {
+	// Token of the claim holding the messages. Failures of messages no longer held by it are
+	// ignored.
+	Token    string
+	Failures []Failure
+}
+
+// Failure is one failed attempt.
+type Failure struct {
+	ID string
+	// Error is stored as the message's last error.
+	Error string
+	// RetryAfter is how long the message waits before it is due again.
+	RetryAfter time.Duration
+	// Park moves the message out of the way instead: it is not retried until requeued, and
+	// later messages of its key may proceed.
+	Park bool
+}
+
+// ReleaseParams are the parameters of [Store.Release].
+type ReleaseParams struct {
+	// Token of the claim holding the messages.
+	Token string
+	IDs   []string
+}
+
+// ListParams are the parameters of [Store.List]. Zero fields do not filter.
+type ListParams struct {
+	// DB reads through the caller's transaction, to see messages it has not committed yet.
+	// Nil reads through the store's own database handle.
+	DB    Querier
+	State State
+	Topic string
+	Key   string
+	// Limit is the most messages to return. Defaults to 100.
+	Limit int
+}
+
+// ListResult is the result of [Store.List].
+type ListResult struct {
+	Messages []StoredMessage
+}
+
+// StoredMessage is a message with its delivery record.
+type StoredMessage struct {
+	Message
+	State         State
+	Attempts      int
+	NextAttemptAt time.Time
+	LastError     string
+	DeliveredAt   time.Time
+}

@@ -325,11 +325,13 @@ func (s *Store) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimRe
 	// A message is due when it is pending, its retry time has come and no live claim holds it.
 	// It is claimable when, besides, no earlier pending message of its key is held back (by a
 	// retry time or another claim): earlier messages that are claimable themselves have lower
-	// seq and so come first within the LIMIT.
+	// seq and so come first within the LIMIT. A held message has been claimed or has failed
+	// (claimed_until > 0 OR attempts > 0), which the "held" partial index covers.
 	q += " WHERE seq IN (SELECT o.seq FROM " + t + " o WHERE o.state = 'pending'" +
 		" AND o.next_attempt_at <= " + b.arg(nowV) + " AND o.claimed_until <= " + b.arg(nowV) +
 		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + t + " e WHERE e.message_key = o.message_key" +
-		" AND e.state = 'pending' AND e.seq < o.seq AND (e.next_attempt_at > " + b.arg(nowV) + " OR e.claimed_until > " + b.arg(nowV) + ")))" +
+		" AND e.seq < o.seq AND e.state = 'pending' AND (e.claimed_until > 0 OR e.attempts > 0)" +
+		" AND (e.next_attempt_at > " + b.arg(nowV) + " OR e.claimed_until > " + b.arg(nowV) + ")))" +
 		" ORDER BY o.seq LIMIT " + b.arg(p.Limit) + ")" +
 		" RETURNING seq, id, topic, message_key, payload, headers, created_at, attempts"
 	rows, err := s.db.QueryContext(ctx, q, b.args...)

@@ -18,5 +18,7 @@ CREATE TABLE IF NOT EXISTS {{.Table}} (
 -- Claims scan pending messages in write order.
 CREATE INDEX IF NOT EXISTS {{.Index "pending"}} ON {{.Table}} (seq) WHERE state = 'pending';
 
--- Claims look for an earlier pending message of the same key.
-CREATE INDEX IF NOT EXISTS {{.Index "pending_key"}} ON {{.Table}} (message_key, seq) WHERE state = 'pending';
+-- Claims look for an earlier message of the same key that holds the key back: one that is
+-- claimed or waits for a retry. Only messages ever claimed or failed can, and they are few.
+CREATE INDEX IF NOT EXISTS {{.Index "held"}} ON {{.Table}} (message_key, seq)
+    WHERE state = 'pending' AND (claimed_until > 0 OR attempts > 0);

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -23,6 +24,10 @@ const (
 
 	// DefaultMaxPayloadBytes is the default limit on a message payload: 1 MiB.
 	DefaultMaxPayloadBytes = 1 << 20
+
+	// ReservedHeaderPrefix starts the names of the headers a dispatcher adds to every
+	// published message (the message id, key and creation time); messages may not use it.
+	ReservedHeaderPrefix = "outbox_"
 )
 
 // Message is one event to publish. The zero value is not valid: Topic is required.
@@ -80,6 +85,8 @@ func (m *Message) Validate(maxPayload int) error {
 			return fmt.Errorf("%w: name is %d bytes, the limit is %d", ErrInvalidHeader, len(name), MaxHeaderNameLen)
 		case !printable(name):
 			return fmt.Errorf("%w: name %q has invalid UTF-8 or control characters", ErrInvalidHeader, name)
+		case strings.HasPrefix(name, ReservedHeaderPrefix):
+			return fmt.Errorf("%w: name %q uses the reserved prefix %q", ErrInvalidHeader, name, ReservedHeaderPrefix)
 		case !utf8.ValidString(value) || hasNUL(value):
 			return fmt.Errorf("%w: value of %q has invalid UTF-8 or a NUL byte", ErrInvalidHeader, name)
 		}
@@ -123,11 +130,4 @@ func printable(s string) bool {
 	return true
 }
 
-func hasNUL(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == 0 {
-			return true
-		}
-	}
-	return false
-}
+func hasNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }

@@ -172,6 +172,7 @@ func testBadInput(t *testing.T, h Harness) {
 		{"EmptyHeaderName", store.Message{Topic: "t", Headers: map[string]string{"": "v"}}, store.ErrInvalidHeader},
 		{"HeaderNameWithControl", store.Message{Topic: "t", Headers: map[string]string{"a\x01": "v"}}, store.ErrInvalidHeader},
 		{"HeaderValueInvalidUTF8", store.Message{Topic: "t", Headers: map[string]string{"a": "\xc3\x28"}}, store.ErrInvalidHeader},
+		{"ReservedHeaderName", store.Message{Topic: "t", Headers: map[string]string{store.ReservedHeaderPrefix + "id": "x"}}, store.ErrInvalidHeader},
 		{"HeaderValueWithNUL", store.Message{Topic: "t", Headers: map[string]string{"a": "x\x00y"}}, store.ErrInvalidHeader},
 	}
 	tx, err := h.DB.BeginTx(ctx, nil)

@@ -1,0 +1,93 @@
+package dispatcher
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Defaults for the zero fields of [Config].
+const (
+	DefaultBatchSize       = 100
+	DefaultConcurrency     = 16
+	DefaultLease           = 30 * time.Second
+	DefaultMaxAttempts     = 10
+	DefaultRetryInitial    = time.Second
+	DefaultRetryMax        = 5 * time.Minute
+	DefaultPollInterval    = time.Second
+	DefaultShutdownTimeout = 30 * time.Second
+)
+
+// Config configures a [Dispatcher]. The zero value is ready to use.
+type Config struct {
+	// BatchSize is the most messages claimed at once. Defaults to DefaultBatchSize.
+	BatchSize int
+	// Concurrency is how many keys are published in parallel within a batch. Defaults to
+	// DefaultConcurrency.
+	Concurrency int
+	// Lease is how long a claim holds its messages. If the dispatcher dies, other dispatchers
+	// take its messages after the lease; if publishing a batch takes longer than the lease,
+	// its messages may be published twice. Defaults to DefaultLease.
+	Lease time.Duration
+	// MaxAttempts is how many failed attempts park a message. Defaults to DefaultMaxAttempts.
+	MaxAttempts int
+	// RetryInitial is the wait after a message's first failed attempt; it doubles with each
+	// further attempt, with 50% jitter. Defaults to DefaultRetryInitial.
+	RetryInitial time.Duration
+	// RetryMax caps the wait between attempts. Defaults to DefaultRetryMax.
+	RetryMax time.Duration
+	// PollInterval is the longest wait between two claims when the outbox is empty, and
+	// between retries after a database error. Defaults to DefaultPollInterval.
+	PollInterval time.Duration
+	// ShutdownTimeout bounds the graceful stop of [Dispatcher.Run]. Defaults to
+	// DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// Logger receives the dispatcher's logs. Defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() (Config, error) {
+	ints := []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"BatchSize", &c.BatchSize, DefaultBatchSize},
+		{"Concurrency", &c.Concurrency, DefaultConcurrency},
+		{"MaxAttempts", &c.MaxAttempts, DefaultMaxAttempts},
+	}
+	for _, f := range ints {
+		if *f.v < 0 {
+			return c, fmt.Errorf("outbox: dispatcher Config.%s is negative (%d)", f.name, *f.v)
+		}
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	durations := []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"Lease", &c.Lease, DefaultLease},
+		{"RetryInitial", &c.RetryInitial, DefaultRetryInitial},
+		{"RetryMax", &c.RetryMax, DefaultRetryMax},
+		{"PollInterval", &c.PollInterval, DefaultPollInterval},
+		{"ShutdownTimeout", &c.ShutdownTimeout, DefaultShutdownTimeout},
+	}
+	for _, f := range durations {
+		if *f.v < 0 {
+			return c, fmt.Errorf("outbox: dispatcher Config.%s is negative (%v)", f.name, *f.v)
+		}
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	if c.RetryMax < c.RetryInitial {
+		return c, fmt.Errorf("outbox: dispatcher Config.RetryMax (%v) is less than RetryInitial (%v)", c.RetryMax, c.RetryInitial)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c, nil
+}

@@ -1,0 +1,377 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/outboxgo/outbox/store"
+)
+
+// Metadata the dispatcher sets on every published message, besides the message's own headers.
+const (
+	// MetadataID holds the outbox message id, which is also the watermill message UUID.
+	MetadataID = store.ReservedHeaderPrefix + "id"
+	// MetadataKey holds the message key, when it has one; use it as the partition key.
+	MetadataKey = store.ReservedHeaderPrefix + "key"
+	// MetadataCreatedAt holds the time the message was written, in RFC 3339 with nanoseconds.
+	MetadataCreatedAt = store.ReservedHeaderPrefix + "created_at"
+)
+
+const (
+	// minPoll is the first idle wait after work or a wake-up; it doubles up to PollInterval.
+	minPoll = 5 * time.Millisecond
+	// recordTimeout bounds the database calls that record a batch's outcome. They run even
+	// when the dispatcher is being stopped, so that acknowledged messages are not sent again.
+	recordTimeout = 10 * time.Second
+)
+
+// Dispatcher delivers the messages of one outbox store through one publisher.
+type Dispatcher struct {
+	st  store.Store
+	pub message.Publisher
+	cfg Config
+	log *slog.Logger
+
+	mu  sync.Mutex
+	run *run
+
+	published, failed, parked atomic.Int64
+}
+
+// run is one Start..Stop lifetime.
+type run struct {
+	stop     chan struct{} // closed: claim no more
+	stopOnce sync.Once
+	cancel   context.CancelFunc // abandons in-flight work
+	done     chan struct{}      // closed when the loop has returned
+}
+
+// Stats counts what a dispatcher did since it was created.
+type Stats struct {
+	// Published is the number of messages the publisher acknowledged.
+	Published int64
+	// Failed is the number of failed publish attempts.
+	Failed int64
+	// Parked is the number of messages parked after their last attempt.
+	Parked int64
+}
+
+// New returns a dispatcher that delivers the messages of st through pub.
+func New(st store.Store, pub message.Publisher, cfg Config) (*Dispatcher, error) {
+	if st == nil {
+		return nil, errors.New("outbox: dispatcher.New: store is nil")
+	}
+	if pub == nil {
+		return nil, errors.New("outbox: dispatcher.New: publisher is nil")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Dispatcher{st: st, pub: pub, cfg: cfg, log: cfg.Logger.With(slog.String("component", "outbox.dispatcher"))}, nil
+}
+
+// Stats returns the dispatcher's counters.
+func (d *Dispatcher) Stats() Stats {
+	return Stats{Published: d.published.Load(), Failed: d.failed.Load(), Parked: d.parked.Load()}
+}
+
+// Start checks the store and starts dispatching in the background. It returns nil at once if
+// the dispatcher is already running. Cancelling ctx later stops the dispatcher abruptly, as an
+// expired [Dispatcher.Stop] would; call Stop for a graceful end.
+func (d *Dispatcher) Start(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.run != nil {
+		select {
+		case <-d.run.done:
+		default:
+			return nil
+		}
+	}
+	if err := d.st.Check(ctx); err != nil {
+		return fmt.Errorf("outbox: dispatcher cannot start: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	r := &run{stop: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
+	d.run = r
+	go d.loop(ctx, r)
+	d.log.Info("dispatcher started", slog.String("store", d.st.Capabilities().Name),
+		slog.Int("batch_size", d.cfg.BatchSize), slog.Int("concurrency", d.cfg.Concurrency))
+	return nil
+}
+
+// Stop stops claiming messages and waits for the messages in flight to be published and
+// recorded. If ctx ends first, Stop abandons the in-flight messages (their publish context is
+// cancelled; those not yet published are given back or come back after their lease) and
+// returns ctx's error without waiting for the publisher. Stop on a dispatcher that is not
+// running returns nil.
+func (d *Dispatcher) Stop(ctx context.Context) error {
+	d.mu.Lock()
+	r := d.run
+	d.mu.Unlock()
+	if r == nil {
+		return nil
+	}
+	r.stopOnce.Do(func() { close(r.stop) })
+	select {
+	case <-r.done:
+		r.cancel()
+		return nil
+	case <-ctx.Done():
+		r.cancel()
+		return fmt.Errorf("outbox: dispatcher stop: %w", ctx.Err())
+	}
+}
+
+// Run starts the dispatcher and blocks until ctx ends, then stops it gracefully within
+// Config.ShutdownTimeout.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	if err := d.Start(context.WithoutCancel(ctx)); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ShutdownTimeout)
+	defer cancel()
+	return d.Stop(stopCtx)
+}
+
+// Drain delivers the messages that are due now, batch after batch, until none is left, and
+// returns how many were published. It runs in the caller's goroutine (a batch's keys are
+// published in parallel) and needs no Start. Messages waiting for a retry are not waited for.
+func (d *Dispatcher) Drain(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		claimed, published, err := d.dispatch(ctx)
+		total += published
+		if err != nil || claimed == 0 {
+			return total, err
+		}
+	}
+}
+
+func (d *Dispatcher) loop(ctx context.Context, r *run) {
+	defer close(r.done)
+	var signals <-chan struct{}
+	if n, ok := d.st.(store.Notifier); ok {
+		ch, unsubscribe := n.Subscribe()
+		defer unsubscribe()
+		signals = ch
+	}
+	errWait := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(100*time.Millisecond),
+		backoff.WithMaxInterval(max(d.cfg.PollInterval, 5*time.Second)),
+		backoff.WithMaxElapsedTime(0),
+	)
+	idle := minPoll
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-ctx.Done():
+			return
+		default:
+		}
+		claimed, _, err := d.dispatch(ctx)
+		var wait time.Duration
+		switch {
+		case err != nil:
+			if ctx.Err() != nil {
+				return
+			}
+			wait = errWait.NextBackOff()
+			d.log.Error("dispatch failed; retrying", slog.Any("error", err), slog.Duration("retry_in", wait))
+		case claimed > 0:
+			errWait.Reset()
+			idle = minPoll
+			continue
+		default:
+			errWait.Reset()
+			wait = idle
+			idle = min(idle*2, d.cfg.PollInterval)
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-r.stop:
+			timer.Stop()
+			return
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-signals:
+			timer.Stop()
+			idle = minPoll
+		case <-timer.C:
+		}
+	}
+}
+
+// outcome is what became of a claimed batch.
+type outcome struct {
+	mu          sync.Mutex
+	delivered   []string
+	failures    []store.Failure
+	unattempted []string
+}
+
+// dispatch claims one batch, publishes it and records the outcome. It returns how many
+// messages it claimed and how many were published.
+func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err error) {
+	res, err := d.st.Claim(ctx, &store.ClaimParams{Limit: d.cfg.BatchSize, Lease: d.cfg.Lease})
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(res.Messages) == 0 {
+		return 0, 0, nil
+	}
+	chains := chainsByKey(res.Messages)
+	var (
+		out  outcome
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	for range min(d.cfg.Concurrency, len(chains)) {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < len(chains); i = int(next.Add(1)) - 1 {
+				d.publishChain(ctx, chains[i], &out)
+			}
+		})
+	}
+	wg.Wait()
+
+	// Record the outcome even if ctx was cancelled meanwhile: what the broker acknowledged
+	// must be marked, or it is published again.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	var errs []error
+	if len(out.delivered) > 0 {
+		if err := d.st.MarkDelivered(rctx, &store.MarkDeliveredParams{IDs: out.delivered}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(out.failures) > 0 {
+		if err := d.st.Fail(rctx, &store.FailParams{Token: res.Token, Failures: out.failures}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(out.unattempted) > 0 {
+		if err := d.st.Release(rctx, &store.ReleaseParams{Token: res.Token, IDs: out.unattempted}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return len(res.Messages), len(out.delivered), errors.Join(errs...)
+}
+
+// chainsByKey splits a batch, in write order, into chains that must be published one after
+// another: one per non-empty key, and one per message without a key.
+func chainsByKey(msgs []store.ClaimedMessage) [][]store.ClaimedMessage {
+	var chains [][]store.ClaimedMessage
+	byKey := map[string]int{}
+	for _, m := range msgs {
+		if m.Key == "" {
+			chains = append(chains, []store.ClaimedMessage{m})
+			continue
+		}
+		i, ok := byKey[m.Key]
+		if !ok {
+			i = len(chains)
+			byKey[m.Key] = i
+			chains = append(chains, nil)
+		}
+		chains[i] = append(chains[i], m)
+	}
+	return chains
+}
+
+// publishChain publishes a key's messages in order and stops at the first failure: the later
+// messages are given back, to wait behind the failed one.
+func (d *Dispatcher) publishChain(ctx context.Context, chain []store.ClaimedMessage, out *outcome) {
+	var delivered []string
+	var failure *store.Failure
+	rest := len(chain)
+	for i, m := range chain {
+		if ctx.Err() != nil {
+			rest = i
+			break
+		}
+		err := d.publish(ctx, m)
+		if err != nil {
+			failure = d.failure(m, err)
+			rest = i + 1
+			break
+		}
+		delivered = append(delivered, m.ID)
+		rest = i + 1
+	}
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	out.delivered = append(out.delivered, delivered...)
+	if failure != nil {
+		out.failures = append(out.failures, *failure)
+	}
+	for _, m := range chain[rest:] {
+		out.unattempted = append(out.unattempted, m.ID)
+	}
+	d.published.Add(int64(len(delivered)))
+}
+
+func (d *Dispatcher) publish(ctx context.Context, m store.ClaimedMessage) (err error) {
+	msg := message.NewMessage(m.ID, m.Payload)
+	for k, v := range m.Headers {
+		msg.Metadata.Set(k, v)
+	}
+	msg.Metadata.Set(MetadataID, m.ID)
+	if m.Key != "" {
+		msg.Metadata.Set(MetadataKey, m.Key)
+	}
+	msg.Metadata.Set(MetadataCreatedAt, m.CreatedAt.Format(time.RFC3339Nano))
+	msg.SetContext(ctx)
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("outbox: publisher panicked: %v", p)
+		}
+	}()
+	return d.pub.Publish(m.Topic, msg)
+}
+
+// failure records a failed attempt: retry after the backoff for this attempt, or park.
+func (d *Dispatcher) failure(m store.ClaimedMessage, err error) *store.Failure {
+	attempt := m.Attempts + 1
+	d.failed.Add(1)
+	f := &store.Failure{ID: m.ID, Error: err.Error()}
+	attrs := []any{slog.String("id", m.ID), slog.String("topic", m.Topic), slog.String("key", m.Key),
+		slog.Int("attempt", attempt), slog.Any("error", err)}
+	if attempt >= d.cfg.MaxAttempts {
+		f.Park = true
+		d.parked.Add(1)
+		d.log.Error("message parked after its last attempt", attrs...)
+		return f
+	}
+	f.RetryAfter = d.retryAfter(attempt)
+	d.log.Warn("publish failed; will retry", append(attrs, slog.Duration("retry_in", f.RetryAfter))...)
+	return f
+}
+
+// retryAfter is the randomised exponential backoff before attempt+1.
+func (d *Dispatcher) retryAfter(attempt int) time.Duration {
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(d.cfg.RetryInitial),
+		backoff.WithMultiplier(2),
+		backoff.WithRandomizationFactor(0.5),
+		backoff.WithMaxInterval(d.cfg.RetryMax),
+		backoff.WithMaxElapsedTime(0),
+	)
+	wait := b.NextBackOff()
+	for i := 1; i < attempt && i < 64; i++ {
+		wait = b.NextBackOff()
+	}
+	return wait
+}

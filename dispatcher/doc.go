@@ -1,0 +1,33 @@
+// Package dispatcher publishes the messages of an outbox [store.Store] through a watermill
+// [message.Publisher] and marks them delivered.
+//
+// # Delivery
+//
+// A [Dispatcher] claims a batch of due messages with a lease, publishes each through the
+// publisher, and marks a message delivered only after the publisher returned success for it.
+// Delivery is at least once: a crash between publish and mark, or a lease that expires while a
+// publish is slow, publishes a message again. Each message carries its outbox id as the
+// watermill message UUID and in the [MetadataID] header so consumers can drop such duplicates.
+//
+// # Order
+//
+// Messages with the same non-empty key are published one at a time in write order; different
+// keys are published in parallel (Config.Concurrency). When a message fails, it is retried after
+// an exponential backoff with jitter, persisted in the store, and only the later messages of its
+// own key wait for it. After Config.MaxAttempts failed attempts it is parked and its key moves on.
+//
+// # Polling and wake-ups
+//
+// The dispatcher claims again at once while there is work. When the outbox is empty it polls
+// with a backoff from a few milliseconds up to Config.PollInterval. Stores that implement
+// [store.Notifier] wake it as soon as a message is written, so latency stays low while idle
+// polling stays rare.
+//
+// # Lifecycle
+//
+// [Dispatcher.Start] returns once the dispatcher runs; [Dispatcher.Stop] stops claiming,
+// lets in-flight messages finish and returns within its context's deadline. Both are
+// idempotent and safe to call concurrently. [Dispatcher.Run] blocks until its context ends,
+// for use beside a watermill router. [Dispatcher.Drain] delivers what is due synchronously,
+// for tests and scripts.
+package dispatcher

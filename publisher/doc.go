@@ -1,0 +1,10 @@
+// Package publisher builds watermill publishers set up for the outbox.
+//
+// [NewKafka] returns watermill-kafka's publisher with producer settings that neither lose nor
+// reorder messages (acknowledged by all in-sync replicas, idempotent producer, one request in
+// flight per broker, bounded retries) and a marshaler that makes the outbox message key the
+// Kafka record key, so that messages with one key land on one partition in order. Its wire
+// format is watermill-kafka's: watermill's Kafka subscriber reads it unchanged.
+//
+// Any other watermill publisher works with the dispatcher as well.
+package publisher

@@ -124,6 +124,7 @@ func RequireWritten(t testing.TB, st store.Store, db store.Querier, want Want) s
 	found := find(t, st, db, want)
 	if len(found) != 1 {
 		t.Fatalf("outboxtest: want exactly 1 %s message matching %s, found %d", stateOf(want), describe(want), len(found))
+		return store.StoredMessage{}
 	}
 	return found[0]
 }
@@ -148,6 +149,7 @@ func find(t testing.TB, st store.Store, db store.Querier, want Want) []store.Sto
 	res, err := st.List(context.Background(), &store.ListParams{DB: db, State: stateOf(want), Topic: want.Topic, Key: want.Key, Limit: 10000})
 	if err != nil {
 		t.Fatalf("outboxtest: list messages: %v", err)
+		return nil
 	}
 	var found []store.StoredMessage
 	for _, m := range res.Messages {
@@ -186,6 +188,7 @@ func Drain(t testing.TB, st store.Store, pub message.Publisher) int {
 	d, err := dispatcher.New(st, pub, dispatcher.Config{Logger: discardLogger()})
 	if err != nil {
 		t.Fatalf("outboxtest: %v", err)
+		return 0
 	}
 	n, err := d.Drain(context.Background())
 	if err != nil {

@@ -1,0 +1,21 @@
+# outbox: make help lists the targets.
+GO ?= go
+
+.PHONY: help quickstart test bench lint
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+quickstart: ## run the quickstart: SQLite + in-process Kafka, no services needed
+	$(GO) run ./examples/quickstart
+
+test: ## run every test with the race detector
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+bench: ## run the benchmarks
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
+
+lint: ## gofmt, go vet, and staticcheck when installed
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed; skipped"; fi

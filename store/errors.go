@@ -21,3 +21,7 @@ var ErrInvalidTable = errors.New("outbox: invalid table name")
 // ErrNotMigrated is returned by [Store.Check] when the outbox table is missing or lacks
 // columns: run the store's Migrate, or its migration files, first.
 var ErrNotMigrated = errors.New("outbox: outbox table missing or not migrated")
+
+// ErrPermission is returned by [Store.Check] when the database user lacks a right the store
+// needs on the outbox table (SELECT, INSERT, UPDATE, DELETE).
+var ErrPermission = errors.New("outbox: database user lacks rights on the outbox table")

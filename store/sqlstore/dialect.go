@@ -2,7 +2,9 @@ package sqlstore
 
 import (
 	"embed"
+	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"regexp"
 	"sort"
@@ -18,16 +20,38 @@ import (
 var migrationFiles embed.FS
 
 // Dialect is what differs between the SQL databases the store runs on. Get one from
-// [SQLite]; its fields are not exported because the store's queries depend on them together.
+// [SQLite], [Postgres] or [MySQL]; its fields are not exported because the store's queries
+// depend on them together.
 type Dialect struct {
-	name          string
-	quote         byte
-	numbered      bool // $1, $2 instead of ?
-	maxParams     int
+	name      string
+	quote     byte
+	numbered  bool // $1, $2 instead of ?
+	maxParams int
+	// epoch is the SQL literal of the "never" time that unclaimed messages carry in
+	// claimed_until; it must match the literal in the migrations' "held" column.
+	epoch         string
 	unixMicroTime bool // times stored as integer unix microseconds
-	skipLocked    bool
+	claim         claimStyle
+	notify        bool // Write sends pg_notify on the table's channel
 	migrationsDir string
+	// classify maps a driver error to store.ErrNotMigrated or store.ErrPermission, or nil.
+	classify func(error) error
 }
+
+// claimStyle is how a claim is made atomic among concurrent claimers.
+type claimStyle int
+
+const (
+	// claimSingleStatement: one UPDATE ... RETURNING; the database runs one writer at a time
+	// (SQLite).
+	claimSingleStatement claimStyle = iota
+	// claimAdvisoryLock: a transaction takes pg_advisory_xact_lock, then UPDATE ... RETURNING
+	// with FOR UPDATE SKIP LOCKED (Postgres).
+	claimAdvisoryLock
+	// claimNamedLock: GET_LOCK on a pinned connection, then SELECT ... FOR UPDATE SKIP LOCKED
+	// and UPDATE in a READ COMMITTED transaction (MySQL, MariaDB: no UPDATE ... RETURNING).
+	claimNamedLock
+)
 
 // SQLite is the dialect of SQLite 3.35 or later (for RETURNING).
 func SQLite() Dialect {
@@ -35,13 +59,67 @@ func SQLite() Dialect {
 		name:          "sqlite",
 		quote:         '"',
 		maxParams:     32766,
+		epoch:         "0",
 		unixMicroTime: true,
+		claim:         claimSingleStatement,
 		migrationsDir: "migrations/sqlite",
+		classify: func(err error) error {
+			if msg := err.Error(); strings.Contains(msg, "no such table") || strings.Contains(msg, "no such column") {
+				return store.ErrNotMigrated
+			}
+			return nil
+		},
 	}
 }
 
-// Name is the database's name: "sqlite", "postgres" or "mysql".
-func (d Dialect) Name() string { return d.name }
+// Postgres is the dialect of PostgreSQL 12 or later.
+func Postgres() Dialect {
+	return Dialect{
+		name:          "postgres",
+		quote:         '"',
+		numbered:      true,
+		maxParams:     65535,
+		epoch:         "'1970-01-01 00:00:00+00'",
+		claim:         claimAdvisoryLock,
+		notify:        true,
+		migrationsDir: "migrations/postgres",
+		classify: func(err error) error {
+			var pgErr interface{ SQLState() string }
+			if errors.As(err, &pgErr) {
+				switch pgErr.SQLState() {
+				case "42P01", "42703", "3F000": // undefined table, column, schema
+					return store.ErrNotMigrated
+				case "42501": // insufficient privilege
+					return store.ErrPermission
+				}
+			}
+			return nil
+		},
+	}
+}
+
+// MySQL is the dialect of MySQL 8.0 and MariaDB 10.6 or later (for SKIP LOCKED).
+func MySQL() Dialect {
+	return Dialect{
+		name:          "mysql",
+		quote:         '`',
+		maxParams:     65535,
+		epoch:         "'1970-01-01 00:00:00'",
+		claim:         claimNamedLock,
+		migrationsDir: "migrations/mysql",
+		classify: func(err error) error {
+			// go-sql-driver/mysql formats its errors as "Error <number> (<sqlstate>): ...".
+			msg := err.Error()
+			switch {
+			case strings.Contains(msg, "Error 1146"), strings.Contains(msg, "Error 1054"), strings.Contains(msg, "Error 1049"): // no such table, column, database
+				return store.ErrNotMigrated
+			case strings.Contains(msg, "Error 1142"), strings.Contains(msg, "Error 1143"), strings.Contains(msg, "Error 1044"): // command, column, database denied
+				return store.ErrPermission
+			}
+			return nil
+		},
+	}
+}
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
 
@@ -97,7 +175,28 @@ func (d Dialect) timeArg(t time.Time) any {
 	if d.unixMicroTime {
 		return t.UnixMicro()
 	}
-	return t.UTC()
+	return t.UTC().Truncate(time.Microsecond)
+}
+
+// lockKey is a stable 63-bit number for a lock that belongs to the table, for Postgres
+// advisory locks and (in hex) MySQL named locks, whose names are limited to 64 characters.
+func (t table) lockKey(purpose string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("outbox:" + purpose + ":" + t.schema + "." + t.name))
+	return int64(h.Sum64() >> 1)
+}
+
+// lockName is the MySQL named lock for purpose.
+func (t table) lockName(purpose string) string {
+	return fmt.Sprintf("outbox_%s_%x", purpose, t.lockKey(purpose))
+}
+
+// channel is the Postgres notification channel of the table.
+func (t table) channel() string {
+	if c := "outbox_" + t.name; t.schema == "" && len(c) <= 63 {
+		return c
+	}
+	return fmt.Sprintf("outbox_%x", t.lockKey("notify"))
 }
 
 // builder accumulates a query's arguments and hands out their placeholders.

@@ -4,10 +4,13 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -29,6 +32,21 @@ type Config struct {
 	// MaxPayloadBytes is the largest payload Write accepts. Defaults to
 	// store.DefaultMaxPayloadBytes (1 MiB).
 	MaxPayloadBytes int
+	// Logger receives the store's logs (a lost notification listener). Defaults to
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Listener waits for notifications that messages were written, from any process, and calls
+// wake for each; it returns when ctx ends or its connection fails (it is then called again
+// after a backoff). A store package passes one to [New] when its database can notify.
+type Listener func(ctx context.Context, t ListenerTarget, wake func()) error
+
+// ListenerTarget tells a [Listener] what to listen to.
+type ListenerTarget struct {
+	DB *sql.DB
+	// Channel is the Postgres notification channel that Write notifies.
+	Channel string
 }
 
 // Store is an outbox table in a SQL database. It implements [store.Store] and
@@ -39,9 +57,12 @@ type Store struct {
 	t        table
 	maxBytes int
 	now      func() time.Time
+	log      *slog.Logger
+	listener Listener
 
-	mu   sync.Mutex
-	subs map[chan struct{}]struct{}
+	mu           sync.Mutex
+	subs         map[chan struct{}]struct{}
+	stopListener func() // ends the listener goroutine and waits for it; nil when not running
 }
 
 var (
@@ -50,8 +71,8 @@ var (
 )
 
 // New returns a store for the outbox table in db. It does not touch the database: call
-// [Store.Migrate] to create the table, and [Store.Check] to verify it.
-func New(db *sql.DB, d Dialect, cfg Config) (*Store, error) {
+// [Store.Migrate] to create the table, and [Store.Check] to verify it. listener may be nil.
+func New(db *sql.DB, d Dialect, cfg Config, listener Listener) (*Store, error) {
 	if db == nil {
 		return nil, errors.New("outbox: sqlstore.New: db is nil")
 	}
@@ -71,12 +92,17 @@ func New(db *sql.DB, d Dialect, cfg Config) (*Store, error) {
 	if cfg.MaxPayloadBytes == 0 {
 		cfg.MaxPayloadBytes = store.DefaultMaxPayloadBytes
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
 	return &Store{
 		db:       db,
 		d:        d,
 		t:        t,
 		maxBytes: cfg.MaxPayloadBytes,
 		now:      time.Now,
+		log:      cfg.Logger.With(slog.String("component", "outbox.store"), slog.String("table", t.String())),
+		listener: listener,
 		subs:     make(map[chan struct{}]struct{}),
 	}, nil
 }
@@ -89,21 +115,41 @@ func (s *Store) Table() string { return s.t.String() }
 
 // Capabilities implements [store.Store].
 func (s *Store) Capabilities() store.Capabilities {
-	return store.Capabilities{Name: s.d.name, SkipLocked: s.d.skipLocked}
+	return store.Capabilities{Name: s.d.name, SkipLocked: s.d.claim != claimSingleStatement, CrossProcessNotify: s.listener != nil}
 }
 
 const columns = "seq, id, topic, message_key, payload, headers, created_at, state, attempts, next_attempt_at, claimed_until, claim_token, last_error, delivered_at"
 
-// Check implements [store.Store].
+// Check implements [store.Store]. Besides reading the table, it probes the INSERT, UPDATE and
+// DELETE rights the store needs, in a transaction it rolls back.
 func (s *Store) Check(ctx context.Context) error {
 	if err := s.db.PingContext(ctx); err != nil {
 		return fmt.Errorf("outbox: cannot reach the %s database: %w", s.d.name, err)
 	}
-	rows, err := s.db.QueryContext(ctx, "SELECT "+columns+" FROM "+s.t.String()+" WHERE 1 = 0")
-	if err != nil {
-		return fmt.Errorf("%w: table %s: %v", store.ErrNotMigrated, s.t, err)
+	t := s.t.String()
+	probes := []string{
+		"SELECT " + columns + ", held FROM " + t + " WHERE 1 = 0",
+		"INSERT INTO " + t + " (id, topic, payload, headers, created_at) SELECT id, topic, payload, headers, created_at FROM " + t + " WHERE 1 = 0",
+		"UPDATE " + t + " SET state = state WHERE 1 = 0",
+		"DELETE FROM " + t + " WHERE 1 = 0",
 	}
-	return rows.Close()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("outbox: cannot reach the %s database: %w", s.d.name, err)
+	}
+	defer tx.Rollback()
+	for _, q := range probes {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			switch kind := s.d.classify(err); kind {
+			case store.ErrNotMigrated:
+				return fmt.Errorf("%w: table %s: %v (run Migrate, or the migration files, first)", kind, s.t, err)
+			case store.ErrPermission:
+				return fmt.Errorf("%w: table %s needs SELECT, INSERT, UPDATE and DELETE: %v", kind, s.t, err)
+			}
+			return fmt.Errorf("outbox: check table %s: %w", s.t, err)
+		}
+	}
+	return nil
 }
 
 // Migrations returns the schema steps for the configured table, for use with your own
@@ -118,13 +164,24 @@ func (s *Store) Migrate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("outbox: migrate: %w", err)
+	}
+	defer conn.Close()
+	unlock, err := s.lockSession(ctx, conn, "migrate", time.Minute)
+	if err != nil {
+		return fmt.Errorf("outbox: migrate: %w", err)
+	}
+	defer unlock()
+
 	versions := s.t.Related("migrations")
-	if _, err := s.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+versions+
+	if _, err := conn.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+versions+
 		" (version INTEGER PRIMARY KEY, name VARCHAR(255) NOT NULL, applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)"); err != nil {
 		return fmt.Errorf("outbox: migrate: create %s: %w", versions, err)
 	}
 	applied := map[int]bool{}
-	rows, err := s.db.QueryContext(ctx, "SELECT version FROM "+versions)
+	rows, err := conn.QueryContext(ctx, "SELECT version FROM "+versions)
 	if err != nil {
 		return fmt.Errorf("outbox: migrate: read %s: %w", versions, err)
 	}
@@ -143,15 +200,17 @@ func (s *Store) Migrate(ctx context.Context) error {
 		if applied[m.Version] {
 			continue
 		}
-		if err := s.apply(ctx, versions, m); err != nil {
+		if err := s.apply(ctx, conn, versions, m); err != nil {
 			return fmt.Errorf("outbox: migrate: step %d (%s): %w", m.Version, m.Name, err)
 		}
 	}
 	return nil
 }
 
-func (s *Store) apply(ctx context.Context, versions string, m Migration) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+// apply runs one step in a transaction (MySQL commits DDL at once; its steps are written to be
+// safe to run again).
+func (s *Store) apply(ctx context.Context, conn *sql.Conn, versions string, m Migration) error {
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -167,6 +226,50 @@ func (s *Store) apply(ctx context.Context, versions string, m Migration) error {
 		return err
 	}
 	return tx.Commit()
+}
+
+// lockSession takes a lock named after the table and purpose on conn, waiting at most wait,
+// and returns its release. SQLite needs none: it runs one writer at a time.
+func (s *Store) lockSession(ctx context.Context, conn *sql.Conn, purpose string, wait time.Duration) (func(), error) {
+	switch s.d.claim {
+	case claimAdvisoryLock:
+		key := s.t.lockKey(purpose)
+		lctx, cancel := context.WithTimeout(ctx, wait)
+		defer cancel()
+		if _, err := conn.ExecContext(lctx, "SELECT pg_advisory_lock($1)", key); err != nil {
+			return nil, fmt.Errorf("take lock %s: %w", purpose, err)
+		}
+		return func() {
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if _, err := conn.ExecContext(uctx, "SELECT pg_advisory_unlock($1)", key); err != nil {
+				discard(conn)
+			}
+		}, nil
+	case claimNamedLock:
+		name := s.t.lockName(purpose)
+		var got sql.NullInt64
+		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, ?)", name, int(wait.Seconds())).Scan(&got); err != nil {
+			return nil, fmt.Errorf("take lock %s: %w", name, err)
+		}
+		if got.Int64 != 1 {
+			return nil, fmt.Errorf("take lock %s: not granted within %v", name, wait)
+		}
+		return func() {
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if _, err := conn.ExecContext(uctx, "SELECT RELEASE_LOCK(?)", name); err != nil {
+				discard(conn)
+			}
+		}, nil
+	}
+	return func() {}, nil
+}
+
+// discard makes database/sql close conn instead of reusing it, so that a session lock or a
+// LISTEN it may still hold dies with it.
+func discard(conn *sql.Conn) {
+	conn.Raw(func(any) error { return driver.ErrBadConn })
 }
 
 // splitStatements splits a migration into statements at semicolons that end a line, dropping
@@ -258,9 +361,8 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 	}
 	db = unwrap(db)
 	now := s.d.timeArg(s.now())
-	perStatement := s.d.maxParams / writeColumns
-	for start := 0; start < len(msgs); start += perStatement {
-		end := min(start+perStatement, len(msgs))
+	for start, end := 0, 0; start < len(msgs); start = end {
+		end = s.statementEnd(msgs, start)
 		b := builder{d: s.d, args: make([]any, 0, (end-start)*writeColumns)}
 		var q strings.Builder
 		q.WriteString("INSERT INTO " + s.t.String() + " (id, topic, message_key, payload, headers, created_at, next_attempt_at) VALUES ")
@@ -275,7 +377,13 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 			fmt.Fprintf(&q, "(%s,%s,%s,%s,%s,%s,%s)", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
 				b.arg(payload), b.arg(headers[i]), b.arg(now), b.arg(now))
 		}
-		if _, err := db.ExecContext(ctx, q.String(), b.args...); err != nil {
+		stmt := q.String()
+		if s.d.notify {
+			// Postgres delivers the notification when the caller's transaction commits, once
+			// per channel and transaction however many statements sent it.
+			stmt = "WITH written AS (" + stmt + ") SELECT pg_notify(" + b.arg(s.t.channel()) + ", '')"
+		}
+		if _, err := db.ExecContext(ctx, stmt, b.args...); err != nil {
 			return fmt.Errorf("outbox: write %d messages to %s: %w", end-start, s.t, err)
 		}
 	}
@@ -283,16 +391,77 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 	return nil
 }
 
-// Subscribe implements [store.Notifier]. It hears messages written through this Store value.
+// statementEnd is where the INSERT that starts at msgs[start] ends: within the database's
+// parameter limit, and within maxStatementBytes of payload unless one message is larger alone.
+func (s *Store) statementEnd(msgs []store.Message, start int) int {
+	end, size := start, 0
+	for end < len(msgs) && end-start < (s.d.maxParams-1)/writeColumns {
+		size += len(msgs[end].Payload)
+		if end > start && size > maxStatementBytes {
+			break
+		}
+		end++
+	}
+	return end
+}
+
+// maxStatementBytes keeps an INSERT of many messages below MySQL's default packet limit.
+const maxStatementBytes = 4 << 20
+
+// Subscribe implements [store.Notifier]. It hears messages written through this Store value,
+// and, where the database can notify (Postgres), messages written by any process.
 func (s *Store) Subscribe() (<-chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
 	s.mu.Lock()
 	s.subs[ch] = struct{}{}
+	if s.listener != nil && s.stopListener == nil {
+		s.stopListener = s.startListener()
+	}
 	s.mu.Unlock()
+	var once sync.Once
 	return ch, func() {
-		s.mu.Lock()
-		delete(s.subs, ch)
-		s.mu.Unlock()
+		once.Do(func() {
+			s.mu.Lock()
+			delete(s.subs, ch)
+			var stop func()
+			if len(s.subs) == 0 {
+				stop, s.stopListener = s.stopListener, nil
+			}
+			s.mu.Unlock()
+			if stop != nil {
+				stop()
+			}
+		})
+	}
+}
+
+// startListener runs the listener until the returned function is called, restarting it with a
+// backoff when its connection fails. Each (re)start wakes the subscribers, since
+// notifications sent while it was not listening are lost.
+func (s *Store) startListener() func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		wait := time.Duration(0)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			err := s.listener(ctx, ListenerTarget{DB: s.db, Channel: s.t.channel()}, s.signal)
+			if ctx.Err() != nil {
+				return
+			}
+			wait = min(max(2*wait, 100*time.Millisecond), 10*time.Second)
+			s.log.Warn("notification listener stopped; dispatchers poll until it is back",
+				slog.Any("error", err), slog.Duration("retry_in", wait))
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
 	}
 }
 
@@ -316,42 +485,81 @@ func (s *Store) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimRe
 	if p.Lease <= 0 {
 		return nil, fmt.Errorf("outbox: ClaimParams.Lease must be positive, got %v", p.Lease)
 	}
-	token := uuid.NewString()
-	now := s.now()
-	b := builder{d: s.d}
-	t := s.t.String()
-	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.arg(s.d.timeArg(now.Add(p.Lease)))
-	nowV := s.d.timeArg(now)
-	// A message is due when it is pending, its retry time has come and no live claim holds it.
-	// It is claimable when, besides, no earlier pending message of its key is held back (by a
-	// retry time or another claim): earlier messages that are claimable themselves have lower
-	// seq and so come first within the LIMIT. A held message has been claimed or has failed
-	// (claimed_until > 0 OR attempts > 0), which the "held" partial index covers.
-	q += " WHERE seq IN (SELECT o.seq FROM " + t + " o WHERE o.state = 'pending'" +
-		" AND o.next_attempt_at <= " + b.arg(nowV) + " AND o.claimed_until <= " + b.arg(nowV) +
-		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + t + " e WHERE e.message_key = o.message_key" +
-		" AND e.seq < o.seq AND e.state = 'pending' AND (e.claimed_until > 0 OR e.attempts > 0)" +
-		" AND (e.next_attempt_at > " + b.arg(nowV) + " OR e.claimed_until > " + b.arg(nowV) + ")))" +
-		" ORDER BY o.seq LIMIT " + b.arg(p.Limit) + ")" +
-		" RETURNING seq, id, topic, message_key, payload, headers, created_at, attempts"
-	rows, err := s.db.QueryContext(ctx, q, b.args...)
+	var (
+		res = &store.ClaimResult{Token: uuid.NewString()}
+		got []claimedRow
+		err error
+	)
+	switch s.d.claim {
+	case claimSingleStatement:
+		got, err = s.claimOnce(ctx, s.db, res.Token, p)
+	default:
+		got, err = s.claimLocked(ctx, res.Token, p)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("outbox: claim from %s: %w", s.t, err)
 	}
-	defer rows.Close()
-	type seqMsg struct {
-		seq int64
-		m   store.ClaimedMessage
+	slices.SortFunc(got, func(a, b claimedRow) int { return cmp.Compare(a.seq, b.seq) })
+	res.Messages = make([]store.ClaimedMessage, len(got))
+	for i, r := range got {
+		res.Messages[i] = r.m
 	}
-	var got []seqMsg
+	return res, nil
+}
+
+type claimedRow struct {
+	seq int64
+	m   store.ClaimedMessage
+}
+
+// claimable is the condition, on the table aliased o, of a message that may be claimed at
+// now: it is due, no live claim holds it, and no earlier message of its key is held back by
+// a retry time or a live claim. Earlier messages of the key that are claimable themselves
+// have lower seq and so come first within a claim's LIMIT. Held messages are those with
+// held = 1, which the "held" index covers.
+func (s *Store) claimable(b *builder, now time.Time) string {
+	nowV := s.d.timeArg(now)
+	t := s.t.String()
+	return "o.state = 'pending' AND o.next_attempt_at <= " + b.arg(nowV) + " AND o.claimed_until <= " + b.arg(nowV) +
+		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + t + " e WHERE e.held = 1" +
+		" AND e.message_key = o.message_key AND e.seq < o.seq" +
+		" AND (e.next_attempt_at > " + b.arg(nowV) + " OR e.claimed_until > " + b.arg(nowV) + ")))"
+}
+
+const claimedColumns = "seq, id, topic, message_key, payload, headers, created_at, attempts"
+
+// claimOnce claims with one UPDATE ... RETURNING. Alone it is atomic only where one writer
+// runs at a time (SQLite); Postgres runs it under the claim lock.
+func (s *Store) claimOnce(ctx context.Context, db store.Querier, token string, p *store.ClaimParams) ([]claimedRow, error) {
+	now := s.now()
+	b := builder{d: s.d}
+	t := s.t.String()
+	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.arg(s.d.timeArg(now.Add(p.Lease))) +
+		" WHERE seq IN (SELECT o.seq FROM " + t + " o WHERE " + s.claimable(&b, now) +
+		" ORDER BY o.seq LIMIT " + b.arg(p.Limit)
+	if s.d.claim != claimSingleStatement {
+		q += " FOR UPDATE SKIP LOCKED"
+	}
+	q += ") RETURNING " + claimedColumns
+	rows, err := db.QueryContext(ctx, q, b.args...)
+	if err != nil {
+		return nil, err
+	}
+	return scanClaimed(rows)
+}
+
+func scanClaimed(rows *sql.Rows) ([]claimedRow, error) {
+	defer rows.Close()
+	var got []claimedRow
 	for rows.Next() {
 		var (
-			r       seqMsg
+			r       claimedRow
 			headers string
 			created timeValue
+			err     error
 		)
 		if err := rows.Scan(&r.seq, &r.m.ID, &r.m.Topic, &r.m.Key, &r.m.Payload, &headers, &created, &r.m.Attempts); err != nil {
-			return nil, fmt.Errorf("outbox: claim from %s: %w", s.t, err)
+			return nil, err
 		}
 		if r.m.Headers, err = store.DecodeHeaders(headers); err != nil {
 			return nil, fmt.Errorf("message %s: %w", r.m.ID, err)
@@ -359,15 +567,89 @@ func (s *Store) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimRe
 		r.m.CreatedAt = created.t
 		got = append(got, r)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("outbox: claim from %s: %w", s.t, err)
+	return got, rows.Err()
+}
+
+// claimLocked claims where several processes claim at once (Postgres, MySQL). Claims take
+// turns through a lock named after the table, held for the few milliseconds a claim takes:
+// each claim then sees every earlier claim committed, which keeps the messages of a key in
+// order across dispatchers. FOR UPDATE SKIP LOCKED keeps a claim from waiting on rows that
+// other dispatchers are marking. A cheap look first keeps an idle outbox at one query per poll.
+func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
+	b := builder{d: s.d}
+	nowV := s.d.timeArg(s.now())
+	var one int
+	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" o WHERE o.state = 'pending' AND o.next_attempt_at <= "+
+		b.arg(nowV)+" AND o.claimed_until <= "+b.arg(nowV)+" LIMIT 1", b.args...).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
 	}
-	slices.SortFunc(got, func(a, b seqMsg) int { return cmp.Compare(a.seq, b.seq) })
-	res := &store.ClaimResult{Token: token, Messages: make([]store.ClaimedMessage, len(got))}
+	if err != nil {
+		return nil, err
+	}
+	if s.d.claim == claimAdvisoryLock {
+		return s.claimAdvisory(ctx, token, p)
+	}
+	return s.claimNamed(ctx, token, p)
+}
+
+func (s *Store) claimAdvisory(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	// Released at commit. The UPDATE below takes its snapshot after the lock is granted.
+	if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", s.t.lockKey("claim")); err != nil {
+		return nil, err
+	}
+	got, err := s.claimOnce(ctx, tx, token, p)
+	if err != nil {
+		return nil, err
+	}
+	return got, tx.Commit()
+}
+
+func (s *Store) claimNamed(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	unlock, err := s.lockSession(ctx, conn, "claim", 30*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	// READ COMMITTED: each statement sees the claims committed before the lock was granted.
+	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	now := s.now()
+	b := builder{d: s.d}
+	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " o WHERE " + s.claimable(&b, now) +
+		" ORDER BY o.seq LIMIT " + b.arg(p.Limit) + " FOR UPDATE SKIP LOCKED"
+	rows, err := tx.QueryContext(ctx, q, b.args...)
+	if err != nil {
+		return nil, err
+	}
+	got, err := scanClaimed(rows)
+	if err != nil || len(got) == 0 {
+		return nil, err
+	}
+	seqs := make([]string, len(got))
 	for i, r := range got {
-		res.Messages[i] = r.m
+		seqs[i] = strconv.FormatInt(r.seq, 10)
 	}
-	return res, nil
+	b = builder{d: s.d}
+	upd := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.arg(s.d.timeArg(now.Add(p.Lease))) +
+		" WHERE seq IN (" + strings.Join(seqs, ",") + ")"
+	if _, err := tx.ExecContext(ctx, upd, b.args...); err != nil {
+		return nil, err
+	}
+	return got, tx.Commit()
 }
 
 // MarkDelivered implements [store.Store].
@@ -375,7 +657,7 @@ func (s *Store) MarkDelivered(ctx context.Context, p *store.MarkDeliveredParams)
 	return s.inChunks(p.IDs, func(ids []string) error {
 		b := builder{d: s.d}
 		q := "UPDATE " + s.t.String() + " SET state = 'delivered', delivered_at = " + b.arg(s.d.timeArg(s.now())) +
-			", claim_token = NULL, claimed_until = 0 WHERE state = 'pending' AND id IN (" + b.list(ids) + ")"
+			", claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'pending' AND id IN (" + b.list(ids) + ")"
 		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: mark %d messages delivered in %s: %w", len(ids), s.t, err)
 		}
@@ -387,7 +669,7 @@ func (s *Store) MarkDelivered(ctx context.Context, p *store.MarkDeliveredParams)
 func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
 	return s.inChunks(p.IDs, func(ids []string) error {
 		b := builder{d: s.d}
-		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = 0 WHERE claim_token = " + b.arg(p.Token) +
+		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE claim_token = " + b.arg(p.Token) +
 			" AND id IN (" + b.list(ids) + ")"
 		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: release %d messages in %s: %w", len(ids), s.t, err)
@@ -424,7 +706,7 @@ func (s *Store) Fail(ctx context.Context, p *store.FailParams) error {
 		}
 		q := "UPDATE " + s.t.String() + " SET attempts = attempts + 1, state = " + b.arg(string(state)) +
 			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.arg(s.d.timeArg(now.Add(f.RetryAfter))) +
-			", claim_token = NULL, claimed_until = 0 WHERE state = 'pending' AND claim_token = " + b.arg(p.Token) +
+			", claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token) +
 			" AND id = " + b.arg(f.ID)
 		if _, err := tx.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: record failure of %s in %s: %w", f.ID, s.t, err)
@@ -502,8 +784,8 @@ func unwrapQuerier(db store.Querier) store.Querier {
 	return db
 }
 
-// timeValue scans a time stored either natively or as integer unix microseconds (SQLite).
-// NULL and zero scan as the zero time.
+// timeValue scans a time stored natively, as text (MySQL without parseTime) or as integer unix
+// microseconds (SQLite). NULL and the epoch scan as the zero time.
 type timeValue struct{ t time.Time }
 
 func (v *timeValue) Scan(src any) error {
@@ -517,7 +799,19 @@ func (v *timeValue) Scan(src any) error {
 			v.t = time.UnixMicro(x).UTC()
 		}
 	case time.Time:
-		v.t = x.UTC()
+		if x.Unix() <= 0 {
+			v.t = time.Time{}
+		} else {
+			v.t = x.UTC()
+		}
+	case []byte:
+		return v.Scan(string(x))
+	case string: // MySQL without parseTime
+		t, err := time.ParseInLocation("2006-01-02 15:04:05.999999", x, time.UTC)
+		if err != nil {
+			return fmt.Errorf("outbox: cannot scan %q as a time: %w", x, err)
+		}
+		return v.Scan(t)
 	default:
 		return fmt.Errorf("outbox: cannot scan %T as a time", src)
 	}

@@ -9,16 +9,16 @@ CREATE TABLE IF NOT EXISTS {{.Table}} (
     state           TEXT    NOT NULL DEFAULT 'pending', -- pending, delivered, parked
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL DEFAULT 0,
-    claimed_until   INTEGER NOT NULL DEFAULT 0,
+    claimed_until   INTEGER NOT NULL DEFAULT 0, -- 0: not claimed
     claim_token     TEXT,
     last_error      TEXT,
-    delivered_at    INTEGER
+    delivered_at    INTEGER,
+    -- 1 for a message that can hold back the later messages of its key: pending, and claimed
+    -- or failed before. Claims look such messages up by key; they are few.
+    held            INTEGER GENERATED ALWAYS AS (CASE WHEN state = 'pending' AND (claimed_until > 0 OR attempts > 0) THEN 1 ELSE 0 END) STORED
 );
 
 -- Claims scan pending messages in write order.
 CREATE INDEX IF NOT EXISTS {{.Index "pending"}} ON {{.Table}} (seq) WHERE state = 'pending';
 
--- Claims look for an earlier message of the same key that holds the key back: one that is
--- claimed or waits for a retry. Only messages ever claimed or failed can, and they are few.
-CREATE INDEX IF NOT EXISTS {{.Index "held"}} ON {{.Table}} (message_key, seq)
-    WHERE state = 'pending' AND (claimed_until > 0 OR attempts > 0);
+CREATE INDEX IF NOT EXISTS {{.Index "held"}} ON {{.Table}} (message_key, seq) WHERE held = 1;

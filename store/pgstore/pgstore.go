@@ -1,0 +1,77 @@
+// Package pgstore keeps the outbox in a PostgreSQL database (12 or later), through pgx's
+// database/sql driver.
+//
+// Several dispatchers, in one process or many, can share the outbox: claims use FOR UPDATE
+// SKIP LOCKED with a lease, and take turns through a transaction-scoped advisory lock for the
+// few milliseconds a claim takes, which keeps each key's messages in write order across
+// dispatchers. Write sends pg_notify on the table's channel, which Postgres delivers when the
+// transaction commits; the store LISTENs on one connection and wakes its dispatchers, so
+// latency stays low while idle polling stays slow. Notifications need a session connection:
+// behind PgBouncer, use session pooling for the dispatcher's database handle.
+package pgstore
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/outboxgo/outbox/store/sqlstore"
+)
+
+// Config configures the store. See [sqlstore.Config].
+type Config = sqlstore.Config
+
+// Open opens the Postgres database at dsn (a URL or key=value string) through pgx's
+// database/sql driver. The DSN's password never appears in errors.
+func Open(dsn string) (*sql.DB, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		// pgx's parse errors redact the password.
+		return nil, fmt.Errorf("outbox: postgres DSN: %w", err)
+	}
+	return stdlib.OpenDB(*cfg), nil
+}
+
+// New returns the outbox store for db, which must use pgx's driver ([Open], stdlib.OpenDB or
+// sql.Open("pgx", ...)). Call Migrate on it once to create the table.
+func New(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
+	if db == nil {
+		return nil, errors.New("outbox: pgstore.New: db is nil")
+	}
+	if _, ok := db.Driver().(*stdlib.Driver); !ok {
+		return nil, fmt.Errorf("outbox: pgstore.New: db uses %T; open it with pgstore.Open or pgx's stdlib driver", db.Driver())
+	}
+	return sqlstore.New(db, sqlstore.Postgres(), cfg, listen)
+}
+
+// listen holds one connection in LISTEN and wakes on every notification. The connection is
+// discarded afterwards rather than returned to the pool still listening.
+func listen(ctx context.Context, t sqlstore.ListenerTarget, wake func()) error {
+	conn, err := t.DB.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return conn.Raw(func(dc any) error {
+		c, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("outbox: pgstore: connection is %T, not pgx's", dc)
+		}
+		pc := c.Conn()
+		if _, err := pc.Exec(ctx, "LISTEN "+pgx.Identifier{t.Channel}.Sanitize()); err != nil {
+			return fmt.Errorf("%w: listen: %w", driver.ErrBadConn, err)
+		}
+		wake() // notifications sent before LISTEN took effect are lost: look once now
+		for {
+			if _, err := pc.WaitForNotification(ctx); err != nil {
+				return fmt.Errorf("%w: wait for notification: %w", driver.ErrBadConn, err)
+			}
+			wake()
+		}
+	})
+}

@@ -1,0 +1,132 @@
+package pgstore_test
+
+import (
+	"context"
+	"database/sql"
+	"flag"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/outboxgo/outbox/internal/dbtest"
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/sqlstore"
+	"github.com/outboxgo/outbox/store/storetest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func newStore(t *testing.T) (*sqlstore.Store, *sql.DB) {
+	t.Helper()
+	db, schema := dbtest.Postgres(t)
+	st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox"})
+	require.NoError(t, err)
+	require.NoError(t, st.Migrate(context.Background()))
+	return st, db
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storetest.Harness {
+		st, db := newStore(t)
+		return storetest.Harness{Store: st, DB: db}
+	})
+}
+
+func TestCapabilities(t *testing.T) {
+	st, _ := newStore(t)
+	require.Equal(t, store.Capabilities{Name: "postgres", SkipLocked: true, CrossProcessNotify: true}, st.Capabilities())
+}
+
+func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {
+	ctx := context.Background()
+	db, schema := dbtest.Postgres(t)
+	st, err := pgstore.New(db, pgstore.Config{Table: schema + ".events"})
+	require.NoError(t, err)
+	require.ErrorIs(t, st.Check(ctx), store.ErrNotMigrated)
+	// Concurrent start-ups migrate once.
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() { errs <- st.Migrate(ctx) }()
+	}
+	for range 3 {
+		require.NoError(t, <-errs)
+	}
+	require.NoError(t, st.Check(ctx))
+}
+
+func TestCheckNamesMissingRights(t *testing.T) {
+	ctx := context.Background()
+	db, schema := dbtest.Postgres(t)
+	owner, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox"})
+	require.NoError(t, err)
+	require.NoError(t, owner.Migrate(ctx))
+
+	role := dbtest.Name("outbox_reader")
+	_, err = db.Exec("CREATE ROLE " + role + " LOGIN")
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		db.Exec("DROP OWNED BY " + role)
+		db.Exec("DROP ROLE " + role)
+	})
+	_, err = db.Exec("GRANT USAGE ON SCHEMA " + schema + " TO " + role)
+	require.NoError(t, err)
+	_, err = db.Exec("GRANT SELECT ON " + owner.Table() + " TO " + role)
+	require.NoError(t, err)
+
+	cfg, err := pgx.ParseConfig(dbtest.PostgresDSN())
+	require.NoError(t, err)
+	cfg.User = role
+	readerDB := stdlib.OpenDB(*cfg)
+	defer readerDB.Close()
+	reader, err := pgstore.New(readerDB, pgstore.Config{Table: schema + ".outbox"})
+	require.NoError(t, err)
+	err = reader.Check(ctx)
+	require.ErrorIs(t, err, store.ErrPermission, "a reader may not claim or mark")
+	require.ErrorContains(t, err, "needs SELECT, INSERT, UPDATE and DELETE")
+}
+
+func TestCheckReportsUnreachableDatabase(t *testing.T) {
+	db, err := pgstore.Open("postgres://nobody:secret-password@127.0.0.1:1/none?sslmode=disable&connect_timeout=2")
+	require.NoError(t, err)
+	defer db.Close()
+	st, err := pgstore.New(db, pgstore.Config{})
+	require.NoError(t, err)
+	err = st.Check(context.Background())
+	require.ErrorContains(t, err, "cannot reach the postgres database")
+	require.NotContains(t, err.Error(), "secret-password")
+}
+
+func TestRefusesOtherDrivers(t *testing.T) {
+	db := dbtest.SQLite(t)
+	_, err := pgstore.New(db, pgstore.Config{})
+	require.ErrorContains(t, err, "open it with pgstore.Open")
+	_, err = pgstore.New(nil, pgstore.Config{})
+	require.Error(t, err)
+}
+
+func TestOpenRejectsBadDSN(t *testing.T) {
+	_, err := pgstore.Open("postgres://user:hunter2@[bad")
+	require.ErrorContains(t, err, "postgres DSN")
+	require.NotContains(t, err.Error(), "hunter2")
+}
+
+var update = flag.Bool("update", false, "rewrite the migration files in migrations/")
+
+func TestMigrationFilesMatchMigrate(t *testing.T) {
+	db, err := pgstore.Open(dbtest.PostgresDSN()) // not connected: only the SQL is needed
+	require.NoError(t, err)
+	defer db.Close()
+	st, err := pgstore.New(db, pgstore.Config{})
+	require.NoError(t, err)
+	steps, err := st.Migrations()
+	require.NoError(t, err)
+	var files []dbtest.MigrationFile
+	for _, m := range steps {
+		files = append(files, dbtest.MigrationFile(m))
+	}
+	dbtest.RequireMigrationFiles(t, "migrations", files, *update)
+}

@@ -1,0 +1,114 @@
+package mysqlstore_test
+
+import (
+	"context"
+	"flag"
+	"testing"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/outboxgo/outbox/internal/dbtest"
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/mysqlstore"
+	"github.com/outboxgo/outbox/store/storetest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storetest.Harness {
+		db, _ := dbtest.MySQL(t)
+		st, err := mysqlstore.New(db, mysqlstore.Config{})
+		require.NoError(t, err)
+		require.NoError(t, st.Migrate(context.Background()))
+		return storetest.Harness{Store: st, DB: db}
+	})
+}
+
+func TestCapabilities(t *testing.T) {
+	db, _ := dbtest.MySQL(t)
+	st, err := mysqlstore.New(db, mysqlstore.Config{})
+	require.NoError(t, err)
+	require.Equal(t, store.Capabilities{Name: "mysql", SkipLocked: true}, st.Capabilities())
+}
+
+func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {
+	ctx := context.Background()
+	db, _ := dbtest.MySQL(t)
+	st, err := mysqlstore.New(db, mysqlstore.Config{Table: "events"})
+	require.NoError(t, err)
+	require.ErrorIs(t, st.Check(ctx), store.ErrNotMigrated)
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() { errs <- st.Migrate(ctx) }()
+	}
+	for range 3 {
+		require.NoError(t, <-errs)
+	}
+	require.NoError(t, st.Check(ctx))
+}
+
+func TestCheckNamesMissingRights(t *testing.T) {
+	ctx := context.Background()
+	db, dsn := dbtest.MySQL(t)
+	owner, err := mysqlstore.New(db, mysqlstore.Config{})
+	require.NoError(t, err)
+	require.NoError(t, owner.Migrate(ctx))
+
+	cfg, err := mysql.ParseDSN(dsn)
+	require.NoError(t, err)
+	user := dbtest.Name("reader")
+	_, err = db.Exec("CREATE USER '" + user + "'@'%'")
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Exec("DROP USER '" + user + "'@'%'") })
+	_, err = db.Exec("GRANT SELECT ON `" + cfg.DBName + "`.* TO '" + user + "'@'%'")
+	require.NoError(t, err)
+
+	cfg.User, cfg.Passwd = user, ""
+	readerDB, err := mysqlstore.Open(cfg.FormatDSN())
+	require.NoError(t, err)
+	defer readerDB.Close()
+	reader, err := mysqlstore.New(readerDB, mysqlstore.Config{})
+	require.NoError(t, err)
+	err = reader.Check(ctx)
+	require.ErrorIs(t, err, store.ErrPermission)
+	require.ErrorContains(t, err, "needs SELECT, INSERT, UPDATE and DELETE")
+}
+
+func TestCheckReportsUnreachableDatabase(t *testing.T) {
+	db, err := mysqlstore.Open("nobody:secret-password@tcp(127.0.0.1:1)/none?timeout=2s")
+	require.NoError(t, err)
+	defer db.Close()
+	st, err := mysqlstore.New(db, mysqlstore.Config{})
+	require.NoError(t, err)
+	err = st.Check(context.Background())
+	require.ErrorContains(t, err, "cannot reach the mysql database")
+	require.NotContains(t, err.Error(), "secret-password")
+}
+
+func TestOpenRejectsBadDSN(t *testing.T) {
+	_, err := mysqlstore.Open("user:hunter2@tcp(127.0.0.1:3306")
+	require.ErrorContains(t, err, "mysql DSN")
+	require.NotContains(t, err.Error(), "hunter2")
+	_, err = mysqlstore.New(nil, mysqlstore.Config{})
+	require.Error(t, err)
+}
+
+var update = flag.Bool("update", false, "rewrite the migration files in migrations/")
+
+func TestMigrationFilesMatchMigrate(t *testing.T) {
+	db, err := mysqlstore.Open(dbtest.MySQLDSN()) // not connected: only the SQL is needed
+	require.NoError(t, err)
+	defer db.Close()
+	st, err := mysqlstore.New(db, mysqlstore.Config{})
+	require.NoError(t, err)
+	steps, err := st.Migrations()
+	require.NoError(t, err)
+	var files []dbtest.MigrationFile
+	for _, m := range steps {
+		files = append(files, dbtest.MigrationFile(m))
+	}
+	dbtest.RequireMigrationFiles(t, "migrations", files, *update)
+}

@@ -1,7 +1,7 @@
 # outbox: make help lists the targets.
 GO ?= go
 
-.PHONY: help quickstart test bench lint
+.PHONY: help quickstart services test bench lint
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -9,8 +9,12 @@ help: ## list the targets
 quickstart: ## run the quickstart: SQLite + in-process Kafka, no services needed
 	$(GO) run ./examples/quickstart
 
-test: ## run every test with the race detector
-	$(GO) test -race -count=1 -timeout 20m ./...
+services: ## make sure Postgres and MariaDB are installed, running and reachable
+	./.ci/services
+
+test: ## start the test databases (.ci/services), then run every test with the race detector
+	./.ci/services
+	$(GO) test -race -count=1 -timeout 30m ./...
 
 bench: ## run the benchmarks
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...

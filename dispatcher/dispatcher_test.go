@@ -24,7 +24,10 @@ import (
 	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// sarama starts one process-wide metrics goroutine that never ends.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/rcrowley/go-metrics.(*meterArbiter).tick"))
+}
 
 type fixture struct {
 	st  *sqlstore.Store

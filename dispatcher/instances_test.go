@@ -1,0 +1,241 @@
+package dispatcher_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/internal/dbtest"
+	"github.com/outboxgo/outbox/internal/kafkatest"
+	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/mysqlstore"
+	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/sqlstore"
+)
+
+// A database that several dispatchers share. open returns a new connection pool to it and
+// the store on that pool, as another application instance would have.
+type sharedDB struct {
+	name  string
+	dsn   string
+	table string
+	open  func(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store)
+}
+
+func openPostgres(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
+	db, err := pgstore.Open(dsn)
+	require.NoError(t, err)
+	st, err := pgstore.New(db, pgstore.Config{Table: table, Logger: quiet()})
+	require.NoError(t, err)
+	return db, st
+}
+
+func openMySQL(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
+	db, err := mysqlstore.Open(dsn)
+	require.NoError(t, err)
+	st, err := mysqlstore.New(db, mysqlstore.Config{Table: table, Logger: quiet()})
+	require.NoError(t, err)
+	return db, st
+}
+
+func sharedPostgres(t *testing.T) sharedDB {
+	_, schema := dbtest.Postgres(t)
+	return sharedDB{name: "postgres", dsn: dbtest.PostgresDSN(), table: schema + ".outbox", open: openPostgres}
+}
+
+func sharedMySQL(t *testing.T) sharedDB {
+	_, dsn := dbtest.MySQL(t)
+	return sharedDB{name: "mariadb", dsn: dsn, table: "outbox", open: openMySQL}
+}
+
+const (
+	instanceMessages = 20000
+	instanceKeys     = 1000
+	instanceTopic    = "instances"
+)
+
+// fill writes n messages of 256 bytes over instanceKeys keys, 500 per transaction. The
+// payload starts with the message's index.
+func fill(t testing.TB, db *sql.DB, st *sqlstore.Store, n int) {
+	ctx := context.Background()
+	pad := strings.Repeat("x", 256)
+	for start := 0; start < n; start += 500 {
+		tx, err := db.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		var msgs []store.Message
+		for i := start; i < min(start+500, n); i++ {
+			p := strconv.Itoa(i) + " "
+			msgs = append(msgs, store.Message{Topic: instanceTopic, Key: fmt.Sprintf("k%d", i%instanceKeys), Payload: []byte(p + pad[len(p):])})
+		}
+		require.NoError(t, st.Write(ctx, tx, msgs...))
+		require.NoError(t, tx.Commit())
+	}
+}
+
+// verifyKafka reads n records back with an independent client and checks that each message
+// arrived exactly once and each key's messages in write order.
+func verifyKafka(t *testing.T, brokers []string, n int) {
+	consumer, err := kafkatest.NewConsumer(brokers, instanceTopic)
+	require.NoError(t, err)
+	defer consumer.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	recs, err := consumer.ReadN(ctx, n)
+	require.NoError(t, err, "read %d of %d", len(recs), n)
+	// Anything more would be a duplicate: give it a moment to show up.
+	moreCtx, moreCancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer moreCancel()
+	more, _ := consumer.ReadN(moreCtx, 1)
+	recs = append(recs, more...)
+
+	seen := make(map[string]bool, n)
+	last := map[string]int{}
+	dups := 0
+	for _, r := range recs {
+		id := r.Headers[dispatcher.MetadataID]
+		if seen[id] {
+			dups++
+			continue
+		}
+		seen[id] = true
+		i, err := strconv.Atoi(strings.Fields(string(r.Value))[0])
+		require.NoError(t, err)
+		if prev, ok := last[r.Key]; ok {
+			require.Less(t, prev, i, "key %s out of order", r.Key)
+		}
+		last[r.Key] = i
+	}
+	require.Len(t, seen, n, "every message arrived")
+	require.Zero(t, dups, "no message was published twice")
+}
+
+func waitAllDelivered(t *testing.T, st *sqlstore.Store, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		res, err := st.List(context.Background(), &store.ListParams{State: store.Pending, Limit: 1})
+		require.NoError(t, err)
+		return len(res.Messages) == 0
+	}, 3*time.Minute, 20*time.Millisecond)
+	res, err := st.List(context.Background(), &store.ListParams{State: store.Delivered, Limit: n + 1})
+	require.NoError(t, err)
+	require.Len(t, res.Messages, n)
+}
+
+func TestThreeDispatchersShareOneDatabase(t *testing.T) {
+	for _, newDB := range []func(*testing.T) sharedDB{sharedPostgres, sharedMySQL} {
+		shared := newDB(t)
+		t.Run(shared.name, func(t *testing.T) {
+			cluster, err := kafkatest.NewCluster()
+			require.NoError(t, err)
+			defer cluster.Close()
+			db, st := shared.open(t, shared.dsn, shared.table)
+			defer db.Close()
+			require.NoError(t, st.Migrate(context.Background()))
+			fill(t, db, st, instanceMessages)
+
+			var wg sync.WaitGroup
+			dispatchers := make([]*dispatcher.Dispatcher, 3)
+			for i := range dispatchers {
+				idb, ist := shared.open(t, shared.dsn, shared.table) // a pool of its own
+				defer idb.Close()
+				pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: cluster.ListenAddrs()})
+				require.NoError(t, err)
+				defer pub.Close()
+				d, err := dispatcher.New(ist, pub, dispatcher.Config{BatchSize: 500, Concurrency: 32, Logger: quiet()})
+				require.NoError(t, err)
+				dispatchers[i] = d
+				wg.Go(func() { require.NoError(t, d.Start(context.Background())) })
+			}
+			wg.Wait()
+			waitAllDelivered(t, st, instanceMessages)
+			for i, d := range dispatchers {
+				require.NoError(t, d.Stop(context.Background()))
+				t.Logf("dispatcher %d published %d", i, d.Stats().Published)
+			}
+			verifyKafka(t, cluster.ListenAddrs(), instanceMessages)
+		})
+	}
+}
+
+// The same with three operating-system processes: this test binary, run again as a dispatcher.
+func TestThreeDispatcherProcessesShareOneDatabase(t *testing.T) {
+	for _, newDB := range []func(*testing.T) sharedDB{sharedPostgres, sharedMySQL} {
+		shared := newDB(t)
+		t.Run(shared.name, func(t *testing.T) {
+			cluster, err := kafkatest.NewCluster()
+			require.NoError(t, err)
+			defer cluster.Close()
+			db, st := shared.open(t, shared.dsn, shared.table)
+			defer db.Close()
+			require.NoError(t, st.Migrate(context.Background()))
+			fill(t, db, st, instanceMessages)
+
+			var procs []*exec.Cmd
+			var logs []string
+			for i := range 3 {
+				cmd := exec.Command(os.Args[0], "-test.run=^TestDispatcherProcess$", "-test.v")
+				cmd.Env = append(os.Environ(),
+					"OUTBOX_PROCESS_DB="+shared.name, "OUTBOX_PROCESS_DSN="+shared.dsn, "OUTBOX_PROCESS_TABLE="+shared.table,
+					"OUTBOX_PROCESS_BROKERS="+strings.Join(cluster.ListenAddrs(), ","))
+				logs = append(logs, fmt.Sprintf("%s/process-%d.log", t.TempDir(), i))
+				out, err := os.Create(logs[i])
+				require.NoError(t, err)
+				defer out.Close()
+				cmd.Stdout, cmd.Stderr = out, out
+				require.NoError(t, cmd.Start())
+				procs = append(procs, cmd)
+			}
+			waitAllDelivered(t, st, instanceMessages)
+			for i, p := range procs {
+				err := p.Wait()
+				out, _ := os.ReadFile(logs[i])
+				require.NoError(t, err, "dispatcher process %d failed:\n%s", i, out)
+				for _, line := range strings.Split(string(out), "\n") {
+					if strings.Contains(line, "published") {
+						t.Logf("process %d: %s", i, strings.TrimSpace(line))
+					}
+				}
+			}
+			verifyKafka(t, cluster.ListenAddrs(), instanceMessages)
+		})
+	}
+}
+
+// TestDispatcherProcess is the body of a dispatcher process started by the test above; run
+// directly, it does nothing.
+func TestDispatcherProcess(t *testing.T) {
+	kind := os.Getenv("OUTBOX_PROCESS_DB")
+	if kind == "" {
+		t.Skip("run as a child process by TestThreeDispatcherProcessesShareOneDatabase")
+	}
+	open := openPostgres
+	if kind == "mariadb" {
+		open = openMySQL
+	}
+	db, st := open(t, os.Getenv("OUTBOX_PROCESS_DSN"), os.Getenv("OUTBOX_PROCESS_TABLE"))
+	defer db.Close()
+	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: strings.Split(os.Getenv("OUTBOX_PROCESS_BROKERS"), ",")})
+	require.NoError(t, err)
+	defer pub.Close()
+	d, err := dispatcher.New(st, pub, dispatcher.Config{BatchSize: 500, Concurrency: 32, Logger: slog.Default()})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(context.Background()))
+	require.Eventually(t, func() bool {
+		res, err := st.List(context.Background(), &store.ListParams{State: store.Pending, Limit: 1})
+		return err == nil && len(res.Messages) == 0
+	}, 3*time.Minute, 20*time.Millisecond)
+	require.NoError(t, d.Stop(context.Background()))
+	t.Logf("published %d", d.Stats().Published)
+}

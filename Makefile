@@ -16,8 +16,9 @@ test: ## start the test databases (.ci/services), then run every test with the r
 	./.ci/services
 	$(GO) test -race -count=1 -timeout 30m ./...
 
-bench: ## run the benchmarks
-	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
+bench: ## start the databases, then drain and idle cases against SQLite, Postgres and MariaDB into Kafka
+	./.ci/services
+	$(GO) run ./internal/benchmark
 
 lint: ## gofmt, go vet, and staticcheck when installed
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

@@ -8,8 +8,8 @@ import (
 
 // Defaults for the zero fields of [Config].
 const (
-	DefaultBatchSize       = 100
-	DefaultConcurrency     = 16
+	DefaultBatchSize       = 500
+	DefaultConcurrency     = 64
 	DefaultLease           = 30 * time.Second
 	DefaultMaxAttempts     = 10
 	DefaultRetryInitial    = time.Second

@@ -213,14 +213,22 @@ func (b *builder) arg(v any) string {
 	return "?"
 }
 
-func (b *builder) list(vs []string) string {
+// in is the condition that column is one of vs. Postgres gets one array parameter, so that
+// every list size shares one prepared statement whose generic plan still uses the index; an
+// IN list of parameters there drifts to a plan that scans every pending row.
+func (b *builder) in(column string, vs []string) string {
+	if b.d.numbered {
+		return column + " = ANY(" + b.arg(vs) + ")"
+	}
 	var sb strings.Builder
+	sb.WriteString(column + " IN (")
 	for i, v := range vs {
 		if i > 0 {
 			sb.WriteByte(',')
 		}
 		sb.WriteString(b.arg(v))
 	}
+	sb.WriteByte(')')
 	return sb.String()
 }
 

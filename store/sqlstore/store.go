@@ -534,13 +534,16 @@ func (s *Store) claimOnce(ctx context.Context, db store.Querier, token string, p
 	now := s.now()
 	b := builder{d: s.d}
 	t := s.t.String()
-	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.arg(s.d.timeArg(now.Add(p.Lease))) +
-		" WHERE seq IN (SELECT o.seq FROM " + t + " o WHERE " + s.claimable(&b, now) +
-		" ORDER BY o.seq LIMIT " + b.arg(p.Limit)
-	if s.d.claim != claimSingleStatement {
-		q += " FOR UPDATE SKIP LOCKED"
+	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.arg(s.d.timeArg(now.Add(p.Lease)))
+	sub := "SELECT o.seq FROM " + t + " o WHERE " + s.claimable(&b, now) + " ORDER BY o.seq LIMIT " + b.arg(p.Limit)
+	if s.d.claim == claimSingleStatement {
+		q += " WHERE seq IN (" + sub + ")"
+	} else {
+		// = ANY(ARRAY(...)) keeps Postgres on the primary key; IN (...) becomes a hash join
+		// over the whole table.
+		q += " WHERE seq = ANY(ARRAY(" + sub + " FOR UPDATE SKIP LOCKED))"
 	}
-	q += ") RETURNING " + claimedColumns
+	q += " RETURNING " + claimedColumns
 	rows, err := db.QueryContext(ctx, q, b.args...)
 	if err != nil {
 		return nil, err
@@ -657,7 +660,7 @@ func (s *Store) MarkDelivered(ctx context.Context, p *store.MarkDeliveredParams)
 	return s.inChunks(p.IDs, func(ids []string) error {
 		b := builder{d: s.d}
 		q := "UPDATE " + s.t.String() + " SET state = 'delivered', delivered_at = " + b.arg(s.d.timeArg(s.now())) +
-			", claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'pending' AND id IN (" + b.list(ids) + ")"
+			", claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'pending' AND " + b.in("id", ids)
 		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: mark %d messages delivered in %s: %w", len(ids), s.t, err)
 		}
@@ -670,7 +673,7 @@ func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
 	return s.inChunks(p.IDs, func(ids []string) error {
 		b := builder{d: s.d}
 		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE claim_token = " + b.arg(p.Token) +
-			" AND id IN (" + b.list(ids) + ")"
+			" AND " + b.in("id", ids)
 		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: release %d messages in %s: %w", len(ids), s.t, err)
 		}

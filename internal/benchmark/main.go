@@ -1,0 +1,391 @@
+// Command benchmark measures the dispatcher against real databases and an in-process Kafka
+// broker (kfake over TCP), counting what arrives with an independent client (franz-go).
+//
+//	go run ./internal/benchmark [-dbs sqlite,postgres,mariadb] [-n 50000] [-idle 20s]
+//
+// It prints one line per case:
+//
+//	case=<db>-poll-drain n=<messages> rate=<msgs/s> duplicates=<n>
+//	case=<db>-idle queries_per_s=<q> wake_p50=<ms> wake_p99=<ms>
+//
+// Drain: a backlog of n messages (256-byte payloads, 1000 keys) is written first; the rate is
+// n divided by the time from the dispatcher's start to the last message read back from Kafka.
+// Idle: an empty outbox; queries per second that an idle dispatcher sends, counted by the
+// server (Postgres pg_stat_database transactions, MariaDB's Questions) or, for SQLite, which
+// has no server, the claims the dispatcher makes (one statement each); then the latency from
+// the commit of a message written by another connection pool to its arrival in Kafka.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/internal/dbtest"
+	"github.com/outboxgo/outbox/internal/kafkatest"
+	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/mysqlstore"
+	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/sqlitestore"
+	"github.com/outboxgo/outbox/store/sqlstore"
+)
+
+const (
+	topic = "bench"
+	keys  = 1000
+)
+
+func main() {
+	dbs := flag.String("dbs", "sqlite,postgres,mariadb", "databases to measure")
+	n := flag.Int("n", 50000, "backlog size for the drain cases")
+	idle := flag.Duration("idle", 20*time.Second, "how long to count an idle dispatcher's queries (0 skips the idle cases)")
+	batch := flag.Int("batch", 0, "dispatcher BatchSize (0: default)")
+	concurrency := flag.Int("concurrency", 0, "dispatcher Concurrency (0: default)")
+	flag.Parse()
+	cfg := dispatcher.Config{BatchSize: *batch, Concurrency: *concurrency, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	failed := false
+	for _, name := range strings.Split(*dbs, ",") {
+		if err := drainCase(name, *n, cfg); err != nil {
+			fmt.Fprintf(os.Stderr, "case=%s-poll-drain: %v\n", name, err)
+			failed = true
+		}
+		if *idle > 0 {
+			if err := idleCase(name, *idle, cfg); err != nil {
+				fmt.Fprintf(os.Stderr, "case=%s-idle: %v\n", name, err)
+				failed = true
+			}
+		}
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+// database is a fresh outbox, plus a way to open another pool on it and to count the
+// queries the server received.
+type database struct {
+	st      *sqlstore.Store
+	open    func() (*sqlstore.Store, error)
+	queries func() (int64, error) // nil: the server cannot tell
+	cleanup func()
+}
+
+func newDatabase(name string) (*database, error) {
+	ctx := context.Background()
+	switch name {
+	case "sqlite":
+		dir, err := os.MkdirTemp("", "outbox-bench-")
+		if err != nil {
+			return nil, err
+		}
+		path := filepath.Join(dir, "bench.db")
+		open := func() (*sqlstore.Store, error) {
+			db, err := sqlitestore.Open(path)
+			if err != nil {
+				return nil, err
+			}
+			return sqlitestore.New(db, sqlitestore.Config{})
+		}
+		st, err := open()
+		if err != nil {
+			return nil, err
+		}
+		return &database{st: st, open: open, cleanup: func() { os.RemoveAll(dir) }}, st.Migrate(ctx)
+	case "postgres":
+		admin, err := pgstore.Open(dbtest.PostgresDSN())
+		if err != nil {
+			return nil, err
+		}
+		dbName := dbtest.Name("outbox_bench")
+		if _, err := admin.Exec("CREATE DATABASE " + dbName); err != nil {
+			return nil, fmt.Errorf("create database (is Postgres running? make services): %w", err)
+		}
+		dsn := dbtest.PostgresDSN()
+		if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
+			u.Path = "/" + dbName
+			dsn = u.String()
+		} else {
+			dsn += " dbname=" + dbName
+		}
+		open := func() (*sqlstore.Store, error) {
+			db, err := pgstore.Open(dsn)
+			if err != nil {
+				return nil, err
+			}
+			return pgstore.New(db, pgstore.Config{})
+		}
+		st, err := open()
+		if err != nil {
+			return nil, err
+		}
+		d := &database{st: st, open: open}
+		// The admin pool is connected to another database: its reads are not counted.
+		d.queries = func() (int64, error) {
+			var q int64
+			_, err := admin.Exec("SELECT pg_stat_clear_snapshot()")
+			if err == nil {
+				err = admin.QueryRow("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1", dbName).Scan(&q)
+			}
+			return q, err
+		}
+		d.cleanup = func() {
+			st.DB().Close()
+			admin.Exec("DROP DATABASE " + dbName + " WITH (FORCE)")
+			admin.Close()
+		}
+		return d, st.Migrate(ctx)
+	case "mariadb", "mysql":
+		admin, err := mysqlstore.Open(dbtest.MySQLDSN())
+		if err != nil {
+			return nil, err
+		}
+		dbName := dbtest.Name("outbox_bench")
+		if _, err := admin.Exec("CREATE DATABASE " + dbName); err != nil {
+			return nil, fmt.Errorf("create database (is MariaDB running? make services): %w", err)
+		}
+		cfg, err := mysql.ParseDSN(dbtest.MySQLDSN())
+		if err != nil {
+			return nil, err
+		}
+		cfg.DBName = dbName
+		open := func() (*sqlstore.Store, error) {
+			db, err := mysqlstore.Open(cfg.FormatDSN())
+			if err != nil {
+				return nil, err
+			}
+			return mysqlstore.New(db, mysqlstore.Config{})
+		}
+		st, err := open()
+		if err != nil {
+			return nil, err
+		}
+		d := &database{st: st, open: open}
+		var own int64
+		d.queries = func() (int64, error) {
+			// Questions counts every statement clients sent, these reads of it included: take
+			// them out.
+			own++
+			var name string
+			var q int64
+			err := admin.QueryRow("SHOW GLOBAL STATUS LIKE 'Questions'").Scan(&name, &q)
+			return q - own, err
+		}
+		d.cleanup = func() {
+			st.DB().Close()
+			admin.Exec("DROP DATABASE " + dbName)
+			admin.Close()
+		}
+		return d, st.Migrate(ctx)
+	}
+	return nil, fmt.Errorf("unknown database %q", name)
+}
+
+func fill(st *sqlstore.Store, n int) error {
+	ctx := context.Background()
+	payload := []byte(strings.Repeat("p", 256))
+	for start := 0; start < n; start += 1000 {
+		msgs := make([]store.Message, 0, 1000)
+		for i := start; i < min(start+1000, n); i++ {
+			msgs = append(msgs, store.Message{Topic: topic, Key: fmt.Sprintf("key-%d", i%keys), Payload: payload})
+		}
+		tx, err := st.DB().BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if err := st.Write(ctx, tx, msgs...); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func drainCase(name string, n int, cfg dispatcher.Config) error {
+	db, err := newDatabase(name)
+	if db != nil && db.cleanup != nil {
+		defer db.cleanup()
+	}
+	if err != nil {
+		return err
+	}
+	if err := fill(db.st, n); err != nil {
+		return fmt.Errorf("fill: %w", err)
+	}
+	cluster, err := kafkatest.NewCluster()
+	if err != nil {
+		return err
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	consumer, err := kafkatest.NewConsumer(brokers, topic)
+	if err != nil {
+		return err
+	}
+	defer consumer.Close()
+
+	d, err := dispatcher.New(db.st, pub, cfg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := d.Start(ctx); err != nil {
+		return err
+	}
+	defer d.Stop(context.Background())
+	seen := make(map[string]bool, n)
+	dups := 0
+	for len(seen) < n {
+		recs, err := consumer.Poll(ctx)
+		if err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("timed out with %d of %d", len(seen), n)
+		}
+		for _, r := range recs {
+			id := r.Headers[dispatcher.MetadataID]
+			if seen[id] {
+				dups++
+			}
+			seen[id] = true
+		}
+	}
+	elapsed := time.Since(start)
+	fmt.Printf("case=%s-poll-drain n=%d rate=%.0f duplicates=%d elapsed=%v\n", name, n, float64(n)/elapsed.Seconds(), dups, elapsed.Round(time.Millisecond))
+	return nil
+}
+
+// countingStore counts claims, for SQLite, whose queries no server counts.
+type countingStore struct {
+	*sqlstore.Store
+	claims atomic.Int64
+}
+
+func (c *countingStore) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimResult, error) {
+	c.claims.Add(1)
+	return c.Store.Claim(ctx, p)
+}
+
+func idleCase(name string, window time.Duration, cfg dispatcher.Config) error {
+	db, err := newDatabase(name)
+	if db != nil && db.cleanup != nil {
+		defer db.cleanup()
+	}
+	if err != nil {
+		return err
+	}
+	cluster, err := kafkatest.NewCluster()
+	if err != nil {
+		return err
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	counted := &countingStore{Store: db.st}
+	d, err := dispatcher.New(counted, pub, cfg)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if err := d.Start(ctx); err != nil {
+		return err
+	}
+	defer d.Stop(ctx)
+
+	time.Sleep(5 * time.Second) // let the idle backoff settle
+	count := func() (int64, error) {
+		if db.queries != nil {
+			return db.queries()
+		}
+		return counted.claims.Load(), nil
+	}
+	q0, err := count()
+	if err != nil {
+		return err
+	}
+	time.Sleep(window)
+	q1, err := count()
+	if err != nil {
+		return err
+	}
+	qps := float64(q1-q0) / window.Seconds()
+
+	// Wake-up latency: a message committed through the dispatcher's own store (this process),
+	// then through another connection pool (another instance), until Kafka has it.
+	consumer, err := kafkatest.NewConsumer(brokers, topic)
+	if err != nil {
+		return err
+	}
+	defer consumer.Close()
+	local, err := wakeLatency(db.st, consumer)
+	if err != nil {
+		return err
+	}
+	other, err := db.open()
+	if err != nil {
+		return err
+	}
+	defer other.DB().Close()
+	remote, err := wakeLatency(other, consumer)
+	if err != nil {
+		return err
+	}
+	what := "queries_per_s"
+	if db.queries == nil {
+		what = "claims_per_s"
+	}
+	fmt.Printf("case=%s-idle %s=%.2f wake_p50=%.1fms wake_p99=%.1fms other_instance_wake_p50=%.1fms other_instance_wake_p99=%.1fms\n",
+		name, what, qps, ms(local[len(local)/2]), ms(local[len(local)*99/100]), ms(remote[len(remote)/2]), ms(remote[len(remote)*99/100]))
+	return nil
+}
+
+// wakeLatency writes 20 messages through st, a few seconds apart so that the dispatcher is
+// back in its slow idle poll, and returns the sorted commit-to-consume latencies.
+func wakeLatency(st *sqlstore.Store, consumer *kafkatest.Consumer) ([]time.Duration, error) {
+	ctx := context.Background()
+	var lat []time.Duration
+	for range 20 {
+		time.Sleep(1500 * time.Millisecond)
+		if err := st.Write(ctx, st.DB(), store.Message{Topic: topic, Payload: []byte("wake")}); err != nil {
+			return nil, err
+		}
+		committed := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		recs, err := consumer.ReadN(rctx, 1)
+		cancel()
+		if err != nil || len(recs) == 0 {
+			return nil, fmt.Errorf("wake-up message not received: %v", err)
+		}
+		lat = append(lat, recs[0].Received.Sub(committed))
+	}
+	slices.Sort(lat)
+	return lat, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

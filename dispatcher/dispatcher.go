@@ -51,7 +51,7 @@ type run struct {
 	stop     chan struct{} // closed: claim no more
 	stopOnce sync.Once
 	cancel   context.CancelFunc // abandons in-flight work
-	done     chan struct{}      // closed when the loop has returned
+	done     chan struct{}      // closed when every worker has returned
 }
 
 // Stats counts what a dispatcher did since it was created.
@@ -103,8 +103,15 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	r := &run{stop: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
 	d.run = r
-	go d.loop(ctx, r)
-	d.log.Info("dispatcher started", slog.String("store", d.st.Capabilities().Name),
+	var workers sync.WaitGroup
+	for range d.cfg.Workers {
+		workers.Go(func() { d.loop(ctx, r) })
+	}
+	go func() {
+		workers.Wait()
+		close(r.done)
+	}()
+	d.log.Info("dispatcher started", slog.String("store", d.st.Capabilities().Name), slog.Int("workers", d.cfg.Workers),
 		slog.Int("batch_size", d.cfg.BatchSize), slog.Int("concurrency", d.cfg.Concurrency))
 	return nil
 }
@@ -158,8 +165,8 @@ func (d *Dispatcher) Drain(ctx context.Context) (int, error) {
 	}
 }
 
+// loop is one worker: it claims, publishes and records batches until the run stops.
 func (d *Dispatcher) loop(ctx context.Context, r *run) {
-	defer close(r.done)
 	var signals <-chan struct{}
 	if n, ok := d.st.(store.Notifier); ok {
 		ch, unsubscribe := n.Subscribe()

@@ -476,8 +476,33 @@ func TestConfigValidation(t *testing.T) {
 		"RetryInitial": {RetryInitial: -time.Second},
 		"PollInterval": {PollInterval: -time.Second},
 		"RetryMax":     {RetryInitial: time.Hour, RetryMax: time.Minute},
+		"Workers":      {Workers: -1},
 	} {
 		_, err := dispatcher.New(f.st, f.pub, cfg)
 		require.ErrorContains(t, err, "Config."+field, field)
+	}
+}
+
+// Several workers in one dispatcher keep each key's order, as several dispatchers do.
+func TestWorkersKeepOrderPerKey(t *testing.T) {
+	f := setup(t)
+	const n, keys = 2000, 40
+	var in []store.Message
+	for i := range n {
+		in = append(in, store.Message{Topic: "t", Key: fmt.Sprintf("k%d", i%keys), Payload: []byte(strconv.Itoa(i))})
+	}
+	f.write(t, in...)
+	f.start(t, f.pub, fast(dispatcher.Config{Workers: 4, BatchSize: 50, Concurrency: 8}))
+	f.waitDelivered(t, n)
+	last := map[string]int{}
+	require.Len(t, f.pub.Messages("t"), n)
+	for _, m := range f.pub.Messages("t") {
+		i, err := strconv.Atoi(string(m.Payload))
+		require.NoError(t, err)
+		key := m.Metadata.Get(dispatcher.MetadataKey)
+		if prev, ok := last[key]; ok {
+			require.Less(t, prev, i, "key %s out of order", key)
+		}
+		last[key] = i
 	}
 }

@@ -53,8 +53,9 @@ func main() {
 	idle := flag.Duration("idle", 20*time.Second, "how long to count an idle dispatcher's queries (0 skips the idle cases)")
 	batch := flag.Int("batch", 0, "dispatcher BatchSize (0: default)")
 	concurrency := flag.Int("concurrency", 0, "dispatcher Concurrency (0: default)")
+	workers := flag.Int("workers", 0, "dispatcher Workers (0: default)")
 	flag.Parse()
-	cfg := dispatcher.Config{BatchSize: *batch, Concurrency: *concurrency, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	cfg := dispatcher.Config{BatchSize: *batch, Concurrency: *concurrency, Workers: *workers, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	failed := false
 	for _, name := range strings.Split(*dbs, ",") {
 		if err := drainCase(name, *n, cfg); err != nil {

@@ -47,6 +47,10 @@ type Config struct {
 	// PollInterval is the longest wait between two claims when the outbox is empty, and
 	// between retries after a database error. Defaults to DefaultPollInterval.
 	PollInterval time.Duration
+	// DeadLetterTopic, when set, receives a copy of every message the dispatcher parks, with
+	// the reason in the MetadataError header and its own topic in MetadataTopic. Parked
+	// messages stay in the outbox too.
+	DeadLetterTopic string
 	// ShutdownTimeout bounds the graceful stop of [Dispatcher.Run]. Defaults to
 	// DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration

@@ -23,6 +23,10 @@ const (
 	MetadataKey = store.ReservedHeaderPrefix + "key"
 	// MetadataCreatedAt holds the time the message was written, in RFC 3339 with nanoseconds.
 	MetadataCreatedAt = store.ReservedHeaderPrefix + "created_at"
+	// MetadataError holds, on a dead letter, why the message was parked.
+	MetadataError = store.ReservedHeaderPrefix + "error"
+	// MetadataTopic holds, on a dead letter, the topic the message was written for.
+	MetadataTopic = store.ReservedHeaderPrefix + "topic"
 )
 
 const (
@@ -223,10 +227,21 @@ func (d *Dispatcher) loop(ctx context.Context, r *run) {
 
 // outcome is what became of a claimed batch.
 type outcome struct {
-	mu          sync.Mutex
 	delivered   []string
 	failures    []store.Failure
 	unattempted []string
+	parked      []parkedMessage
+}
+
+type parkedMessage struct {
+	m   store.ClaimedMessage
+	err error
+}
+
+// attempt is what happened to one claimed message.
+type attempt struct {
+	tried bool
+	err   error
 }
 
 // dispatch claims one batch, publishes it and records the outcome. It returns how many
@@ -239,20 +254,15 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 	if len(res.Messages) == 0 {
 		return 0, 0, nil
 	}
-	chains := chainsByKey(res.Messages)
-	var (
-		out  outcome
-		next atomic.Int64
-		wg   sync.WaitGroup
-	)
-	for range min(d.cfg.Concurrency, len(chains)) {
-		wg.Go(func() {
-			for i := int(next.Add(1)) - 1; i < len(chains); i = int(next.Add(1)) - 1 {
-				d.publishChain(ctx, chains[i], &out)
-			}
-		})
+	msgs := res.Messages
+	chains := chainsByKey(msgs)
+	attempts := make([]attempt, len(msgs))
+	if bp, ok := d.pub.(BatchPublisher); ok {
+		d.publishBatches(ctx, bp, msgs, attempts)
+	} else {
+		d.publishChains(ctx, msgs, chains, attempts)
 	}
-	wg.Wait()
+	out := d.settle(msgs, chains, attempts)
 
 	// Record the outcome even if ctx was cancelled meanwhile: what the broker acknowledged
 	// must be marked, or it is published again.
@@ -274,63 +284,140 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 			errs = append(errs, err)
 		}
 	}
-	return len(res.Messages), len(out.delivered), errors.Join(errs...)
+	d.deadLetter(out.parked)
+	d.published.Add(int64(len(out.delivered)))
+	return len(msgs), len(out.delivered), errors.Join(errs...)
 }
 
-// chainsByKey splits a batch, in write order, into chains that must be published one after
-// another: one per non-empty key, and one per message without a key.
-func chainsByKey(msgs []store.ClaimedMessage) [][]store.ClaimedMessage {
-	var chains [][]store.ClaimedMessage
-	byKey := map[string]int{}
-	for _, m := range msgs {
+// chainsByKey splits a batch, in write order, into chains of message indexes that must be
+// published one after another: one per topic and non-empty key (the order a consumer of the
+// topic sees), and one per message without a key.
+func chainsByKey(msgs []store.ClaimedMessage) [][]int {
+	type topicKey struct{ topic, key string }
+	var chains [][]int
+	byKey := map[topicKey]int{}
+	for i, m := range msgs {
 		if m.Key == "" {
-			chains = append(chains, []store.ClaimedMessage{m})
+			chains = append(chains, []int{i})
 			continue
 		}
-		i, ok := byKey[m.Key]
+		k := topicKey{m.Topic, m.Key}
+		c, ok := byKey[k]
 		if !ok {
-			i = len(chains)
-			byKey[m.Key] = i
+			c = len(chains)
+			byKey[k] = c
 			chains = append(chains, nil)
 		}
-		chains[i] = append(chains[i], m)
+		chains[c] = append(chains[c], i)
 	}
 	return chains
 }
 
-// publishChain publishes a key's messages in order and stops at the first failure: the later
-// messages are given back, to wait behind the failed one.
-func (d *Dispatcher) publishChain(ctx context.Context, chain []store.ClaimedMessage, out *outcome) {
-	var delivered []string
-	var failure *store.Failure
-	rest := len(chain)
-	for i, m := range chain {
-		if ctx.Err() != nil {
-			rest = i
-			break
-		}
-		err := d.publish(ctx, m)
-		if err != nil {
-			failure = d.failure(m, err)
-			rest = i + 1
-			break
-		}
-		delivered = append(delivered, m.ID)
-		rest = i + 1
+// publishChains publishes message by message, Concurrency keys at a time, each key's messages
+// in order and stopping at its first failure. Any watermill publisher can do this.
+func (d *Dispatcher) publishChains(ctx context.Context, msgs []store.ClaimedMessage, chains [][]int, attempts []attempt) {
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	for range min(d.cfg.Concurrency, len(chains)) {
+		wg.Go(func() {
+			for c := int(next.Add(1)) - 1; c < len(chains); c = int(next.Add(1)) - 1 {
+				for _, i := range chains[c] {
+					if ctx.Err() != nil {
+						break
+					}
+					attempts[i] = attempt{tried: true, err: d.publish(ctx, msgs[i])}
+					if attempts[i].err != nil {
+						break
+					}
+				}
+			}
+		})
 	}
-	out.mu.Lock()
-	defer out.mu.Unlock()
-	out.delivered = append(out.delivered, delivered...)
-	if failure != nil {
-		out.failures = append(out.failures, *failure)
-	}
-	for _, m := range chain[rest:] {
-		out.unattempted = append(out.unattempted, m.ID)
-	}
-	d.published.Add(int64(len(delivered)))
+	wg.Wait()
 }
 
-func (d *Dispatcher) publish(ctx context.Context, m store.ClaimedMessage) (err error) {
+// publishBatches publishes with one call per topic, the topics in parallel.
+func (d *Dispatcher) publishBatches(ctx context.Context, bp BatchPublisher, msgs []store.ClaimedMessage, attempts []attempt) {
+	byTopic := map[string][]int{}
+	var topics []string
+	for i, m := range msgs {
+		if _, ok := byTopic[m.Topic]; !ok {
+			topics = append(topics, m.Topic)
+		}
+		byTopic[m.Topic] = append(byTopic[m.Topic], i)
+	}
+	var wg sync.WaitGroup
+	for _, topic := range topics {
+		wg.Go(func() {
+			idx := byTopic[topic]
+			batch := make([]*message.Message, len(idx))
+			for j, i := range idx {
+				batch[j] = d.toWatermill(ctx, msgs[i])
+			}
+			err := d.safely(func() error { return bp.PublishBatch(topic, batch) })
+			for _, i := range idx {
+				attempts[i] = attempt{tried: true}
+				if err != nil {
+					attempts[i].err = failureOf(err, msgs[i].ID)
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// settle turns attempts into an outcome, key by key in write order: messages before a key's
+// first failure are delivered; the first failure is a failed attempt (or parks the message);
+// the later messages of the key are given back, to wait behind it. A later message that the
+// publisher acknowledged anyway is delivered, out of order, and logged.
+func (d *Dispatcher) settle(msgs []store.ClaimedMessage, chains [][]int, attempts []attempt) *outcome {
+	out := &outcome{}
+	for _, chain := range chains {
+		failed := false
+		for _, i := range chain {
+			a, m := attempts[i], msgs[i]
+			switch {
+			case a.tried && a.err == nil:
+				out.delivered = append(out.delivered, m.ID)
+				if failed {
+					d.log.Warn("message acknowledged after an earlier message of its key failed: its key is out of order",
+						slog.String("id", m.ID), slog.String("key", m.Key))
+				}
+			case a.tried && !failed:
+				failed = true
+				f := d.failure(m, a.err)
+				out.failures = append(out.failures, *f)
+				if f.Park {
+					out.parked = append(out.parked, parkedMessage{m: m, err: a.err})
+				}
+			default:
+				out.unattempted = append(out.unattempted, m.ID)
+			}
+		}
+	}
+	return out
+}
+
+func (d *Dispatcher) publish(ctx context.Context, m store.ClaimedMessage) error {
+	msg := d.toWatermill(ctx, m)
+	return d.safely(func() error { return d.pub.Publish(m.Topic, msg) })
+}
+
+// safely runs a publisher call, turning a panic into an error.
+func (d *Dispatcher) safely(call func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("outbox: publisher panicked: %v", p)
+		}
+	}()
+	return call()
+}
+
+// toWatermill is the published form of m: its id as UUID and header, its key and creation
+// time as headers, and ctx for cancellation and tracing.
+func (d *Dispatcher) toWatermill(ctx context.Context, m store.ClaimedMessage) *message.Message {
 	msg := message.NewMessage(m.ID, m.Payload)
 	for k, v := range m.Headers {
 		msg.Metadata.Set(k, v)
@@ -341,21 +428,23 @@ func (d *Dispatcher) publish(ctx context.Context, m store.ClaimedMessage) (err e
 	}
 	msg.Metadata.Set(MetadataCreatedAt, m.CreatedAt.Format(time.RFC3339Nano))
 	msg.SetContext(ctx)
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("outbox: publisher panicked: %v", p)
-		}
-	}()
-	return d.pub.Publish(m.Topic, msg)
+	return msg
 }
 
-// failure records a failed attempt: retry after the backoff for this attempt, or park.
+// failure records a failed attempt: retry after the backoff for this attempt, or park after
+// the last attempt or a permanent error.
 func (d *Dispatcher) failure(m store.ClaimedMessage, err error) *store.Failure {
 	attempt := m.Attempts + 1
 	d.failed.Add(1)
 	f := &store.Failure{ID: m.ID, Error: err.Error()}
 	attrs := []any{slog.String("id", m.ID), slog.String("topic", m.Topic), slog.String("key", m.Key),
 		slog.Int("attempt", attempt), slog.Any("error", err)}
+	if IsPermanent(err) {
+		f.Park = true
+		d.parked.Add(1)
+		d.log.Error("message parked: the publisher says retrying cannot help", attrs...)
+		return f
+	}
 	if attempt >= d.cfg.MaxAttempts {
 		f.Park = true
 		d.parked.Add(1)
@@ -365,6 +454,23 @@ func (d *Dispatcher) failure(m store.ClaimedMessage, err error) *store.Failure {
 	f.RetryAfter = d.retryAfter(attempt)
 	d.log.Warn("publish failed; will retry", append(attrs, slog.Duration("retry_in", f.RetryAfter))...)
 	return f
+}
+
+// deadLetter publishes a copy of each parked message to Config.DeadLetterTopic with the
+// reason, for consumers that watch what was given up on. The message stays parked in the
+// outbox either way, to be requeued by an operator.
+func (d *Dispatcher) deadLetter(parked []parkedMessage) {
+	if d.cfg.DeadLetterTopic == "" {
+		return
+	}
+	for _, p := range parked {
+		msg := d.toWatermill(context.Background(), p.m)
+		msg.Metadata.Set(MetadataError, p.err.Error())
+		msg.Metadata.Set(MetadataTopic, p.m.Topic)
+		if err := d.safely(func() error { return d.pub.Publish(d.cfg.DeadLetterTopic, msg) }); err != nil {
+			d.log.Error("cannot publish dead letter", slog.String("id", p.m.ID), slog.String("topic", d.cfg.DeadLetterTopic), slog.Any("error", err))
+		}
+	}
 }
 
 // retryAfter is the randomised exponential backoff before attempt+1.

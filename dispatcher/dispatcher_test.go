@@ -486,13 +486,13 @@ func TestConfigValidation(t *testing.T) {
 // Several workers in one dispatcher keep each key's order, as several dispatchers do.
 func TestWorkersKeepOrderPerKey(t *testing.T) {
 	f := setup(t)
-	const n, keys = 2000, 40
+	const n, keys = 2000, 200
 	var in []store.Message
 	for i := range n {
 		in = append(in, store.Message{Topic: "t", Key: fmt.Sprintf("k%d", i%keys), Payload: []byte(strconv.Itoa(i))})
 	}
 	f.write(t, in...)
-	f.start(t, f.pub, fast(dispatcher.Config{Workers: 4, BatchSize: 50, Concurrency: 8}))
+	f.start(t, f.pub, fast(dispatcher.Config{Workers: 3, BatchSize: 40, Concurrency: 8}))
 	f.waitDelivered(t, n)
 	last := map[string]int{}
 	require.Len(t, f.pub.Messages("t"), n)

@@ -11,8 +11,10 @@
 //
 // # Order
 //
-// Messages with the same non-empty key are published one at a time in write order; different
-// keys are published in parallel (Config.Concurrency). When a message fails, it is retried after
+// Messages with the same topic and non-empty key are published in write order (the order a
+// consumer of the topic can see; Kafka keeps it within the key's partition); different keys
+// are published in parallel (Config.Concurrency), or in one call per topic to a
+// [BatchPublisher], which keeps each key's order within the call. When a message fails, it is retried after
 // an exponential backoff with jitter, persisted in the store, and only the later messages of its
 // own key wait for it. After Config.MaxAttempts failed attempts it is parked and its key moves on.
 //

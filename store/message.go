@@ -38,9 +38,10 @@ type Message struct {
 	ID string
 	// Topic is where the message is published. Required.
 	Topic string
-	// Key orders messages: messages with the same non-empty key are published one at a time, in
-	// the order they were written, and a publisher may use it as the partition key. Messages
-	// with an empty key have no order among each other.
+	// Key orders messages: messages with the same topic and non-empty key are published in the
+	// order they were written, and a publisher may use the key as the partition key. A message
+	// is not claimed while an earlier one with its key waits for a retry. Messages with an
+	// empty key have no order among each other.
 	Key string
 	// Payload is published as is.
 	Payload []byte

@@ -1,6 +1,6 @@
 // Package publisher builds watermill publishers set up for the outbox.
 //
-// [NewKafka] returns watermill-kafka's publisher with producer settings that neither lose nor
+// [NewKafka] returns a Kafka publisher that sends a whole batch in one round trip, with producer settings that neither lose nor
 // reorder messages (acknowledged by all in-sync replicas, idempotent producer, one request in
 // flight per broker, bounded retries) and a marshaler that makes the outbox message key the
 // Kafka record key, so that messages with one key land on one partition in order. Its wire

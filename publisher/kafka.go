@@ -2,10 +2,11 @@ package publisher
 
 import (
 	"errors"
+	"fmt"
+	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -16,11 +17,12 @@ import (
 type KafkaConfig struct {
 	// Brokers to bootstrap from. Required.
 	Brokers []string
-	// Sarama overrides the producer settings. Defaults to [SaramaConfig]; start from it when
-	// you need TLS, SASL or another client id.
+	// Sarama overrides the producer settings, for TLS, SASL, a client id or another Kafka
+	// version. Defaults to [SaramaConfig]; start from it.
 	Sarama *sarama.Config
-	// Logger receives watermill-kafka's logs. Defaults to none.
-	Logger watermill.LoggerAdapter
+	// Marshaler turns watermill messages into Kafka records. Defaults to [KafkaMarshaler],
+	// whose records watermill-kafka's subscriber reads.
+	Marshaler kafka.Marshaler
 }
 
 // SaramaConfig returns producer settings that do not lose or reorder acknowledged messages:
@@ -42,19 +44,108 @@ func SaramaConfig() *sarama.Config {
 	return c
 }
 
-// NewKafka returns a watermill-kafka publisher with [SaramaConfig] and [KafkaMarshaler].
-func NewKafka(cfg KafkaConfig) (*kafka.Publisher, error) {
+// Kafka is a watermill publisher that sends all the messages of a call to Kafka at once (one
+// produce request per broker and round trip, not one per message) and reports which failed.
+// It implements [dispatcher.BatchPublisher].
+type Kafka struct {
+	producer  sarama.SyncProducer
+	marshaler kafka.Marshaler
+
+	mu     sync.RWMutex
+	closed bool
+}
+
+var _ dispatcher.BatchPublisher = (*Kafka)(nil)
+
+// NewKafka connects a [Kafka] publisher to the brokers.
+func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	if len(cfg.Brokers) == 0 {
 		return nil, errors.New("outbox: publisher.NewKafka: no brokers")
 	}
 	if cfg.Sarama == nil {
 		cfg.Sarama = SaramaConfig()
 	}
-	return kafka.NewPublisher(kafka.PublisherConfig{
-		Brokers:               cfg.Brokers,
-		Marshaler:             KafkaMarshaler{},
-		OverwriteSaramaConfig: cfg.Sarama,
-	}, cfg.Logger)
+	if cfg.Marshaler == nil {
+		cfg.Marshaler = KafkaMarshaler{}
+	}
+	producer, err := sarama.NewSyncProducer(cfg.Brokers, cfg.Sarama)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: kafka producer: %w", err)
+	}
+	return &Kafka{producer: producer, marshaler: cfg.Marshaler}, nil
+}
+
+// Publish implements message.Publisher: it publishes msgs as one batch (see PublishBatch).
+func (k *Kafka) Publish(topic string, msgs ...*message.Message) error {
+	return k.PublishBatch(topic, msgs)
+}
+
+// PublishBatch implements [dispatcher.BatchPublisher]. Messages with the same key go to one
+// partition in the order given. When some messages fail it returns a
+// [*dispatcher.BatchError] naming them; errors that retrying cannot fix (a message over the
+// broker's size limit, an unknown or invalid topic, a message that cannot be marshaled) are
+// marked with [dispatcher.Permanent].
+func (k *Kafka) PublishBatch(topic string, msgs []*message.Message) error {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	if k.closed {
+		return errors.New("outbox: kafka publisher closed")
+	}
+	failed := map[string]error{}
+	records := make([]*sarama.ProducerMessage, 0, len(msgs))
+	for _, msg := range msgs {
+		rec, err := k.marshaler.Marshal(topic, msg)
+		if err != nil {
+			failed[msg.UUID] = dispatcher.Permanent(fmt.Errorf("marshal message %s: %w", msg.UUID, err))
+			continue
+		}
+		rec.Metadata = msg.UUID
+		records = append(records, rec)
+	}
+	if len(records) > 0 {
+		if err := k.producer.SendMessages(records); err != nil {
+			var perrs sarama.ProducerErrors
+			if !errors.As(err, &perrs) {
+				return classify(err)
+			}
+			for _, pe := range perrs {
+				id, _ := pe.Msg.Metadata.(string)
+				failed[id] = classify(pe.Err)
+			}
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return &dispatcher.BatchError{Failed: failed}
+}
+
+// classify marks the errors that retrying cannot fix: the broker's, and the producer's
+// refusal of a message over Producer.MaxMessageBytes (a ConfigurationError).
+func classify(err error) error {
+	var tooBig sarama.ConfigurationError
+	if errors.As(err, &tooBig) {
+		return dispatcher.Permanent(err)
+	}
+	for _, permanent := range []error{
+		sarama.ErrMessageSizeTooLarge, sarama.ErrInvalidTopic, sarama.ErrUnknownTopicOrPartition, sarama.ErrInvalidRecord,
+	} {
+		if errors.Is(err, permanent) {
+			return dispatcher.Permanent(err)
+		}
+	}
+	return err
+}
+
+// Close implements message.Publisher; it waits for the publishes in progress.
+func (k *Kafka) Close() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return nil
+	}
+	k.closed = true
+	return k.producer.Close()
 }
 
 // KafkaMarshaler is watermill-kafka's default marshaler plus the record key: the outbox

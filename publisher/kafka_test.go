@@ -116,3 +116,9 @@ func TestNewKafkaNeedsBrokers(t *testing.T) {
 	_, err := publisher.NewKafka(publisher.KafkaConfig{})
 	require.ErrorContains(t, err, "no brokers")
 }
+
+func ctxWithTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

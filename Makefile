@@ -9,10 +9,10 @@ help: ## list the targets
 quickstart: ## run the quickstart: SQLite + in-process Kafka, no services needed
 	$(GO) run ./examples/quickstart
 
-services: ## make sure Postgres and MariaDB are installed, running and reachable
+services: ## make sure Postgres, MariaDB and RabbitMQ are installed, running and reachable
 	./.ci/services
 
-test: ## start the test databases (.ci/services), then run every test with the race detector
+test: ## start the test services (.ci/services), then run every test with the race detector
 	./.ci/services
 	$(GO) test -race -count=1 -timeout 30m ./...
 

@@ -17,6 +17,7 @@ const (
 	DefaultRetryMax        = 5 * time.Minute
 	DefaultPollInterval    = time.Second
 	DefaultShutdownTimeout = 30 * time.Second
+	DefaultRetention       = 7 * 24 * time.Hour
 )
 
 // Config configures a [Dispatcher]. The zero value is ready to use.
@@ -51,6 +52,11 @@ type Config struct {
 	// the reason in the MetadataError header and its own topic in MetadataTopic. Parked
 	// messages stay in the outbox too.
 	DeadLetterTopic string
+	// Retention is how long delivered messages stay in the outbox, for operators to look at.
+	// A running dispatcher purges older ones when it starts and every minute after, in
+	// bounded batches, one dispatcher at a time per database. Negative keeps them forever.
+	// Defaults to DefaultRetention.
+	Retention time.Duration
 	// ShutdownTimeout bounds the graceful stop of [Dispatcher.Run]. Defaults to
 	// DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
@@ -87,6 +93,9 @@ func (c Config) withDefaults() (Config, error) {
 		{"RetryMax", &c.RetryMax, DefaultRetryMax},
 		{"PollInterval", &c.PollInterval, DefaultPollInterval},
 		{"ShutdownTimeout", &c.ShutdownTimeout, DefaultShutdownTimeout},
+	}
+	if c.Retention == 0 {
+		c.Retention = DefaultRetention
 	}
 	for _, f := range durations {
 		if *f.v < 0 {

@@ -111,6 +111,9 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	for range d.cfg.Workers {
 		workers.Go(func() { d.loop(ctx, r) })
 	}
+	if op, ok := d.st.(store.Operator); ok && d.cfg.Retention > 0 {
+		workers.Go(func() { d.purge(ctx, r, op) })
+	}
 	go func() {
 		workers.Wait()
 		close(r.done)
@@ -221,6 +224,32 @@ func (d *Dispatcher) loop(ctx context.Context, r *run) {
 			timer.Stop()
 			idle = minPoll
 		case <-timer.C:
+		}
+	}
+}
+
+// purgeEvery is how often a dispatcher purges delivered messages past Config.Retention.
+const purgeEvery = time.Minute
+
+// purge deletes delivered messages past their retention now and every purgeEvery, until the
+// run stops. The store lets one purge run at a time per database.
+func (d *Dispatcher) purge(ctx context.Context, r *run, op store.Operator) {
+	tick := time.NewTicker(purgeEvery)
+	defer tick.Stop()
+	for {
+		n, err := op.Purge(ctx, &store.PurgeParams{OlderThan: d.cfg.Retention})
+		switch {
+		case err != nil && ctx.Err() == nil:
+			d.log.Warn("purge of delivered messages failed", slog.Any("error", err))
+		case n > 0:
+			d.log.Info("purged delivered messages", slog.Int64("count", n), slog.Duration("older_than", d.cfg.Retention))
+		}
+		select {
+		case <-r.stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
 		}
 	}
 }

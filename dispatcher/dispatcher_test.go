@@ -506,3 +506,20 @@ func TestWorkersKeepOrderPerKey(t *testing.T) {
 		last[key] = i
 	}
 }
+
+func TestStartPurgesDeliveredPastRetention(t *testing.T) {
+	f := setup(t)
+	f.write(t, store.Message{Topic: "t", Payload: []byte("1")}, store.Message{Topic: "t", Payload: []byte("2")})
+	d, err := dispatcher.New(f.st, f.pub, fast(dispatcher.Config{Retention: -1}))
+	require.NoError(t, err)
+	_, err = d.Drain(f.ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2, f.count(t, store.Delivered))
+
+	kept := f.start(t, f.pub, fast(dispatcher.Config{Retention: -1}))
+	require.NoError(t, kept.Stop(f.ctx))
+	require.Equal(t, 2, f.count(t, store.Delivered), "a negative retention keeps delivered messages")
+
+	f.start(t, f.pub, fast(dispatcher.Config{Retention: time.Millisecond}))
+	require.Eventually(t, func() bool { return f.count(t, store.Delivered) == 0 }, 10*time.Second, 5*time.Millisecond)
+}

@@ -25,3 +25,7 @@ var ErrNotMigrated = errors.New("outbox: outbox table missing or not migrated")
 // ErrPermission is returned by [Store.Check] when the database user lacks a right the store
 // needs on the outbox table (SELECT, INSERT, UPDATE, DELETE).
 var ErrPermission = errors.New("outbox: database user lacks rights on the outbox table")
+
+// ErrNoSelection is returned by [Operator.Requeue] for parameters that select no message: set
+// IDs, Topic, Key or All.
+var ErrNoSelection = errors.New("outbox: requeue needs IDs, a topic, a key, or All")

@@ -159,3 +159,45 @@ type StoredMessage struct {
 	LastError     string
 	DeliveredAt   time.Time
 }
+
+// Operator is implemented by stores that an operator can inspect and repair without writing
+// SQL by hand. The stores in this module implement it.
+type Operator interface {
+	// Stats counts the messages by state.
+	Stats(ctx context.Context) (*Stats, error)
+	// Requeue makes parked messages pending again, due at once and with their attempts reset,
+	// and returns how many it requeued.
+	Requeue(ctx context.Context, params *RequeueParams) (int64, error)
+	// Purge deletes delivered messages older than params.OlderThan, a bounded batch per
+	// statement, and returns how many it deleted. Only one purge runs at a time on a database:
+	// a purge that finds another one running returns 0 at once.
+	Purge(ctx context.Context, params *PurgeParams) (int64, error)
+}
+
+// Stats is the result of [Operator.Stats].
+type Stats struct {
+	Pending int64
+	Parked  int64
+	// OldestPending is when the oldest pending message was written; zero when none is. The
+	// time since then is the outbox's lag.
+	OldestPending time.Time
+	// DeliveredLastMinute counts the messages marked delivered in the last minute.
+	DeliveredLastMinute int64
+}
+
+// RequeueParams selects parked messages to requeue: by IDs, or by Topic and/or Key, or All.
+// A request that selects nothing by accident (no field set) is refused.
+type RequeueParams struct {
+	IDs   []string
+	Topic string
+	Key   string
+	All   bool
+}
+
+// PurgeParams are the parameters of [Operator.Purge].
+type PurgeParams struct {
+	// OlderThan is how long delivered messages are kept. Must be positive.
+	OlderThan time.Duration
+	// BatchSize bounds each DELETE. Defaults to 1000.
+	BatchSize int
+}

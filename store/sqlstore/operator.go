@@ -1,0 +1,136 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/outboxgo/outbox/store"
+)
+
+var _ store.Operator = (*Store)(nil)
+
+// Stats implements [store.Operator].
+func (s *Store) Stats(ctx context.Context) (*store.Stats, error) {
+	var (
+		st     store.Stats
+		oldest timeValue
+		b      builder
+	)
+	b.d = s.d
+	t := s.t.String()
+	err := s.db.QueryRowContext(ctx, "SELECT (SELECT count(*) FROM "+t+" WHERE state = 'pending'),"+
+		" (SELECT min(created_at) FROM "+t+" WHERE state = 'pending'),"+
+		" (SELECT count(*) FROM "+t+" WHERE state = 'parked'),"+
+		" (SELECT count(*) FROM "+t+" WHERE state = 'delivered' AND delivered_at >= "+b.arg(s.d.timeArg(s.now().Add(-time.Minute)))+")",
+		b.args...).Scan(&st.Pending, &oldest, &st.Parked, &st.DeliveredLastMinute)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: stats of %s: %w", s.t, err)
+	}
+	st.OldestPending = oldest.t
+	return &st, nil
+}
+
+// Requeue implements [store.Operator].
+func (s *Store) Requeue(ctx context.Context, p *store.RequeueParams) (int64, error) {
+	if len(p.IDs) == 0 && p.Topic == "" && p.Key == "" && !p.All {
+		return 0, store.ErrNoSelection
+	}
+	b := builder{d: s.d}
+	q := "UPDATE " + s.t.String() + " SET state = 'pending', attempts = 0, next_attempt_at = " + b.arg(s.d.timeArg(s.now())) +
+		", claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'parked'"
+	if len(p.IDs) > 0 {
+		q += " AND " + b.in("id", p.IDs)
+	}
+	if p.Topic != "" {
+		q += " AND topic = " + b.arg(p.Topic)
+	}
+	if p.Key != "" {
+		q += " AND message_key = " + b.arg(p.Key)
+	}
+	res, err := s.db.ExecContext(ctx, q, b.args...)
+	if err != nil {
+		return 0, fmt.Errorf("outbox: requeue in %s: %w", s.t, err)
+	}
+	return res.RowsAffected()
+}
+
+// Purge implements [store.Operator].
+func (s *Store) Purge(ctx context.Context, p *store.PurgeParams) (int64, error) {
+	if p.OlderThan <= 0 {
+		return 0, fmt.Errorf("outbox: PurgeParams.OlderThan must be positive, got %v", p.OlderThan)
+	}
+	batch := p.BatchSize
+	if batch <= 0 {
+		batch = 1000
+	}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("outbox: purge %s: %w", s.t, err)
+	}
+	defer conn.Close()
+	unlock, ok, err := s.tryLockSession(ctx, conn, "purge")
+	if err != nil || !ok {
+		return 0, err
+	}
+	defer unlock()
+	cutoff := s.d.timeArg(s.now().Add(-p.OlderThan))
+	t := s.t.String()
+	var total int64
+	for {
+		b := builder{d: s.d}
+		var q string
+		switch s.d.claim {
+		case claimNamedLock: // MySQL: DELETE ... LIMIT, and no LIMIT in an IN subquery
+			q = "DELETE FROM " + t + " WHERE state = 'delivered' AND delivered_at < " + b.arg(cutoff) + " LIMIT " + b.arg(batch)
+		case claimAdvisoryLock:
+			q = "DELETE FROM " + t + " WHERE seq = ANY(ARRAY(SELECT seq FROM " + t + " WHERE state = 'delivered' AND delivered_at < " +
+				b.arg(cutoff) + " LIMIT " + b.arg(batch) + "))"
+		default:
+			q = "DELETE FROM " + t + " WHERE seq IN (SELECT seq FROM " + t + " WHERE state = 'delivered' AND delivered_at < " +
+				b.arg(cutoff) + " LIMIT " + b.arg(batch) + ")"
+		}
+		res, err := conn.ExecContext(ctx, q, b.args...)
+		if err != nil {
+			return total, fmt.Errorf("outbox: purge %s: %w", s.t, err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return total, err
+		}
+		total += n
+		if n < int64(batch) {
+			return total, nil
+		}
+	}
+}
+
+// tryLockSession takes the table's lock for purpose on conn if it is free, and reports
+// whether it did. SQLite runs one writer at a time and needs none.
+func (s *Store) tryLockSession(ctx context.Context, conn *sql.Conn, purpose string) (unlock func(), ok bool, err error) {
+	switch s.d.claim {
+	case claimAdvisoryLock:
+		key := s.t.lockKey(purpose)
+		if err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&ok); err != nil || !ok {
+			return nil, false, err
+		}
+		return func() {
+			if _, err := conn.ExecContext(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", key); err != nil {
+				discard(conn)
+			}
+		}, true, nil
+	case claimNamedLock:
+		name := s.t.lockName(purpose)
+		var got sql.NullInt64
+		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", name).Scan(&got); err != nil || got.Int64 != 1 {
+			return nil, false, err
+		}
+		return func() {
+			if _, err := conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK(?)", name); err != nil {
+				discard(conn)
+			}
+		}, true, nil
+	}
+	return func() {}, true, nil
+}

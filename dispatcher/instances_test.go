@@ -22,6 +22,7 @@ import (
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/sqlitestore"
 	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
@@ -184,18 +185,10 @@ func TestThreeDispatcherProcessesShareOneDatabase(t *testing.T) {
 
 			var procs []*exec.Cmd
 			var logs []string
-			for i := range 3 {
-				cmd := exec.Command(os.Args[0], "-test.run=^TestDispatcherProcess$", "-test.v")
-				cmd.Env = append(os.Environ(),
-					"OUTBOX_PROCESS_DB="+shared.name, "OUTBOX_PROCESS_DSN="+shared.dsn, "OUTBOX_PROCESS_TABLE="+shared.table,
-					"OUTBOX_PROCESS_BROKERS="+strings.Join(cluster.ListenAddrs(), ","))
-				logs = append(logs, fmt.Sprintf("%s/process-%d.log", t.TempDir(), i))
-				out, err := os.Create(logs[i])
-				require.NoError(t, err)
-				defer out.Close()
-				cmd.Stdout, cmd.Stderr = out, out
-				require.NoError(t, cmd.Start())
+			for range 3 {
+				cmd, log := startDispatcherProcess(t, shared, cluster.ListenAddrs(), "empty", 500)
 				procs = append(procs, cmd)
+				logs = append(logs, log)
 			}
 			waitAllDelivered(t, st, instanceMessages)
 			for i, p := range procs {
@@ -213,25 +206,55 @@ func TestThreeDispatcherProcessesShareOneDatabase(t *testing.T) {
 	}
 }
 
-// TestDispatcherProcess is the body of a dispatcher process started by the test above; run
+func openSQLite(t testing.TB, path, table string) (*sql.DB, *sqlstore.Store) {
+	db, err := sqlitestore.Open(path)
+	require.NoError(t, err)
+	st, err := sqlitestore.New(db, sqlitestore.Config{Table: table, Logger: quiet()})
+	require.NoError(t, err)
+	return db, st
+}
+
+var openers = map[string]func(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store){
+	"postgres": openPostgres, "mariadb": openMySQL, "sqlite": openSQLite,
+}
+
+// startDispatcherProcess runs this test binary again as a dispatcher process on shared; it
+// logs to a file in the test's temporary directory. until is "empty" (stop once nothing is
+// pending) or "killed" (run until killed).
+func startDispatcherProcess(t *testing.T, shared sharedDB, brokers []string, until string, batch int) (*exec.Cmd, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDispatcherProcess$", "-test.v")
+	cmd.Env = append(os.Environ(),
+		"OUTBOX_PROCESS_DB="+shared.name, "OUTBOX_PROCESS_DSN="+shared.dsn, "OUTBOX_PROCESS_TABLE="+shared.table,
+		"OUTBOX_PROCESS_BROKERS="+strings.Join(brokers, ","), "OUTBOX_PROCESS_UNTIL="+until,
+		"OUTBOX_PROCESS_BATCH="+strconv.Itoa(batch))
+	log, err := os.CreateTemp(t.TempDir(), "dispatcher-*.log")
+	require.NoError(t, err)
+	defer log.Close()
+	cmd.Stdout, cmd.Stderr = log, log
+	require.NoError(t, cmd.Start())
+	return cmd, log.Name()
+}
+
+// TestDispatcherProcess is the body of a dispatcher process started by the tests above; run
 // directly, it does nothing.
 func TestDispatcherProcess(t *testing.T) {
 	kind := os.Getenv("OUTBOX_PROCESS_DB")
 	if kind == "" {
-		t.Skip("run as a child process by TestThreeDispatcherProcessesShareOneDatabase")
+		t.Skip("run as a child process by the multi-process tests")
 	}
-	open := openPostgres
-	if kind == "mariadb" {
-		open = openMySQL
-	}
-	db, st := open(t, os.Getenv("OUTBOX_PROCESS_DSN"), os.Getenv("OUTBOX_PROCESS_TABLE"))
+	db, st := openers[kind](t, os.Getenv("OUTBOX_PROCESS_DSN"), os.Getenv("OUTBOX_PROCESS_TABLE"))
 	defer db.Close()
 	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: strings.Split(os.Getenv("OUTBOX_PROCESS_BROKERS"), ",")})
 	require.NoError(t, err)
 	defer pub.Close()
-	d, err := dispatcher.New(st, pub, dispatcher.Config{BatchSize: 500, Concurrency: 32, Logger: slog.Default()})
+	batch, _ := strconv.Atoi(os.Getenv("OUTBOX_PROCESS_BATCH"))
+	d, err := dispatcher.New(st, pub, dispatcher.Config{BatchSize: batch, Concurrency: 32, Lease: processLease, Logger: slog.Default()})
 	require.NoError(t, err)
 	require.NoError(t, d.Start(context.Background()))
+	if os.Getenv("OUTBOX_PROCESS_UNTIL") == "killed" {
+		select {} // until SIGKILL
+	}
 	require.Eventually(t, func() bool {
 		res, err := st.List(context.Background(), &store.ListParams{State: store.Pending, Limit: 1})
 		return err == nil && len(res.Messages) == 0
@@ -239,3 +262,6 @@ func TestDispatcherProcess(t *testing.T) {
 	require.NoError(t, d.Stop(context.Background()))
 	t.Logf("published %d", d.Stats().Published)
 }
+
+// processLease is short so that a killed process's messages come back quickly.
+const processLease = time.Second

@@ -299,23 +299,31 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 	defer cancel()
 	var errs []error
 	if len(out.delivered) > 0 {
-		if err := d.st.MarkDelivered(rctx, &store.MarkDeliveredParams{IDs: out.delivered}); err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, retry(rctx, func() error {
+			return d.st.MarkDelivered(rctx, &store.MarkDeliveredParams{IDs: out.delivered})
+		}))
 	}
 	if len(out.failures) > 0 {
-		if err := d.st.Fail(rctx, &store.FailParams{Token: res.Token, Failures: out.failures}); err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, retry(rctx, func() error {
+			return d.st.Fail(rctx, &store.FailParams{Token: res.Token, Failures: out.failures})
+		}))
 	}
 	if len(out.unattempted) > 0 {
-		if err := d.st.Release(rctx, &store.ReleaseParams{Token: res.Token, IDs: out.unattempted}); err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, retry(rctx, func() error {
+			return d.st.Release(rctx, &store.ReleaseParams{Token: res.Token, IDs: out.unattempted})
+		}))
 	}
 	d.deadLetter(out.parked)
 	d.published.Add(int64(len(out.delivered)))
 	return len(msgs), len(out.delivered), errors.Join(errs...)
+}
+
+// retry runs a database call that records a batch's outcome until it succeeds, a few times
+// within ctx: a lost connection should not cost a whole batch of duplicates after its lease.
+func retry(ctx context.Context, call func() error) error {
+	b := backoff.WithContext(backoff.WithMaxRetries(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxElapsedTime(0)), 4), ctx)
+	return backoff.Retry(call, b)
 }
 
 // chainsByKey splits a batch, in write order, into chains of message indexes that must be

@@ -64,4 +64,3 @@ func TestBrokerOutageLosesNothingAndResumes(t *testing.T) {
 	require.Less(t, resumed, 10*time.Second, "resumes by itself, within a few retry caps")
 	require.Zero(t, d.Stats().Parked)
 }
-

@@ -1,7 +1,7 @@
 # outbox: make help lists the targets.
 GO ?= go
 
-.PHONY: help quickstart services test bench lint
+.PHONY: help quickstart services test soak bench lint
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -15,6 +15,10 @@ services: ## make sure Postgres, MariaDB and RabbitMQ are installed, running and
 test: ## start the test services (.ci/services), then run every test with the race detector
 	./.ci/services
 	$(GO) test -race -count=1 -timeout 30m ./...
+
+soak: ## kill dispatcher processes 100 times while 200,000 messages flow, on SQLite, Postgres and MariaDB (about 30 minutes)
+	./.ci/services
+	OUTBOX_SOAK_MESSAGES=200000 OUTBOX_SOAK_KILLS=100 $(GO) test -count=1 -timeout 90m -run 'TestKilledDispatchersLoseNothing' -v ./dispatcher
 
 bench: ## start the databases, then drain and idle cases against SQLite, Postgres and MariaDB into Kafka
 	./.ci/services

@@ -19,9 +19,9 @@ import (
 // itself within its retry cap, and nothing is lost or reordered.
 func TestBrokerOutageLosesNothingAndResumes(t *testing.T) {
 	const (
-		n      = 2000
-		outage = 10 * time.Second
-		cap    = time.Second
+		n        = 2000
+		outage   = 10 * time.Second
+		retryCap = time.Second
 	)
 	f := setup(t)
 	cluster, err := kafkatest.NewCluster()
@@ -41,7 +41,7 @@ func TestBrokerOutageLosesNothingAndResumes(t *testing.T) {
 	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers, Sarama: cfg})
 	require.NoError(t, err)
 	defer pub.Close()
-	d := f.start(t, pub, dispatcher.Config{RetryInitial: 100 * time.Millisecond, RetryMax: cap, MaxAttempts: 1 << 20, Logger: quiet()})
+	d := f.start(t, pub, dispatcher.Config{RetryInitial: 100 * time.Millisecond, RetryMax: retryCap, MaxAttempts: 1 << 20, Logger: quiet()})
 
 	written := make(chan error, 1)
 	go func() { written <- writeSteadily(f.st.DB(), f.st, n, 10, 30*time.Millisecond) }()

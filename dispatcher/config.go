@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
 )
 
 // Defaults for the zero fields of [Config].
@@ -62,6 +64,10 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Logger receives the dispatcher's logs. Defaults to slog.Default().
 	Logger *slog.Logger
+	// MeterProvider receives the dispatcher's metrics (see the package doc's Metrics section).
+	// Defaults to otel.GetMeterProvider(), which discards them until the application installs
+	// a provider.
+	MeterProvider metric.MeterProvider
 }
 
 func (c Config) withDefaults() (Config, error) {

@@ -41,8 +41,9 @@ const (
 type Dispatcher struct {
 	st  store.Store
 	pub message.Publisher
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	metrics *instruments
 
 	mu  sync.Mutex
 	run *run
@@ -80,7 +81,11 @@ func New(st store.Store, pub message.Publisher, cfg Config) (*Dispatcher, error)
 	if err != nil {
 		return nil, err
 	}
-	return &Dispatcher{st: st, pub: pub, cfg: cfg, log: cfg.Logger.With(slog.String("component", "outbox.dispatcher"))}, nil
+	metrics, err := newInstruments(cfg.MeterProvider)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: dispatcher metrics: %w", err)
+	}
+	return &Dispatcher{st: st, pub: pub, cfg: cfg, metrics: metrics, log: cfg.Logger.With(slog.String("component", "outbox.dispatcher"))}, nil
 }
 
 // Stats returns the dispatcher's counters.
@@ -104,6 +109,10 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	if err := d.st.Check(ctx); err != nil {
 		return fmt.Errorf("outbox: dispatcher cannot start: %w", err)
 	}
+	unobserve, err := d.metrics.observeStore(d.st)
+	if err != nil {
+		return fmt.Errorf("outbox: dispatcher metrics: %w", err)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	r := &run{stop: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
 	d.run = r
@@ -116,6 +125,7 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	}
 	go func() {
 		workers.Wait()
+		unobserve()
 		close(r.done)
 	}()
 	d.log.Info("dispatcher started", slog.String("store", d.st.Capabilities().Name), slog.Int("workers", d.cfg.Workers),
@@ -284,6 +294,7 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 		return 0, 0, nil
 	}
 	msgs := res.Messages
+	d.metrics.batchSize.Record(ctx, int64(len(msgs)))
 	chains := chainsByKey(msgs)
 	attempts := make([]attempt, len(msgs))
 	if bp, ok := d.pub.(BatchPublisher); ok {
@@ -291,7 +302,7 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 	} else {
 		d.publishChains(ctx, msgs, chains, attempts)
 	}
-	out := d.settle(msgs, chains, attempts)
+	out := d.settle(ctx, msgs, chains, attempts)
 
 	// Record the outcome even if ctx was cancelled meanwhile: what the broker acknowledged
 	// must be marked, or it is published again.
@@ -393,7 +404,9 @@ func (d *Dispatcher) publishBatches(ctx context.Context, bp BatchPublisher, msgs
 			for j, i := range idx {
 				batch[j] = d.toWatermill(ctx, msgs[i])
 			}
+			start := time.Now()
 			err := d.safely(func() error { return bp.PublishBatch(topic, batch) })
+			d.metrics.publishDuration.Record(ctx, time.Since(start).Seconds())
 			for _, i := range idx {
 				attempts[i] = attempt{tried: true}
 				if err != nil {
@@ -409,8 +422,9 @@ func (d *Dispatcher) publishBatches(ctx context.Context, bp BatchPublisher, msgs
 // first failure are delivered; the first failure is a failed attempt (or parks the message);
 // the later messages of the key are given back, to wait behind it. A later message that the
 // publisher acknowledged anyway is delivered, out of order, and logged.
-func (d *Dispatcher) settle(msgs []store.ClaimedMessage, chains [][]int, attempts []attempt) *outcome {
+func (d *Dispatcher) settle(ctx context.Context, msgs []store.ClaimedMessage, chains [][]int, attempts []attempt) *outcome {
 	out := &outcome{}
+	now := time.Now()
 	for _, chain := range chains {
 		failed := false
 		for _, i := range chain {
@@ -418,6 +432,8 @@ func (d *Dispatcher) settle(msgs []store.ClaimedMessage, chains [][]int, attempt
 			switch {
 			case a.tried && a.err == nil:
 				out.delivered = append(out.delivered, m.ID)
+				d.metrics.published.Add(ctx, 1, topicAttr(m.Topic))
+				d.metrics.latency.Record(ctx, now.Sub(m.CreatedAt).Seconds())
 				if failed {
 					d.log.Warn("message acknowledged after an earlier message of its key failed: its key is out of order",
 						slog.String("id", m.ID), slog.String("key", m.Key))
@@ -439,6 +455,8 @@ func (d *Dispatcher) settle(msgs []store.ClaimedMessage, chains [][]int, attempt
 
 func (d *Dispatcher) publish(ctx context.Context, m store.ClaimedMessage) error {
 	msg := d.toWatermill(ctx, m)
+	start := time.Now()
+	defer func() { d.metrics.publishDuration.Record(ctx, time.Since(start).Seconds()) }()
 	return d.safely(func() error { return d.pub.Publish(m.Topic, msg) })
 }
 
@@ -473,18 +491,21 @@ func (d *Dispatcher) toWatermill(ctx context.Context, m store.ClaimedMessage) *m
 func (d *Dispatcher) failure(m store.ClaimedMessage, err error) *store.Failure {
 	attempt := m.Attempts + 1
 	d.failed.Add(1)
+	d.metrics.failures.Add(context.Background(), 1, topicAttr(m.Topic))
 	f := &store.Failure{ID: m.ID, Error: err.Error()}
 	attrs := []any{slog.String("id", m.ID), slog.String("topic", m.Topic), slog.String("key", m.Key),
 		slog.Int("attempt", attempt), slog.Any("error", err)}
 	if IsPermanent(err) {
 		f.Park = true
 		d.parked.Add(1)
+		d.metrics.parkedN.Add(context.Background(), 1, topicAttr(m.Topic))
 		d.log.Error("message parked: the publisher says retrying cannot help", attrs...)
 		return f
 	}
 	if attempt >= d.cfg.MaxAttempts {
 		f.Park = true
 		d.parked.Add(1)
+		d.metrics.parkedN.Add(context.Background(), 1, topicAttr(m.Topic))
 		d.log.Error("message parked after its last attempt", attrs...)
 		return f
 	}

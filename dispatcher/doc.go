@@ -25,6 +25,15 @@
 // [store.Notifier] wake it as soon as a message is written, so latency stays low while idle
 // polling stays rare.
 //
+// # Metrics
+//
+// The dispatcher reports through the OpenTelemetry metric API (Config.MeterProvider):
+// outbox.messages.published, outbox.publish.failures and outbox.messages.parked (counters by
+// topic), outbox.publish.duration, outbox.delivery.latency (from write to acknowledgement) and
+// outbox.batch.size (histograms), and, for stores that implement store.Operator,
+// outbox.pending, outbox.parked and outbox.lag (gauges with the store's name and mode).
+// [Dispatcher.StatusHandler] serves the same health as JSON for readiness probes.
+//
 // # Lifecycle
 //
 // [Dispatcher.Start] returns once the dispatcher runs; [Dispatcher.Stop] stops claiming,

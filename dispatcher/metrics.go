@@ -1,0 +1,108 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/outboxgo/outbox/store"
+)
+
+// meterName is the instrumentation scope of the dispatcher's metrics.
+const meterName = "github.com/outboxgo/outbox/dispatcher"
+
+// instruments are the dispatcher's metrics:
+//
+//	outbox.messages.published   counter    messages the publisher acknowledged, by topic
+//	outbox.publish.failures     counter    failed publish attempts, by topic
+//	outbox.messages.parked      counter    messages parked, by topic
+//	outbox.publish.duration     histogram  seconds per publisher call
+//	outbox.delivery.latency     histogram  seconds from a message's write to its acknowledgement
+//	outbox.batch.size           histogram  messages per claimed batch
+//	outbox.pending              gauge      pending messages in the store
+//	outbox.parked               gauge      parked messages in the store
+//	outbox.lag                  gauge      seconds since the oldest pending message was written
+//
+// The gauges carry the store's name and the mode ("polling"); they read the store once per
+// collection, and only for stores that implement store.Operator.
+type instruments struct {
+	published, failures, parkedN metric.Int64Counter
+	publishDuration, latency     metric.Float64Histogram
+	batchSize                    metric.Int64Histogram
+	meter                        metric.Meter
+	pending, parked              metric.Int64ObservableGauge
+	lag                          metric.Float64ObservableGauge
+}
+
+func newInstruments(mp metric.MeterProvider) (*instruments, error) {
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	m := mp.Meter(meterName)
+	in := &instruments{meter: m}
+	var errs []error
+	keep := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	messages := metric.WithUnit("{message}")
+	seconds := []metric.Float64HistogramOption{metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)}
+	var err error
+	in.published, err = m.Int64Counter("outbox.messages.published", messages, metric.WithDescription("Messages the publisher acknowledged."))
+	keep(err)
+	in.failures, err = m.Int64Counter("outbox.publish.failures", metric.WithDescription("Failed publish attempts."))
+	keep(err)
+	in.parkedN, err = m.Int64Counter("outbox.messages.parked", messages, metric.WithDescription("Messages parked after their last attempt or a permanent error."))
+	keep(err)
+	in.publishDuration, err = m.Float64Histogram("outbox.publish.duration", append(seconds, metric.WithDescription("Time per publisher call."))...)
+	keep(err)
+	in.latency, err = m.Float64Histogram("outbox.delivery.latency", append(seconds, metric.WithDescription("Time from a message's write to the publisher's acknowledgement."))...)
+	keep(err)
+	in.batchSize, err = m.Int64Histogram("outbox.batch.size", metric.WithUnit("{message}"), metric.WithDescription("Messages per claimed batch."),
+		metric.WithExplicitBucketBoundaries(1, 10, 50, 100, 250, 500, 1000, 5000))
+	keep(err)
+	in.pending, err = m.Int64ObservableGauge("outbox.pending", metric.WithUnit("{message}"), metric.WithDescription("Pending messages in the store."))
+	keep(err)
+	in.parked, err = m.Int64ObservableGauge("outbox.parked", metric.WithUnit("{message}"), metric.WithDescription("Parked messages in the store."))
+	keep(err)
+	in.lag, err = m.Float64ObservableGauge("outbox.lag", metric.WithUnit("s"), metric.WithDescription("Time since the oldest pending message was written."))
+	keep(err)
+	return in, errors.Join(errs...)
+}
+
+// observeStore registers the gauges' callback for st; the returned function unregisters it.
+func (in *instruments) observeStore(st store.Store) (func(), error) {
+	op, ok := st.(store.Operator)
+	if !ok {
+		return func() {}, nil
+	}
+	attrs := metric.WithAttributes(attribute.String("store", st.Capabilities().Name), attribute.String("mode", "polling"))
+	reg, err := in.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		s, err := op.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		o.ObserveInt64(in.pending, s.Pending, attrs)
+		o.ObserveInt64(in.parked, s.Parked, attrs)
+		lag := 0.0
+		if !s.OldestPending.IsZero() {
+			lag = time.Since(s.OldestPending).Seconds()
+		}
+		o.ObserveFloat64(in.lag, lag, attrs)
+		return nil
+	}, in.pending, in.parked, in.lag)
+	if err != nil {
+		return nil, err
+	}
+	return func() { reg.Unregister() }, nil
+}
+
+func topicAttr(topic string) metric.MeasurementOption {
+	return metric.WithAttributes(attribute.String("topic", topic))
+}

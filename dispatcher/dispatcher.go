@@ -39,8 +39,8 @@ const (
 
 // Dispatcher delivers the messages of one outbox store through one publisher.
 type Dispatcher struct {
-	st  store.Store
-	pub message.Publisher
+	st      store.Store
+	pub     message.Publisher
 	cfg     Config
 	log     *slog.Logger
 	metrics *instruments

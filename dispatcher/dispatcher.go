@@ -94,17 +94,17 @@ func (d *Dispatcher) Stats() Stats {
 }
 
 // Start checks the store and starts dispatching in the background. It returns nil at once if
-// the dispatcher is already running. Cancelling ctx later stops the dispatcher abruptly, as an
+// the dispatcher is already running, and an error if a Stop that ran out of time is still
+// waiting for the publisher. Cancelling ctx later stops the dispatcher abruptly, as an
 // expired [Dispatcher.Stop] would; call Stop for a graceful end.
 func (d *Dispatcher) Start(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.run != nil {
-		select {
-		case <-d.run.done:
-		default:
-			return nil
+	if r := d.run; r != nil && !closed(r.done) {
+		if closed(r.stop) {
+			return errors.New("outbox: dispatcher is still stopping: its in-flight publishes have not returned")
 		}
+		return nil
 	}
 	if err := d.st.Check(ctx); err != nil {
 		return fmt.Errorf("outbox: dispatcher cannot start: %w", err)

@@ -523,3 +523,39 @@ func TestStartPurgesDeliveredPastRetention(t *testing.T) {
 	f.start(t, f.pub, fast(dispatcher.Config{Retention: time.Millisecond}))
 	require.Eventually(t, func() bool { return f.count(t, store.Delivered) == 0 }, 10*time.Second, 5*time.Millisecond)
 }
+
+// stubbornPublisher ignores cancellation: it returns only when released.
+type stubbornPublisher struct {
+	inFlight atomic.Int32
+	release  chan struct{}
+	*outboxtest.Publisher
+}
+
+func (p *stubbornPublisher) Publish(topic string, msgs ...*message.Message) error {
+	p.inFlight.Add(1)
+	defer p.inFlight.Add(-1)
+	<-p.release
+	return p.Publisher.Publish(topic, msgs...)
+}
+
+// A Stop that ran out of time leaves the dispatcher stopping until its publisher returns:
+// Start says so instead of pretending it runs, and works again afterwards.
+func TestStartWhileStillStopping(t *testing.T) {
+	f := setup(t)
+	pub := &stubbornPublisher{release: make(chan struct{}), Publisher: f.pub}
+	f.write(t, store.Message{Topic: "t", Payload: []byte("1")})
+	d, err := dispatcher.New(f.st, pub, fast(dispatcher.Config{}))
+	require.NoError(t, err)
+	require.NoError(t, d.Start(f.ctx))
+	require.Eventually(t, func() bool { return pub.inFlight.Load() == 1 }, 10*time.Second, time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(f.ctx, 50*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, d.Stop(ctx), context.DeadlineExceeded)
+	require.ErrorContains(t, d.Start(f.ctx), "still stopping")
+
+	close(pub.release)
+	require.Eventually(t, func() bool { return d.Start(f.ctx) == nil }, 10*time.Second, time.Millisecond)
+	f.waitDelivered(t, 1)
+	require.NoError(t, d.Stop(f.ctx))
+}

@@ -106,13 +106,14 @@ func (d *Dispatcher) running() bool {
 	d.mu.Lock()
 	r := d.run
 	d.mu.Unlock()
-	if r == nil {
-		return false
-	}
+	return r != nil && !closed(r.stop)
+}
+
+func closed(ch <-chan struct{}) bool {
 	select {
-	case <-r.stop:
-		return false
-	default:
+	case <-ch:
 		return true
+	default:
+		return false
 	}
 }

@@ -54,19 +54,66 @@ func main() {
 	batch := flag.Int("batch", 0, "dispatcher BatchSize (0: default)")
 	concurrency := flag.Int("concurrency", 0, "dispatcher Concurrency (0: default)")
 	workers := flag.Int("workers", 0, "dispatcher Workers (0: default)")
+	cases := flag.String("cases", "drain,idle,forwarder,live,memory", "cases to run")
+	liveRate := flag.Int("live-rate", 1000, "messages per second written in the live cases")
+	liveFor := flag.Duration("live-for", 20*time.Second, "how long the live cases write")
+	memoryN := flag.Int("memory-n", 1000000, "backlog size for the memory case")
+	childDSN := flag.String("child-drain", "", "internal: drain this Postgres outbox as the memory case's child process")
+	childBrokers := flag.String("child-brokers", "", "internal: the brokers of -child-drain")
 	flag.Parse()
+	if *childDSN != "" {
+		if err := childDrain(*childDSN, strings.Split(*childBrokers, ",")); err != nil {
+			fmt.Fprintf(os.Stderr, "child-drain: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
+	run := map[string]bool{}
+	for _, c := range strings.Split(*cases, ",") {
+		if !slices.Contains([]string{"drain", "idle", "forwarder", "live", "memory"}, c) {
+			fmt.Fprintf(os.Stderr, "unknown case %q\n", c)
+			os.Exit(2)
+		}
+		run[c] = true
+	}
 	cfg := dispatcher.Config{BatchSize: *batch, Concurrency: *concurrency, Workers: *workers, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	failed := false
 	for _, name := range strings.Split(*dbs, ",") {
-		if err := drainCase(name, *n, cfg); err != nil {
-			fmt.Fprintf(os.Stderr, "case=%s-poll-drain: %v\n", name, err)
-			failed = true
+		if run["drain"] {
+			if err := drainCase(name, *n, cfg); err != nil {
+				fmt.Fprintf(os.Stderr, "case=%s-poll-drain: %v\n", name, err)
+				failed = true
+			}
 		}
-		if *idle > 0 {
+		if run["idle"] && *idle > 0 {
 			if err := idleCase(name, *idle, cfg); err != nil {
 				fmt.Fprintf(os.Stderr, "case=%s-idle: %v\n", name, err)
 				failed = true
 			}
+		}
+	}
+	if run["forwarder"] {
+		if err := forwarderCase(*n, dispatcher.Config{Logger: cfg.Logger}); err != nil {
+			fmt.Fprintf(os.Stderr, "case=pg-vs-forwarder: %v\n", err)
+			failed = true
+		}
+	}
+	if run["live"] {
+		for _, name := range strings.Split(*dbs, ",") {
+			if err := liveCase(name, *liveRate, *liveFor, cfg); err != nil {
+				fmt.Fprintf(os.Stderr, "case=%s-live: %v\n", name, err)
+				failed = true
+			}
+		}
+		if err := forwarderLiveCase(*liveRate, *liveFor); err != nil {
+			fmt.Fprintf(os.Stderr, "case=forwarder-live: %v\n", err)
+			failed = true
+		}
+	}
+	if run["memory"] {
+		if err := memoryCase(*memoryN); err != nil {
+			fmt.Fprintf(os.Stderr, "case=pg-memory: %v\n", err)
+			failed = true
 		}
 	}
 	if failed {

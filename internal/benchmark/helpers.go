@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+
+	"github.com/outboxgo/outbox/internal/dbtest"
+	"github.com/outboxgo/outbox/internal/kafkatest"
+	"github.com/outboxgo/outbox/store/pgstore"
+)
+
+// payload256 is the payload of every benchmark message.
+var payload256 = []byte(strings.Repeat("p", 256))
+
+func warnLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// watermillLogger logs at level, which the forwarder cases raise while they stop it: its
+// subscriber reports the cancelled poll of a normal shutdown as an error.
+func watermillLogger(level *slog.LevelVar) watermill.LoggerAdapter {
+	return watermill.NewSlogLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+}
+
+// postgresDB is a fresh, empty Postgres database; drop removes it.
+type postgresDB struct {
+	dsn  string
+	drop func()
+}
+
+// newPostgres creates a database of its own, as newDatabase does, but hands out its DSN so
+// that another library or another process can connect to it.
+func newPostgres() (*postgresDB, error) {
+	admin, err := pgstore.Open(dbtest.PostgresDSN())
+	if err != nil {
+		return nil, err
+	}
+	name := dbtest.Name("outbox_bench")
+	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+		admin.Close()
+		return nil, fmt.Errorf("create database (is Postgres running? make services): %w", err)
+	}
+	dsn := dbtest.PostgresDSN()
+	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
+		u.Path = "/" + name
+		dsn = u.String()
+	} else {
+		dsn += " dbname=" + name
+	}
+	return &postgresDB{dsn: dsn, drop: func() {
+		admin.Exec("DROP DATABASE " + name + " WITH (FORCE)")
+		admin.Close()
+	}}, nil
+}
+
+// readAll polls consumer until it has read n distinct messages, told apart by the idHeader
+// record header; it returns how many duplicates it saw.
+func readAll(ctx context.Context, consumer *kafkatest.Consumer, n int, idHeader string) (dups int, err error) {
+	seen := make(map[string]struct{}, n)
+	for len(seen) < n {
+		recs, err := consumer.Poll(ctx)
+		if err != nil {
+			return dups, err
+		}
+		if ctx.Err() != nil {
+			return dups, fmt.Errorf("timed out with %d of %d", len(seen), n)
+		}
+		for _, r := range recs {
+			id := r.Headers[idHeader]
+			if _, ok := seen[id]; ok {
+				dups++
+			}
+			seen[id] = struct{}{}
+		}
+	}
+	return dups, nil
+}
+
+// percentile returns the p-th percentile (0-100) of sorted durations, as in the idle case.
+func percentile(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)*p/100, len(sorted)-1)]
+}

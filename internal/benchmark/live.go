@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+
+	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/internal/kafkatest"
+	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/store"
+)
+
+// liveWriters share the pacing ticker: one message per transaction costs a commit (an fsync
+// on Postgres), so one writer alone falls short of 1000/s on this machine.
+const liveWriters = 4
+
+// liveCase writes one message per transaction at rate while the dispatcher runs, and prints
+// the commit-to-consume latency.
+func liveCase(name string, rate int, window time.Duration, cfg dispatcher.Config) error {
+	db, err := newDatabase(name)
+	if db != nil && db.cleanup != nil {
+		defer db.cleanup()
+	}
+	if err != nil {
+		return err
+	}
+	// database/sql keeps 2 idle connections by default: the writers would open and close
+	// connections all the time, as no application under load would.
+	db.st.DB().SetMaxIdleConns(liveWriters + 4)
+	cluster, err := kafkatest.NewCluster()
+	if err != nil {
+		return err
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	consumer, err := kafkatest.NewConsumer(brokers, topic)
+	if err != nil {
+		return err
+	}
+	defer consumer.Close()
+	d, err := dispatcher.New(db.st, pub, cfg)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if err := d.Start(ctx); err != nil {
+		return err
+	}
+	defer d.Stop(ctx)
+	write := func(ctx context.Context, id string, i int) error {
+		tx, err := db.st.DB().BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		msg := store.Message{ID: id, Topic: topic, Key: fmt.Sprintf("key-%d", i%keys), Payload: payload256}
+		if err := db.st.Write(ctx, tx, msg); err != nil {
+			tx.Rollback()
+			return err
+		}
+		return tx.Commit()
+	}
+	return live(name, rate, window, consumer, dispatcher.MetadataID, write)
+}
+
+// forwarderLiveCase is liveCase for watermill's forwarder on Postgres.
+func forwarderLiveCase(rate int, window time.Duration) error {
+	s, err := newForwarderSetup()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	s.db.SetMaxIdleConns(liveWriters + 4)
+	cluster, err := kafkatest.NewCluster()
+	if err != nil {
+		return err
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	consumer, err := kafkatest.NewConsumer(brokers, topic)
+	if err != nil {
+		return err
+	}
+	defer consumer.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	run, stop, err := s.newForwarder(brokers)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	run(ctx)
+	write := func(ctx context.Context, id string, i int) error {
+		return s.write(ctx, forwarderMessage(id, i))
+	}
+	return live("forwarder", rate, window, consumer, kafka.UUIDHeaderKey, write)
+}
+
+// live runs write at rate for window from liveWriters goroutines, each message in its own
+// transaction, and matches commit times with the consumer's receive times by message id.
+func live(name string, rate int, window time.Duration, consumer *kafkatest.Consumer, idHeader string,
+	write func(ctx context.Context, id string, i int) error) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	received := map[string]time.Time{}
+	committed := map[string]time.Time{}
+	var lastErr error // a fetch error is retried: a lost message shows as missing
+	consumed := make(chan struct{})
+	go func() {
+		defer close(consumed)
+		for ctx.Err() == nil {
+			recs, err := consumer.Poll(ctx)
+			mu.Lock()
+			if err != nil {
+				lastErr = err
+			}
+			for _, r := range recs {
+				id := r.Headers[idHeader]
+				if _, dup := received[id]; !dup {
+					received[id] = r.Received
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+
+	// The ticker hands out the messages due by now, so that a late tick does not lower the
+	// rate; writers that fall behind catch up from a second's worth of backlog, and what they
+	// cannot write by the end of the window is not written: the rate printed is the rate
+	// achieved.
+	total := int(window.Seconds() * float64(rate))
+	due := make(chan int, rate)
+	began := time.Now()
+	go func() {
+		defer close(due)
+		ticker := time.NewTicker(time.Millisecond)
+		defer ticker.Stop()
+		sent := 0
+		for now := range ticker.C {
+			if now.Sub(began) >= window {
+				return
+			}
+			for upTo := min(int(now.Sub(began).Seconds()*float64(rate)), total); sent < upTo; {
+				select {
+				case due <- sent:
+					sent++
+				default:
+					upTo = sent // full: the writers are a second behind
+				}
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, liveWriters)
+	for range liveWriters {
+		wg.Go(func() {
+			for i := range due {
+				id := store.NewID()
+				if err := write(ctx, id, i); err != nil {
+					errs <- err
+					return
+				}
+				at := time.Now()
+				mu.Lock()
+				committed[id] = at
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(began)
+	select {
+	case err := <-errs:
+		return fmt.Errorf("write: %w", err)
+	default:
+	}
+
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		mu.Lock()
+		missing := 0
+		for id := range committed {
+			if _, ok := received[id]; !ok {
+				missing++
+			}
+		}
+		n, err := len(committed), lastErr
+		mu.Unlock()
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d messages not received (last fetch error: %v)", missing, n, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	<-consumed
+
+	mu.Lock()
+	defer mu.Unlock()
+	lat := make([]time.Duration, 0, len(committed))
+	for id, at := range committed {
+		lat = append(lat, received[id].Sub(at))
+	}
+	slices.Sort(lat)
+	fmt.Printf("case=%s-live rate=%.0f n=%d p50=%.1fms p99=%.1fms\n",
+		name, float64(len(committed))/elapsed.Seconds(), len(committed), ms(percentile(lat, 50)), ms(percentile(lat, 99)))
+	return nil
+}

@@ -33,6 +33,10 @@ type Dialect struct {
 	unixMicroTime bool // times stored as integer unix microseconds
 	claim         claimStyle
 	notify        bool // Write sends pg_notify on the table's channel
+	// asyncCommit, appended to an UPDATE's SET list, lets the statement's own transaction
+	// commit without waiting for the WAL flush. Marking messages delivered can: a mark lost in
+	// a server crash only publishes them again, which at-least-once allows.
+	asyncCommit string
 	migrationsDir string
 	// classify maps a driver error to store.ErrNotMigrated or store.ErrPermission, or nil.
 	classify func(error) error
@@ -82,6 +86,7 @@ func Postgres() Dialect {
 		epoch:         "'1970-01-01 00:00:00+00'",
 		claim:         claimAdvisoryLock,
 		notify:        true,
+		asyncCommit:   " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit",
 		migrationsDir: "migrations/postgres",
 		classify: func(err error) error {
 			var pgErr interface{ SQLState() string }

@@ -602,8 +602,10 @@ func (s *Store) claimAdvisory(ctx context.Context, token string, p *store.ClaimP
 		return nil, err
 	}
 	defer tx.Rollback()
-	// Released at commit. The UPDATE below takes its snapshot after the lock is granted.
-	if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", s.t.lockKey("claim")); err != nil {
+	// The lock is released at commit; the UPDATE below takes its snapshot after it is granted.
+	// The commit need not wait for the WAL flush: a claim lost in a server crash only makes
+	// its messages claimable again.
+	if _, err := tx.ExecContext(ctx, "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock($1)", s.t.lockKey("claim")); err != nil {
 		return nil, err
 	}
 	got, err := s.claimOnce(ctx, tx, token, p)
@@ -660,7 +662,7 @@ func (s *Store) MarkDelivered(ctx context.Context, p *store.MarkDeliveredParams)
 	return s.inChunks(p.IDs, func(ids []string) error {
 		b := builder{d: s.d}
 		q := "UPDATE " + s.t.String() + " SET state = 'delivered', delivered_at = " + b.arg(s.d.timeArg(s.now())) +
-			", claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'pending' AND " + b.in("id", ids)
+			", claim_token = NULL, claimed_until = " + s.d.epoch + s.d.asyncCommit + " WHERE state = 'pending' AND " + b.in("id", ids)
 		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: mark %d messages delivered in %s: %w", len(ids), s.t, err)
 		}

@@ -1,19 +1,28 @@
 // Command benchmark measures the dispatcher against real databases and an in-process Kafka
-// broker (kfake over TCP), counting what arrives with an independent client (franz-go).
+// broker (kfake over TCP), counting what arrives with an independent client (franz-go). It is
+// what `make bench` runs.
 //
-//	go run ./internal/benchmark [-dbs sqlite,postgres,mariadb] [-n 50000] [-idle 20s]
+//	go run ./internal/benchmark [-cases drain,idle,forwarder,live,memory] [-dbs sqlite,postgres,mariadb]
+//	    [-n 50000] [-idle 20s] [-live-rate 1000] [-live-for 20s] [-memory-n 1000000]
+//	    [-batch N] [-concurrency N] [-workers N]
 //
 // It prints one line per case:
 //
 //	case=<db>-poll-drain n=<messages> rate=<msgs/s> duplicates=<n>
-//	case=<db>-idle queries_per_s=<q> wake_p50=<ms> wake_p99=<ms>
+//	case=<db>-idle queries_per_s=<q> wake_p50=<ms> wake_p99=<ms> other_instance_wake_p50=<ms> ...
+//	case=pg-vs-forwarder n=<n> outbox=<msgs/s> forwarder=<msgs/s> ratio=<x>
+//	case=<db>-live rate=<msgs/s> n=<n> p50=<ms> p99=<ms>   (and forwarder-live)
+//	case=pg-memory n=<n> peak_rss=<MiB> rate=<msgs/s>
 //
 // Drain: a backlog of n messages (256-byte payloads, 1000 keys) is written first; the rate is
 // n divided by the time from the dispatcher's start to the last message read back from Kafka.
 // Idle: an empty outbox; queries per second that an idle dispatcher sends, counted by the
 // server (Postgres pg_stat_database transactions, MariaDB's Questions) or, for SQLite, which
 // has no server, the claims the dispatcher makes (one statement each); then the latency from
-// the commit of a message written by another connection pool to its arrival in Kafka.
+// a commit to its arrival in Kafka, through the dispatcher's own store and through another
+// connection pool. Forwarder: the same Postgres backlog through watermill's forwarder
+// (watermill-sql, 10 ms poll). Live: one message per transaction at the given rate, commit to
+// consume. Memory: the peak RSS (VmHWM) of a child process draining a large backlog.
 package main
 
 import (

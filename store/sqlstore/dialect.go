@@ -36,7 +36,7 @@ type Dialect struct {
 	// asyncCommit, appended to an UPDATE's SET list, lets the statement's own transaction
 	// commit without waiting for the WAL flush. Marking messages delivered can: a mark lost in
 	// a server crash only publishes them again, which at-least-once allows.
-	asyncCommit string
+	asyncCommit   string
 	migrationsDir string
 	// classify maps a driver error to store.ErrNotMigrated or store.ErrPermission, or nil.
 	classify func(error) error

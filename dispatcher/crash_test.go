@@ -39,13 +39,7 @@ func TestKilledDispatchersLoseNothing(t *testing.T) {
 			seed := uint64(time.Now().UnixNano())
 			rng := rand.New(rand.NewPCG(seed, seed))
 			t.Logf("seed %d", seed)
-			cluster, err := kafkatest.NewCluster()
-			require.NoError(t, err)
-			defer cluster.Close()
-			brokers := cluster.ListenAddrs()
-			db, st := shared.open(t, shared.dsn, shared.table)
-			defer db.Close()
-			require.NoError(t, st.Migrate(context.Background()))
+			brokers, db, st := shared.prepare(t)
 
 			written := make(chan error, 1)
 			// Spread the writes over the kills (about 650 ms each).

@@ -13,7 +13,6 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/dbtest"
-	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
 )
 
@@ -79,13 +78,7 @@ func TestKilledDatabaseConnectionsLoseNothing(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dsn, shared, kill := tc.setup(t)
-			cluster, err := kafkatest.NewCluster()
-			require.NoError(t, err)
-			defer cluster.Close()
-			brokers := cluster.ListenAddrs()
-			admin, st := shared.open(t, shared.dsn, shared.table)
-			defer admin.Close()
-			require.NoError(t, st.Migrate(context.Background()))
+			brokers, admin, st := shared.prepare(t)
 			victimDB, victim := shared.open(t, dsn, shared.table)
 			defer victimDB.Close()
 			pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})

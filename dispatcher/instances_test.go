@@ -51,6 +51,19 @@ func openMySQL(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
 	return db, st
 }
 
+// prepare gives a test an in-process Kafka broker and a migrated outbox on shared, closed when
+// the test ends.
+func (shared sharedDB) prepare(t *testing.T) (brokers []string, db *sql.DB, st *sqlstore.Store) {
+	t.Helper()
+	cluster, err := kafkatest.NewCluster()
+	require.NoError(t, err)
+	t.Cleanup(cluster.Close)
+	db, st = shared.open(t, shared.dsn, shared.table)
+	t.Cleanup(func() { db.Close() })
+	require.NoError(t, st.Migrate(context.Background()))
+	return cluster.ListenAddrs(), db, st
+}
+
 func sharedPostgres(t *testing.T) sharedDB {
 	_, schema := dbtest.Postgres(t)
 	return sharedDB{name: "postgres", dsn: dbtest.PostgresDSN(), table: schema + ".outbox", open: openPostgres}
@@ -138,12 +151,7 @@ func TestThreeDispatchersShareOneDatabase(t *testing.T) {
 	for _, newDB := range []func(*testing.T) sharedDB{sharedPostgres, sharedMySQL} {
 		shared := newDB(t)
 		t.Run(shared.name, func(t *testing.T) {
-			cluster, err := kafkatest.NewCluster()
-			require.NoError(t, err)
-			defer cluster.Close()
-			db, st := shared.open(t, shared.dsn, shared.table)
-			defer db.Close()
-			require.NoError(t, st.Migrate(context.Background()))
+			brokers, db, st := shared.prepare(t)
 			fill(t, db, st, instanceMessages)
 
 			var wg sync.WaitGroup
@@ -151,7 +159,7 @@ func TestThreeDispatchersShareOneDatabase(t *testing.T) {
 			for i := range dispatchers {
 				idb, ist := shared.open(t, shared.dsn, shared.table) // a pool of its own
 				defer idb.Close()
-				pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: cluster.ListenAddrs()})
+				pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
 				require.NoError(t, err)
 				defer pub.Close()
 				d, err := dispatcher.New(ist, pub, dispatcher.Config{BatchSize: 500, Concurrency: 32, Logger: quiet()})
@@ -165,7 +173,7 @@ func TestThreeDispatchersShareOneDatabase(t *testing.T) {
 				require.NoError(t, d.Stop(context.Background()))
 				t.Logf("dispatcher %d published %d", i, d.Stats().Published)
 			}
-			verifyKafka(t, cluster.ListenAddrs(), instanceMessages)
+			verifyKafka(t, brokers, instanceMessages)
 		})
 	}
 }
@@ -175,18 +183,13 @@ func TestThreeDispatcherProcessesShareOneDatabase(t *testing.T) {
 	for _, newDB := range []func(*testing.T) sharedDB{sharedPostgres, sharedMySQL} {
 		shared := newDB(t)
 		t.Run(shared.name, func(t *testing.T) {
-			cluster, err := kafkatest.NewCluster()
-			require.NoError(t, err)
-			defer cluster.Close()
-			db, st := shared.open(t, shared.dsn, shared.table)
-			defer db.Close()
-			require.NoError(t, st.Migrate(context.Background()))
+			brokers, db, st := shared.prepare(t)
 			fill(t, db, st, instanceMessages)
 
 			var procs []*exec.Cmd
 			var logs []string
 			for range 3 {
-				cmd, log := startDispatcherProcess(t, shared, cluster.ListenAddrs(), "empty", 500)
+				cmd, log := startDispatcherProcess(t, shared, brokers, "empty", 500)
 				procs = append(procs, cmd)
 				logs = append(logs, log)
 			}
@@ -201,7 +204,7 @@ func TestThreeDispatcherProcessesShareOneDatabase(t *testing.T) {
 					}
 				}
 			}
-			verifyKafka(t, cluster.ListenAddrs(), instanceMessages)
+			verifyKafka(t, brokers, instanceMessages)
 		})
 	}
 }

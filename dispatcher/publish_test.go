@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -170,36 +169,4 @@ func TestPermanentAndBatchError(t *testing.T) {
 
 	be := &dispatcher.BatchError{Failed: map[string]error{"b": base, "a": base, "c": base, "d": base}}
 	require.Equal(t, "outbox: 4 messages failed; a: x; b: x; c: x; and 1 more", be.Error())
-}
-
-// Random failures through the batch path keep every key in order too.
-func TestBatchOrderPerKeyUnderRandomFailures(t *testing.T) {
-	f := setup(t)
-	const n, keys = 1500, 50
-	var in []store.Message
-	for i := range n {
-		in = append(in, store.Message{Topic: "t", Key: fmt.Sprintf("k%d", i%keys), Payload: []byte(strconv.Itoa(i))})
-	}
-	f.write(t, in...)
-	var mu sync.Mutex
-	calls := 0
-	f.pub.Fail = func(string, *message.Message) error {
-		mu.Lock()
-		defer mu.Unlock()
-		calls++
-		if calls%5 == 0 {
-			return errors.New("injected failure")
-		}
-		return nil
-	}
-	f.start(t, &batchPublisher{Publisher: f.pub}, fast(dispatcher.Config{BatchSize: 100, MaxAttempts: 1000}))
-	f.waitDelivered(t, n)
-	got := f.pub.Messages("t")
-	seen := map[string]bool{}
-	for _, m := range got {
-		require.False(t, seen[m.UUID], "duplicate %s", m.UUID)
-		seen[m.UUID] = true
-	}
-	require.Len(t, seen, n)
-	requireOrderPerKey(t, got)
 }

@@ -1,0 +1,7 @@
+-- An outbox message written by a program that does not use this library (another language, a
+-- migration, the sqlite3 shell), in the same transaction as its domain rows. {{table}} is the
+-- outbox table; times are integer unix microseconds.
+INSERT INTO {{table}} (id, topic, message_key, payload, headers, created_at)
+VALUES ('0190f3a2-7b1c-7000-8000-00000000a001', 'payments', 'pay-42',
+        CAST('{"externalId":"pay-42","amount":"12.50","paymentStatus":"Completed"}' AS BLOB),
+        '{"event_type":"PaymentCompleted"}', CAST(unixepoch('subsec') * 1000000 AS INTEGER));

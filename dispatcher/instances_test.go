@@ -266,5 +266,6 @@ func TestDispatcherProcess(t *testing.T) {
 	t.Logf("published %d", d.Stats().Published)
 }
 
-// processLease is short so that a killed process's messages come back quickly.
-const processLease = time.Second
+// processLease is short so that a killed process's messages come back quickly, and long enough
+// that a loaded machine publishes and marks a batch within it (else the batch goes out twice).
+const processLease = 3 * time.Second

@@ -425,6 +425,7 @@ func (d *Dispatcher) publishBatches(ctx context.Context, bp BatchPublisher, msgs
 func (d *Dispatcher) settle(ctx context.Context, msgs []store.ClaimedMessage, chains [][]int, attempts []attempt) *outcome {
 	out := &outcome{}
 	now := time.Now()
+	publishedByTopic := map[string]int64{}
 	for _, chain := range chains {
 		failed := false
 		for _, i := range chain {
@@ -432,7 +433,7 @@ func (d *Dispatcher) settle(ctx context.Context, msgs []store.ClaimedMessage, ch
 			switch {
 			case a.tried && a.err == nil:
 				out.delivered = append(out.delivered, m.ID)
-				d.metrics.published.Add(ctx, 1, topicAttr(m.Topic))
+				publishedByTopic[m.Topic]++
 				d.metrics.latency.Record(ctx, now.Sub(m.CreatedAt).Seconds())
 				if failed {
 					d.log.Warn("message acknowledged after an earlier message of its key failed: its key is out of order",
@@ -449,6 +450,9 @@ func (d *Dispatcher) settle(ctx context.Context, msgs []store.ClaimedMessage, ch
 				out.unattempted = append(out.unattempted, m.ID)
 			}
 		}
+	}
+	for topic, n := range publishedByTopic { // one measurement per topic, not per message
+		d.metrics.published.Add(ctx, n, topicAttr(topic))
 	}
 	return out
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -31,12 +32,14 @@ func watermillLogger(level *slog.LevelVar) watermill.LoggerAdapter {
 
 // postgresDB is a fresh, empty Postgres database; drop removes it.
 type postgresDB struct {
-	dsn  string
-	drop func()
+	name, dsn string
+	// admin is connected to another database, so its queries do not count against this one.
+	admin *sql.DB
+	drop  func()
 }
 
-// newPostgres creates a database of its own, as newDatabase does, but hands out its DSN so
-// that another library or another process can connect to it.
+// newPostgres creates a database of its own and hands out its DSN, so that our stores,
+// another library or another process can connect to it.
 func newPostgres() (*postgresDB, error) {
 	admin, err := pgstore.Open(dbtest.PostgresDSN())
 	if err != nil {
@@ -54,7 +57,7 @@ func newPostgres() (*postgresDB, error) {
 	} else {
 		dsn += " dbname=" + name
 	}
-	return &postgresDB{dsn: dsn, drop: func() {
+	return &postgresDB{name: name, dsn: dsn, admin: admin, drop: func() {
 		admin.Exec("DROP DATABASE " + name + " WITH (FORCE)")
 		admin.Close()
 	}}, nil

@@ -30,7 +30,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -161,23 +160,12 @@ func newDatabase(name string) (*database, error) {
 		}
 		return &database{st: st, open: open, cleanup: func() { os.RemoveAll(dir) }}, st.Migrate(ctx)
 	case "postgres":
-		admin, err := pgstore.Open(dbtest.PostgresDSN())
+		pg, err := newPostgres()
 		if err != nil {
 			return nil, err
 		}
-		dbName := dbtest.Name("outbox_bench")
-		if _, err := admin.Exec("CREATE DATABASE " + dbName); err != nil {
-			return nil, fmt.Errorf("create database (is Postgres running? make services): %w", err)
-		}
-		dsn := dbtest.PostgresDSN()
-		if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
-			u.Path = "/" + dbName
-			dsn = u.String()
-		} else {
-			dsn += " dbname=" + dbName
-		}
 		open := func() (*sqlstore.Store, error) {
-			db, err := pgstore.Open(dsn)
+			db, err := pgstore.Open(pg.dsn)
 			if err != nil {
 				return nil, err
 			}
@@ -185,22 +173,22 @@ func newDatabase(name string) (*database, error) {
 		}
 		st, err := open()
 		if err != nil {
+			pg.drop()
 			return nil, err
 		}
 		d := &database{st: st, open: open}
 		// The admin pool is connected to another database: its reads are not counted.
 		d.queries = func() (int64, error) {
 			var q int64
-			_, err := admin.Exec("SELECT pg_stat_clear_snapshot()")
+			_, err := pg.admin.Exec("SELECT pg_stat_clear_snapshot()")
 			if err == nil {
-				err = admin.QueryRow("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1", dbName).Scan(&q)
+				err = pg.admin.QueryRow("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1", pg.name).Scan(&q)
 			}
 			return q, err
 		}
 		d.cleanup = func() {
 			st.DB().Close()
-			admin.Exec("DROP DATABASE " + dbName + " WITH (FORCE)")
-			admin.Close()
+			pg.drop()
 		}
 		return d, st.Migrate(ctx)
 	case "mariadb", "mysql":

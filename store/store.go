@@ -65,6 +65,9 @@ type Capabilities struct {
 	// CrossProcessNotify is true when the store's [Notifier] also hears messages written by
 	// other processes (Postgres LISTEN/NOTIFY). Otherwise it hears only this process's writes.
 	CrossProcessNotify bool
+	// ChangeLog is true when the store implements [LogReader] for its database. Whether the
+	// server's settings allow reading the log is known only when ReadLog runs.
+	ChangeLog bool
 }
 
 // Notifier is implemented by stores that can tell a dispatcher that messages were written, so
@@ -82,6 +85,10 @@ type ClaimParams struct {
 	// Lease is how long the claim holds. After it, the messages can be claimed again, which is
 	// how the messages of a crashed dispatcher come back. Must be positive.
 	Lease time.Duration
+	// WrittenBefore, when set, limits the claim to messages written before it and messages a
+	// log reader handed over to polling (failed, or waiting behind a failure of their key):
+	// the sweep that runs beside a [LogReader].
+	WrittenBefore time.Time
 }
 
 // ClaimResult is the result of [Store.Claim].

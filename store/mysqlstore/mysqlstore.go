@@ -47,5 +47,5 @@ func New(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if db == nil {
 		return nil, errors.New("outbox: mysqlstore.New: db is nil")
 	}
-	return sqlstore.New(db, sqlstore.MySQL(), cfg, nil)
+	return sqlstore.New(db, sqlstore.MySQL(), cfg, sqlstore.Hooks{})
 }

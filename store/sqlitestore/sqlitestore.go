@@ -50,5 +50,5 @@ func Open(path string) (*sql.DB, error) {
 // New returns the outbox store for db, a SQLite database opened with the modernc.org/sqlite
 // driver (see [Open]). Call Migrate on it once to create the table.
 func New(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
-	return sqlstore.New(db, sqlstore.SQLite(), cfg, nil)
+	return sqlstore.New(db, sqlstore.SQLite(), cfg, sqlstore.Hooks{})
 }

@@ -49,6 +49,18 @@ type ListenerTarget struct {
 	Channel string
 }
 
+// Hooks connect a [Store] to what only its database can do. A store package passes them to
+// [New]; each may be nil.
+type Hooks struct {
+	// Listen waits for notifications of written messages from any process.
+	Listen Listener
+	// Migrate runs after the schema steps of [Store.Migrate], on the same connection and
+	// under the same lock (Postgres creates its publication and replication slot there).
+	Migrate func(ctx context.Context, s *Store, conn *sql.Conn) error
+	// ReadLog reads the database's change log; see [store.LogReader].
+	ReadLog func(ctx context.Context, s *Store, c store.LogConsumer) error
+}
+
 // Store is an outbox table in a SQL database. It implements [store.Store] and
 // [store.Notifier]. Create one with a database's constructor package, such as sqlitestore.
 type Store struct {
@@ -59,6 +71,7 @@ type Store struct {
 	now      func() time.Time
 	log      *slog.Logger
 	listener Listener
+	hooks    Hooks
 
 	mu           sync.Mutex
 	subs         map[chan struct{}]struct{}
@@ -71,8 +84,8 @@ var (
 )
 
 // New returns a store for the outbox table in db. It does not touch the database: call
-// [Store.Migrate] to create the table, and [Store.Check] to verify it. listener may be nil.
-func New(db *sql.DB, d Dialect, cfg Config, listener Listener) (*Store, error) {
+// [Store.Migrate] to create the table, and [Store.Check] to verify it.
+func New(db *sql.DB, d Dialect, cfg Config, hooks Hooks) (*Store, error) {
 	if db == nil {
 		return nil, errors.New("outbox: sqlstore.New: db is nil")
 	}
@@ -102,7 +115,8 @@ func New(db *sql.DB, d Dialect, cfg Config, listener Listener) (*Store, error) {
 		maxBytes: cfg.MaxPayloadBytes,
 		now:      time.Now,
 		log:      cfg.Logger.With(slog.String("component", "outbox.store"), slog.String("table", t.String())),
-		listener: listener,
+		listener: hooks.Listen,
+		hooks:    hooks,
 		subs:     make(map[chan struct{}]struct{}),
 	}, nil
 }
@@ -115,7 +129,8 @@ func (s *Store) Table() string { return s.t.String() }
 
 // Capabilities implements [store.Store].
 func (s *Store) Capabilities() store.Capabilities {
-	return store.Capabilities{Name: s.d.name, SkipLocked: s.d.claim != claimSingleStatement, CrossProcessNotify: s.listener != nil}
+	return store.Capabilities{Name: s.d.name, SkipLocked: s.d.claim != claimSingleStatement, CrossProcessNotify: s.listener != nil,
+		ChangeLog: s.hooks.ReadLog != nil}
 }
 
 const columns = "seq, id, topic, message_key, payload, headers, created_at, state, attempts, next_attempt_at, claimed_until, claim_token, last_error, delivered_at"
@@ -202,6 +217,11 @@ func (s *Store) Migrate(ctx context.Context) error {
 		}
 		if err := s.apply(ctx, conn, versions, m); err != nil {
 			return fmt.Errorf("outbox: migrate: step %d (%s): %w", m.Version, m.Name, err)
+		}
+	}
+	if s.hooks.Migrate != nil {
+		if err := s.hooks.Migrate(ctx, s, conn); err != nil {
+			return fmt.Errorf("outbox: migrate: %w", err)
 		}
 	}
 	return nil
@@ -512,15 +532,24 @@ type claimedRow struct {
 	m   store.ClaimedMessage
 }
 
+// sweepOnly is the extra condition of a sweep's claim (ClaimParams.WrittenBefore): messages
+// written before then, and those a log reader handed over, which are held.
+func (s *Store) sweepOnly(b *builder, p *store.ClaimParams) string {
+	if p.WrittenBefore.IsZero() {
+		return ""
+	}
+	return " AND (o.created_at < " + b.arg(s.d.timeArg(p.WrittenBefore)) + " OR o.held = 1)"
+}
+
 // claimable is the condition, on the table aliased o, of a message that may be claimed at
 // now: it is due, no live claim holds it, and no earlier message of its key is held back by
 // a retry time or a live claim. Earlier messages of the key that are claimable themselves
 // have lower seq and so come first within a claim's LIMIT. Held messages are those with
 // held = 1, which the "held" index covers.
-func (s *Store) claimable(b *builder, now time.Time) string {
+func (s *Store) claimable(b *builder, now time.Time, p *store.ClaimParams) string {
 	nowV := s.d.timeArg(now)
 	t := s.t.String()
-	return "o.state = 'pending' AND o.next_attempt_at <= " + b.arg(nowV) + " AND o.claimed_until <= " + b.arg(nowV) +
+	return "o.state = 'pending' AND o.next_attempt_at <= " + b.arg(nowV) + " AND o.claimed_until <= " + b.arg(nowV) + s.sweepOnly(b, p) +
 		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + t + " e WHERE e.held = 1" +
 		" AND e.message_key = o.message_key AND e.seq < o.seq" +
 		" AND (e.next_attempt_at > " + b.arg(nowV) + " OR e.claimed_until > " + b.arg(nowV) + ")))"
@@ -535,7 +564,7 @@ func (s *Store) claimOnce(ctx context.Context, db store.Querier, token string, p
 	b := builder{d: s.d}
 	t := s.t.String()
 	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.arg(s.d.timeArg(now.Add(p.Lease)))
-	sub := "SELECT o.seq FROM " + t + " o WHERE " + s.claimable(&b, now) + " ORDER BY o.seq LIMIT " + b.arg(p.Limit)
+	sub := "SELECT o.seq FROM " + t + " o WHERE " + s.claimable(&b, now, p) + " ORDER BY o.seq LIMIT " + b.arg(p.Limit)
 	if s.d.claim == claimSingleStatement {
 		q += " WHERE seq IN (" + sub + ")"
 	} else {
@@ -583,7 +612,7 @@ func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimPar
 	nowV := s.d.timeArg(s.now())
 	var one int
 	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" o WHERE o.state = 'pending' AND o.next_attempt_at <= "+
-		b.arg(nowV)+" AND o.claimed_until <= "+b.arg(nowV)+" LIMIT 1", b.args...).Scan(&one)
+		b.arg(nowV)+" AND o.claimed_until <= "+b.arg(nowV)+s.sweepOnly(&b, p)+" LIMIT 1", b.args...).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -634,7 +663,7 @@ func (s *Store) claimNamed(ctx context.Context, token string, p *store.ClaimPara
 	defer tx.Rollback()
 	now := s.now()
 	b := builder{d: s.d}
-	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " o WHERE " + s.claimable(&b, now) +
+	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " o WHERE " + s.claimable(&b, now, p) +
 		" ORDER BY o.seq LIMIT " + b.arg(p.Limit) + " FOR UPDATE SKIP LOCKED"
 	rows, err := tx.QueryContext(ctx, q, b.args...)
 	if err != nil {

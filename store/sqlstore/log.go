@@ -1,0 +1,214 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/outboxgo/outbox/store"
+)
+
+var _ store.LogReader = (*Store)(nil)
+
+// LogMessage is a message read from the change log, with the seq of its row.
+type LogMessage struct {
+	Seq int64
+	store.Message
+}
+
+// ReadLog implements [store.LogReader] through the store's [Hooks].ReadLog.
+func (s *Store) ReadLog(ctx context.Context, c store.LogConsumer) error {
+	if s.hooks.ReadLog == nil {
+		return fmt.Errorf("%w: the %s store reads no change log", store.ErrLogUnavailable, s.d.name)
+	}
+	if c.Deliver == nil {
+		return fmt.Errorf("outbox: ReadLog: LogConsumer.Deliver is nil")
+	}
+	return s.hooks.ReadLog(ctx, s, c)
+}
+
+// DeliverLog hands msgs, read from the change log in commit order, to c.Deliver and records
+// the outcome in one transaction, with checkpoint(tx) when it is not nil (the reader's log
+// position, stored with the outcome it covers).
+//
+// Messages that are no longer pending, or that polling holds (claimed, or waiting for a
+// retry), are skipped: polling delivered them before the log reached them, or owns them now.
+// A message whose key has an earlier message held by polling is handed over to polling, with
+// the later messages of its key, so that the key stays in order.
+func (s *Store) DeliverLog(ctx context.Context, c store.LogConsumer, msgs []LogMessage, checkpoint func(context.Context, *sql.Tx) error) error {
+	ready, heldFrom, err := s.logFilter(ctx, msgs)
+	if err != nil {
+		return fmt.Errorf("outbox: look up logged messages in %s: %w", s.t, err)
+	}
+	var (
+		deliver  []store.ClaimedMessage
+		handOver []string
+		blocked  = map[string]bool{}
+	)
+	for _, m := range msgs {
+		if !ready[m.ID] {
+			continue
+		}
+		if m.Key != "" {
+			if from, ok := heldFrom[m.Key]; (ok && from < m.Seq) || blocked[m.Key] {
+				blocked[m.Key] = true
+				handOver = append(handOver, m.ID)
+				continue
+			}
+		}
+		deliver = append(deliver, store.ClaimedMessage{Message: m.Message})
+	}
+	out := &store.LogOutcome{}
+	if len(deliver) > 0 {
+		out = c.Deliver(ctx, deliver)
+		seen := make(map[string]bool, len(deliver))
+		for _, id := range out.Delivered {
+			seen[id] = true
+		}
+		for _, f := range out.Failures {
+			seen[f.ID] = true
+		}
+		for _, m := range deliver {
+			if !seen[m.ID] {
+				handOver = append(handOver, m.ID)
+			}
+		}
+	}
+	// Record even if ctx ended meanwhile: what the broker acknowledged must be marked.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	b := backoff.WithContext(backoff.WithMaxRetries(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxElapsedTime(0)), 4), rctx)
+	return backoff.Retry(func() error { return s.recordLog(rctx, out, handOver, checkpoint) }, b)
+}
+
+// logFilter returns which of msgs are pending and not held by polling, and for each key with
+// held messages the lowest held seq.
+func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[string]bool, heldFrom map[string]int64, err error) {
+	ids := make([]string, len(msgs))
+	for i, m := range msgs {
+		ids[i] = m.ID
+	}
+	ready = make(map[string]bool, len(msgs))
+	err = s.inChunks(ids, func(ids []string) error {
+		b := builder{d: s.d}
+		rows, err := s.db.QueryContext(ctx, "SELECT id FROM "+s.t.String()+" WHERE state = 'pending' AND held = 0 AND "+b.in("id", ids), b.args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			ready[id] = true
+		}
+		return rows.Err()
+	})
+	if err != nil || len(ready) == 0 {
+		return ready, nil, err
+	}
+	// Held messages are few (failed or claimed ones), and the "held" index covers them.
+	rows, err := s.db.QueryContext(ctx, "SELECT message_key, MIN(seq) FROM "+s.t.String()+" WHERE held = 1 AND message_key <> '' GROUP BY message_key")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	heldFrom = map[string]int64{}
+	for rows.Next() {
+		var (
+			key string
+			seq int64
+		)
+		if err := rows.Scan(&key, &seq); err != nil {
+			return nil, nil, err
+		}
+		heldFrom[key] = seq
+	}
+	return ready, heldFrom, rows.Err()
+}
+
+// recordLog records a log batch's outcome, and the reader's checkpoint, in one transaction.
+// Rows a sweep claimed meanwhile are left to it, except that an acknowledged message is
+// marked delivered whoever holds it.
+func (s *Store) recordLog(ctx context.Context, out *store.LogOutcome, handOver []string, checkpoint func(context.Context, *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("outbox: record logged messages in %s: %w", s.t, err)
+	}
+	defer tx.Rollback()
+	if s.d.asyncCommit != "" {
+		// A mark lost in a server crash costs a duplicate from the sweep, not a message.
+		if _, err := tx.ExecContext(ctx, "SELECT set_config('synchronous_commit', 'off', true)"); err != nil {
+			return err
+		}
+	}
+	now := s.now()
+	t := s.t.String()
+	err = s.inChunks(out.Delivered, func(ids []string) error {
+		b := builder{d: s.d}
+		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET state = 'delivered', delivered_at = "+b.arg(s.d.timeArg(now))+
+			", claim_token = NULL, claimed_until = "+s.d.epoch+" WHERE state = 'pending' AND "+b.in("id", ids), b.args...)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("outbox: mark %d logged messages delivered in %s: %w", len(out.Delivered), s.t, err)
+	}
+	for _, f := range out.Failures {
+		b := builder{d: s.d}
+		state := store.Pending
+		if f.Park {
+			state = store.Parked
+		}
+		q := "UPDATE " + t + " SET attempts = attempts + 1, state = " + b.arg(string(state)) +
+			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.arg(s.d.timeArg(now.Add(f.RetryAfter))) +
+			" WHERE state = 'pending' AND claimed_until = " + s.d.epoch + " AND id = " + b.arg(f.ID)
+		if _, err := tx.ExecContext(ctx, q, b.args...); err != nil {
+			return fmt.Errorf("outbox: record failure of logged message %s in %s: %w", f.ID, s.t, err)
+		}
+	}
+	// A handed-over message gets an expired claim: that makes it held, which a sweep claims
+	// at once and which holds back the later messages of its key.
+	err = s.inChunks(handOver, func(ids []string) error {
+		b := builder{d: s.d}
+		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET claimed_until = "+b.arg(s.d.timeArg(now))+
+			" WHERE state = 'pending' AND claimed_until = "+s.d.epoch+" AND "+b.in("id", ids), b.args...)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("outbox: hand %d logged messages over to polling in %s: %w", len(handOver), s.t, err)
+	}
+	if checkpoint != nil {
+		if err := checkpoint(ctx, tx); err != nil {
+			return fmt.Errorf("outbox: store the log position of %s: %w", s.t, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("outbox: record logged messages in %s: %w", s.t, err)
+	}
+	return nil
+}
+
+// LockName is the MySQL named lock (GET_LOCK) for purpose, one per outbox table.
+func (s *Store) LockName(purpose string) string { return s.t.lockName(purpose) }
+
+// LockKey is the Postgres advisory lock key for purpose, one per outbox table.
+func (s *Store) LockKey(purpose string) int64 { return s.t.lockKey(purpose) }
+
+// Schema is the table's schema (Postgres) or database (MySQL) as configured; empty when the
+// table name is not qualified.
+func (s *Store) Schema() string { return s.t.schema }
+
+// TableName is the table's unquoted name without its schema.
+func (s *Store) TableName() string { return s.t.name }
+
+// Logger is the store's logger.
+func (s *Store) Logger() *slog.Logger { return s.log }
+
+// Now is the store's clock.
+func (s *Store) Now() time.Time { return s.now() }

@@ -20,6 +20,8 @@ const (
 	DefaultPollInterval    = time.Second
 	DefaultShutdownTimeout = 30 * time.Second
 	DefaultRetention       = 7 * 24 * time.Hour
+	DefaultSweepAfter      = time.Minute
+	DefaultLogRetry        = 30 * time.Second
 )
 
 // Config configures a [Dispatcher]. The zero value is ready to use.
@@ -50,6 +52,17 @@ type Config struct {
 	// PollInterval is the longest wait between two claims when the outbox is empty, and
 	// between retries after a database error. Defaults to DefaultPollInterval.
 	PollInterval time.Duration
+	// PollOnly keeps the dispatcher polling even when its store can read the database's
+	// change log (see store.LogReader).
+	PollOnly bool
+	// SweepAfter is, while a dispatcher reads the change log, how old a pending message must
+	// be, counted back from the last time the log reader caught up, before the sweep claims
+	// it as one the log did not carry. A transaction that commits later than this after
+	// writing its message may be published twice. Defaults to DefaultSweepAfter.
+	SweepAfter time.Duration
+	// LogRetry is how often a dispatcher that polls because the change log is unavailable
+	// tries the log again. Defaults to DefaultLogRetry.
+	LogRetry time.Duration
 	// DeadLetterTopic, when set, receives a copy of every message the dispatcher parks, with
 	// the reason in the MetadataError header and its own topic in MetadataTopic. Parked
 	// messages stay in the outbox too.
@@ -99,6 +112,8 @@ func (c Config) withDefaults() (Config, error) {
 		{"RetryMax", &c.RetryMax, DefaultRetryMax},
 		{"PollInterval", &c.PollInterval, DefaultPollInterval},
 		{"ShutdownTimeout", &c.ShutdownTimeout, DefaultShutdownTimeout},
+		{"SweepAfter", &c.SweepAfter, DefaultSweepAfter},
+		{"LogRetry", &c.LogRetry, DefaultLogRetry},
 	}
 	if c.Retention == 0 {
 		c.Retention = DefaultRetention

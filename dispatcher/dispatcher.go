@@ -49,6 +49,7 @@ type Dispatcher struct {
 	run *run
 
 	published, failed, parked atomic.Int64
+	logs                      logState
 }
 
 // run is one Start..Stop lifetime.
@@ -109,7 +110,7 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	if err := d.st.Check(ctx); err != nil {
 		return fmt.Errorf("outbox: dispatcher cannot start: %w", err)
 	}
-	unobserve, err := d.metrics.observeStore(d.st)
+	unobserve, err := d.metrics.observeStore(d.st, d.Mode)
 	if err != nil {
 		return fmt.Errorf("outbox: dispatcher metrics: %w", err)
 	}
@@ -120,11 +121,16 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	for range d.cfg.Workers {
 		workers.Go(func() { d.loop(ctx, r) })
 	}
+	if lr := d.logReader(); lr != nil {
+		d.logs.mode.Store(int32(ModeStandby)) // until the reader reports: claims would race it
+		workers.Go(func() { d.readLog(ctx, r, lr) })
+	}
 	if op, ok := d.st.(store.Operator); ok && d.cfg.Retention > 0 {
 		workers.Go(func() { d.purge(ctx, r, op) })
 	}
 	go func() {
 		workers.Wait()
+		d.logs.mode.Store(int32(ModePolling)) // for Drain
 		unobserve()
 		close(r.done)
 	}()
@@ -217,10 +223,17 @@ func (d *Dispatcher) loop(ctx context.Context, r *run) {
 			errWait.Reset()
 			idle = minPoll
 			continue
+		case d.Mode() != ModePolling:
+			errWait.Reset()
+			wait = d.cfg.PollInterval
 		default:
 			errWait.Reset()
 			wait = idle
 			idle = min(idle*2, d.cfg.PollInterval)
+		}
+		wakeUps := signals
+		if d.Mode() != ModePolling {
+			wakeUps = nil // the log reader delivers new messages; the sweep keeps its pace
 		}
 		timer := time.NewTimer(wait)
 		select {
@@ -230,7 +243,7 @@ func (d *Dispatcher) loop(ctx context.Context, r *run) {
 		case <-ctx.Done():
 			timer.Stop()
 			return
-		case <-signals:
+		case <-wakeUps:
 			timer.Stop()
 			idle = minPoll
 		case <-timer.C:
@@ -286,23 +299,18 @@ type attempt struct {
 // dispatch claims one batch, publishes it and records the outcome. It returns how many
 // messages it claimed and how many were published.
 func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err error) {
-	res, err := d.st.Claim(ctx, &store.ClaimParams{Limit: d.cfg.BatchSize, Lease: d.cfg.Lease})
+	p := d.claimParams()
+	if p == nil {
+		return 0, 0, nil
+	}
+	res, err := d.st.Claim(ctx, p)
 	if err != nil {
 		return 0, 0, err
 	}
 	if len(res.Messages) == 0 {
 		return 0, 0, nil
 	}
-	msgs := res.Messages
-	d.metrics.batchSize.Record(ctx, int64(len(msgs)))
-	chains := chainsByKey(msgs)
-	attempts := make([]attempt, len(msgs))
-	if bp, ok := d.pub.(BatchPublisher); ok {
-		d.publishBatches(ctx, bp, msgs, attempts)
-	} else {
-		d.publishChains(ctx, msgs, chains, attempts)
-	}
-	out := d.settle(ctx, msgs, chains, attempts)
+	out := d.deliver(ctx, res.Messages)
 
 	// Record the outcome even if ctx was cancelled meanwhile: what the broker acknowledged
 	// must be marked, or it is published again.
@@ -324,9 +332,24 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 			return d.st.Release(rctx, &store.ReleaseParams{Token: res.Token, IDs: out.unattempted})
 		}))
 	}
+	return len(res.Messages), len(out.delivered), errors.Join(errs...)
+}
+
+// deliver publishes a batch, in write order, and settles what became of each message. It
+// publishes the dead letters of the messages it parks and counts the published ones.
+func (d *Dispatcher) deliver(ctx context.Context, msgs []store.ClaimedMessage) *outcome {
+	d.metrics.batchSize.Record(ctx, int64(len(msgs)))
+	chains := chainsByKey(msgs)
+	attempts := make([]attempt, len(msgs))
+	if bp, ok := d.pub.(BatchPublisher); ok {
+		d.publishBatches(ctx, bp, msgs, attempts)
+	} else {
+		d.publishChains(ctx, msgs, chains, attempts)
+	}
+	out := d.settle(ctx, msgs, chains, attempts)
 	d.deadLetter(out.parked)
 	d.published.Add(int64(len(out.delivered)))
-	return len(msgs), len(out.delivered), errors.Join(errs...)
+	return out
 }
 
 // retry runs a database call that records a batch's outcome until it succeeds, a few times

@@ -27,7 +27,7 @@ const meterName = "github.com/outboxgo/outbox/dispatcher"
 //	outbox.parked               gauge      parked messages in the store
 //	outbox.lag                  gauge      seconds since the oldest pending message was written
 //
-// The gauges carry the store's name and the mode ("polling"); they read the store once per
+// The gauges carry the store's name and the mode ("log", "standby" or "polling"); they read the store once per
 // collection, and only for stores that implement store.Operator.
 type instruments struct {
 	published, failures, parkedN metric.Int64Counter
@@ -77,13 +77,14 @@ func newInstruments(mp metric.MeterProvider) (*instruments, error) {
 }
 
 // observeStore registers the gauges' callback for st; the returned function unregisters it.
-func (in *instruments) observeStore(st store.Store) (func(), error) {
+func (in *instruments) observeStore(st store.Store, mode func() Mode) (func(), error) {
 	op, ok := st.(store.Operator)
 	if !ok {
 		return func() {}, nil
 	}
-	attrs := metric.WithAttributes(attribute.String("store", st.Capabilities().Name), attribute.String("mode", "polling"))
+	name := st.Capabilities().Name
 	reg, err := in.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		attrs := metric.WithAttributes(attribute.String("store", name), attribute.String("mode", mode().String()))
 		s, err := op.Stats(ctx)
 		if err != nil {
 			return err

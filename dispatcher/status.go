@@ -24,8 +24,12 @@ type Status struct {
 	Healthy bool   `json:"healthy"`
 	Reason  string `json:"reason,omitempty"`
 	Store   string `json:"store"`
-	// Mode is how messages are found: "polling".
+	// Mode is how messages are found: "log", "standby" (another dispatcher reads the log) or
+	// "polling".
 	Mode    string `json:"mode"`
+	// LogLagBytes is, in log mode, how far the log reader's confirmed position is behind the
+	// end of the log (-1 when not known).
+	LogLagBytes int64 `json:"log_lag_bytes,omitempty"`
 	Running bool   `json:"running"`
 	// Pending, Parked, OldestPendingAgeSeconds and DeliveredLastMinute come from the store.
 	Pending                 int64   `json:"pending"`
@@ -64,7 +68,7 @@ func (d *Dispatcher) Status(ctx context.Context, maxLag time.Duration) Status {
 	st := Status{
 		Healthy:                true,
 		Store:                  d.st.Capabilities().Name,
-		Mode:                   "polling",
+		Mode:                   d.Mode().String(),
 		Running:                d.running(),
 		Published:              stats.Published,
 		Failed:                 stats.Failed,
@@ -74,6 +78,9 @@ func (d *Dispatcher) Status(ctx context.Context, maxLag time.Duration) Status {
 		if st.Healthy {
 			st.Healthy, st.Reason = false, reason
 		}
+	}
+	if d.Mode() == ModeLog {
+		st.LogLagBytes = d.logs.lagBytes.Load()
 	}
 	if !st.Running {
 		unhealthy("dispatcher not running")

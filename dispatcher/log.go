@@ -1,0 +1,161 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/outboxgo/outbox/store"
+)
+
+// Mode is how a dispatcher finds messages.
+type Mode int32
+
+const (
+	// ModePolling claims due messages from the table.
+	ModePolling Mode = iota
+	// ModeStandby waits while another dispatcher reads the change log.
+	ModeStandby
+	// ModeLog reads the change log, and sweeps the table for what the log did not carry.
+	ModeLog
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeStandby:
+		return "standby"
+	case ModeLog:
+		return "log"
+	}
+	return "polling"
+}
+
+// logFailover is how long a log reader that keeps failing with errors worth a retry is
+// retried before the dispatcher polls meanwhile.
+const logFailover = 5 * time.Second
+
+// logState is what the log reader last reported.
+type logState struct {
+	mode     atomic.Int32
+	caughtUp atomic.Int64 // unix nanoseconds; 0: not yet
+	lagBytes atomic.Int64
+	readAt   atomic.Int64 // unix nanoseconds of the last report while reading
+}
+
+// Mode returns how the dispatcher finds messages now.
+func (d *Dispatcher) Mode() Mode { return Mode(d.logs.mode.Load()) }
+
+func (d *Dispatcher) setMode(m Mode) {
+	if old := Mode(d.logs.mode.Swap(int32(m))); old != m {
+		d.log.Info("dispatcher mode changed", slog.String("from", old.String()), slog.String("to", m.String()))
+	}
+}
+
+// logReader is the store's change log reader, when the store has one and Config.PollOnly is
+// not set.
+func (d *Dispatcher) logReader() store.LogReader {
+	lr, ok := d.st.(store.LogReader)
+	if !ok || d.cfg.PollOnly || !d.st.Capabilities().ChangeLog {
+		return nil
+	}
+	return lr
+}
+
+// claimParams is the claim for the current mode, or nil when this dispatcher should not claim:
+// a standby, or a log reader that has not caught up once yet. Beside a log reader, claims
+// only sweep messages the log did not carry.
+func (d *Dispatcher) claimParams() *store.ClaimParams {
+	p := &store.ClaimParams{Limit: d.cfg.BatchSize, Lease: d.cfg.Lease}
+	switch d.Mode() {
+	case ModeStandby:
+		return nil
+	case ModeLog:
+		caughtUp := d.logs.caughtUp.Load()
+		if caughtUp == 0 {
+			return nil
+		}
+		p.WrittenBefore = time.Unix(0, caughtUp).Add(-d.cfg.SweepAfter)
+	}
+	return p
+}
+
+// readLog runs the store's log reader until the run stops: it becomes the reader or a
+// standby, falls back to polling while the log is unavailable, and tries the log again every
+// Config.LogRetry.
+func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
+	readCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-r.stop:
+		case <-readCtx.Done():
+		}
+		cancel()
+	}()
+	consumer := store.LogConsumer{
+		// Publishing ends only with the run's context, not when reading stops: a graceful
+		// stop finishes the batch in hand.
+		Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
+			out := d.deliver(ctx, msgs)
+			return &store.LogOutcome{Delivered: out.delivered, Failures: out.failures, Unattempted: out.unattempted}
+		},
+		Status: d.logStatus,
+	}
+	wait := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
+		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	var unavailable string
+	for {
+		started := time.Now()
+		err := lr.ReadLog(readCtx, consumer)
+		if readCtx.Err() != nil {
+			return
+		}
+		var pause time.Duration
+		if errors.Is(err, store.ErrLogUnavailable) {
+			if err.Error() != unavailable || d.Mode() != ModePolling {
+				d.log.Warn("change log unavailable; polling", slog.Any("reason", err), slog.Duration("retry_in", d.cfg.LogRetry))
+			}
+			unavailable = err.Error()
+			d.setMode(ModePolling)
+			pause = d.cfg.LogRetry
+		} else {
+			unavailable = ""
+			if time.Since(started) > logFailover {
+				wait.Reset()
+			}
+			lastRead := time.Unix(0, d.logs.readAt.Load())
+			if d.Mode() != ModePolling && time.Since(lastRead) > logFailover {
+				d.log.Warn("change log reader keeps failing; polling until it is back", slog.Any("error", err))
+				d.setMode(ModePolling)
+			}
+			pause = wait.NextBackOff()
+			d.log.Warn("change log reader stopped; retrying", slog.Any("error", err), slog.Duration("retry_in", pause))
+		}
+		timer := time.NewTimer(pause)
+		select {
+		case <-readCtx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+	}
+}
+
+// logStatus takes the log reader's reports.
+func (d *Dispatcher) logStatus(s store.LogStatus) {
+	if !s.Reading {
+		d.logs.caughtUp.Store(0)
+		d.setMode(ModeStandby)
+		return
+	}
+	d.logs.readAt.Store(time.Now().UnixNano())
+	if !s.CaughtUp.IsZero() {
+		d.logs.caughtUp.Store(s.CaughtUp.UnixNano())
+	}
+	d.logs.lagBytes.Store(s.LagBytes)
+	d.setMode(ModeLog)
+}

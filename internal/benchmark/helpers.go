@@ -58,6 +58,7 @@ func newPostgres() (*postgresDB, error) {
 		dsn += " dbname=" + name
 	}
 	return &postgresDB{name: name, dsn: dsn, admin: admin, drop: func() {
+		dbtest.DropPostgresLog(admin, name, "")
 		admin.Exec("DROP DATABASE " + name + " WITH (FORCE)")
 		admin.Close()
 	}}, nil

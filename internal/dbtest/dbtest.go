@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -97,8 +98,60 @@ func Postgres(t testing.TB) (db *sql.DB, schema string) {
 		if _, err := db.Exec("DROP SCHEMA " + pgx.Identifier{schema}.Sanitize() + " CASCADE"); err != nil {
 			t.Errorf("drop schema %s: %v", schema, err)
 		}
+		// The log reader's slots and publications are named after the schema (pgstore.Names).
+		if err := DropPostgresLog(db, "", schema+"_"); err != nil {
+			t.Errorf("drop the log reader's slots of schema %s: %v", schema, err)
+		}
 	})
 	return db, schema
+}
+
+// DropPostgresLog drops the replication slots, and the publications of the connected
+// database, whose names start with prefix and, when database is set, the slots of that
+// database. An unused slot pins WAL forever, and blocks DROP DATABASE.
+func DropPostgresLog(db *sql.DB, database, prefix string) error {
+	var errs []error
+	for range 50 {
+		var active, left int
+		err := db.QueryRow(`SELECT count(pg_terminate_backend(active_pid)), count(*) FROM pg_replication_slots
+			WHERE ($1 <> '' AND left(slot_name, length($1)) = $1) OR ($2 <> '' AND database = $2)`, prefix, database).Scan(&active, &left)
+		if err != nil {
+			return err
+		}
+		if left == 0 {
+			break
+		}
+		_, err = db.Exec(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+			WHERE NOT active AND (($1 <> '' AND left(slot_name, length($1)) = $1) OR ($2 <> '' AND database = $2))`, prefix, database)
+		if err == nil {
+			continue
+		}
+		errs = append(errs, err)
+		time.Sleep(100 * time.Millisecond) // a terminated sender takes a moment to let go
+	}
+	if prefix != "" {
+		rows, err := db.Query("SELECT pubname FROM pg_publication WHERE left(pubname, length($1)) = $1", prefix)
+		if err != nil {
+			return err
+		}
+		var pubs []string
+		for rows.Next() {
+			var p string
+			rows.Scan(&p)
+			pubs = append(pubs, p)
+		}
+		rows.Close()
+		for _, p := range pubs {
+			if _, err := db.Exec("DROP PUBLICATION IF EXISTS " + pgx.Identifier{p}.Sanitize()); err != nil {
+				return err
+			}
+		}
+	}
+	var left int
+	if err := db.QueryRow(`SELECT count(*) FROM pg_replication_slots WHERE ($1 <> '' AND left(slot_name, length($1)) = $1) OR ($2 <> '' AND database = $2)`, prefix, database).Scan(&left); err != nil || left == 0 {
+		return err
+	}
+	return fmt.Errorf("%d replication slots left: %v", left, errors.Join(errs...))
 }
 
 // MySQL creates a database for this test on the test server and opens it.

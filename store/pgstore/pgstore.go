@@ -53,7 +53,7 @@ func New(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if _, ok := db.Driver().(*stdlib.Driver); !ok {
 		return nil, fmt.Errorf("outbox: pgstore.New: db uses %T; open it with pgstore.Open or pgx's stdlib driver", db.Driver())
 	}
-	return sqlstore.New(db, sqlstore.Postgres(), cfg, sqlstore.Hooks{Listen: listen})
+	return sqlstore.New(db, sqlstore.Postgres(), cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, ReadLog: readLog})
 }
 
 // listen holds one connection in LISTEN and wakes on every notification. The connection is

@@ -38,7 +38,7 @@ func TestConformance(t *testing.T) {
 
 func TestCapabilities(t *testing.T) {
 	st, _ := newStore(t)
-	require.Equal(t, store.Capabilities{Name: "postgres", SkipLocked: true, CrossProcessNotify: true}, st.Capabilities())
+	require.Equal(t, store.Capabilities{Name: "postgres", SkipLocked: true, CrossProcessNotify: true, ChangeLog: true}, st.Capabilities())
 }
 
 func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {

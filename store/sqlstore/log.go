@@ -204,6 +204,14 @@ func (s *Store) LockKey(purpose string) int64 { return s.t.lockKey(purpose) }
 // table name is not qualified.
 func (s *Store) Schema() string { return s.t.schema }
 
+// QualifiedName is the table's unquoted name, schema-qualified as configured.
+func (s *Store) QualifiedName() string {
+	if s.t.schema != "" {
+		return s.t.schema + "." + s.t.name
+	}
+	return s.t.name
+}
+
 // TableName is the table's unquoted name without its schema.
 func (s *Store) TableName() string { return s.t.name }
 

@@ -1,0 +1,577 @@
+package pgstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/sqlstore"
+)
+
+// Names returns the replication slot and the publication through which the log reader of
+// the outbox table reads it: the table's schema and name joined by an underscore, in lower
+// case ("outbox" for the default table, "app_outbox" for "app.outbox"), or "outbox_" and a
+// hash when that is no valid slot name.
+func Names(table string) (slot, publication string) {
+	if table == "" {
+		table = sqlstore.DefaultTable
+	}
+	base := strings.ReplaceAll(table, ".", "_")
+	if !slotNameRE.MatchString(base) {
+		sum := uint64(14695981039346656037)
+		for _, c := range []byte(table) {
+			sum = (sum ^ uint64(c)) * 1099511628211
+		}
+		base = "outbox_" + strconv.FormatUint(sum, 16)
+	}
+	return base, base
+}
+
+var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// logBatch is the most messages handed to the dispatcher at once.
+const logBatch = 1000
+
+// statusEvery is how often the reader confirms its position to the server.
+const statusEvery = time.Second
+
+// sampleEvery is how often the reader samples the server's WAL end, which tells when it has
+// caught up and how far behind it is.
+const sampleEvery = 2 * time.Second
+
+// setUpLog creates the publication and the replication slot after the schema steps of
+// Migrate. The slot is created only here: creating one waits for every open write
+// transaction on the server. Without wal_level = logical, or without the rights, it logs why
+// and leaves the dispatchers polling.
+func setUpLog(ctx context.Context, s *sqlstore.Store, conn *sql.Conn) error {
+	slot, pub := Names(s.QualifiedName())
+	var exists bool
+	if err := conn.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", pub).Scan(&exists); err != nil {
+		return err
+	}
+	if !exists {
+		_, err := conn.ExecContext(ctx, "CREATE PUBLICATION "+pgx.Identifier{pub}.Sanitize()+" FOR TABLE "+s.Table()+" WITH (publish = 'insert')")
+		if isPermission(err) {
+			s.Logger().Warn("cannot create the publication for the log reader; dispatchers will poll", "publication", pub, "error", err)
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("create publication %s: %w", pub, err)
+		}
+	}
+	var walLevel string
+	if err := conn.QueryRowContext(ctx, "SELECT current_setting('wal_level'), EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", slot).Scan(&walLevel, &exists); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	if walLevel != "logical" {
+		s.Logger().Info("wal_level is not logical: no replication slot created; dispatchers will poll (set wal_level = logical, restart Postgres and migrate again to read the log)",
+			"wal_level", walLevel)
+		return nil
+	}
+	_, err := conn.ExecContext(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+	if isPermission(err) {
+		s.Logger().Warn("cannot create the replication slot for the log reader (the user needs the REPLICATION attribute); dispatchers will poll", "slot", slot, "error", err)
+		return nil
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42710" { // created meanwhile by another database's migrate
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create replication slot %s: %w", slot, err)
+	}
+	return nil
+}
+
+func isPermission(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42501"
+}
+
+// readLog is the store's change log reader: logical replication through the pgoutput plugin
+// from the table's publication and slot. One reader per outbox holds an advisory lock; the
+// slot itself admits one consumer too.
+func readLog(ctx context.Context, s *sqlstore.Store, c store.LogConsumer) error {
+	lockConn, err := s.DB().Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer lockConn.Close()
+	if err := waitForLead(ctx, s, lockConn, c); err != nil {
+		return err
+	}
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err := lockConn.ExecContext(uctx, "SELECT pg_advisory_unlock($1)", s.LockKey("log")); err != nil {
+			lockConn.Raw(func(any) error { return errBadConn })
+		}
+	}()
+	r := &reader{s: s, c: c, lockConn: lockConn}
+	r.slot, r.pub = Names(s.QualifiedName())
+	if err := r.check(ctx); err != nil {
+		return err
+	}
+	return r.run(ctx)
+}
+
+var errBadConn = errors.New("outbox: discard connection")
+
+// waitForLead takes the outbox's log lock on conn, waiting as a standby while another
+// instance holds it.
+func waitForLead(ctx context.Context, s *sqlstore.Store, conn *sql.Conn, c store.LogConsumer) error {
+	reported := false
+	for {
+		var got bool
+		if err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", s.LockKey("log")).Scan(&got); err != nil {
+			return err
+		}
+		if got {
+			return nil
+		}
+		if !reported && c.Status != nil {
+			c.Status(store.LogStatus{})
+			reported = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+type reader struct {
+	s         *sqlstore.Store
+	c         store.LogConsumer
+	lockConn  *sql.Conn
+	slot, pub string
+	relID     uint32
+
+	mu        sync.Mutex
+	confirmed pglogrepl.LSN // every message before it is recorded
+	inFlight  int           // transactions handed to the deliverer and not yet recorded
+}
+
+// check tells why the log cannot be read, as an error wrapping store.ErrLogUnavailable.
+func (r *reader) check(ctx context.Context) error {
+	var (
+		walLevel  string
+		pubExists bool
+		slot      sql.NullString
+		plugin    sql.NullString
+		walStatus sql.NullString
+		relID     sql.NullInt64
+	)
+	err := r.lockConn.QueryRowContext(ctx, `SELECT current_setting('wal_level'),
+		EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2),
+		(SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()),
+		(SELECT plugin FROM pg_replication_slots WHERE slot_name = $1),
+		(SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1),
+		to_regclass($3)::oid::bigint`, r.slot, r.pub, r.s.Table()).Scan(&walLevel, &pubExists, &slot, &plugin, &walStatus, &relID)
+	if err != nil {
+		return err
+	}
+	unavailable := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", store.ErrLogUnavailable, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case walLevel != "logical":
+		return unavailable("wal_level is %s; set wal_level = logical and restart Postgres, then run Migrate to create the replication slot", walLevel)
+	case !relID.Valid:
+		return unavailable("table %s does not exist; run Migrate", r.s.Table())
+	case !pubExists:
+		return unavailable("publication %s does not exist; run Migrate", r.pub)
+	case !slot.Valid:
+		return unavailable("replication slot %s does not exist; run Migrate to create it", r.slot)
+	case plugin.String != "pgoutput":
+		return unavailable("replication slot %s uses the %s plugin, not pgoutput", r.slot, plugin.String)
+	case walStatus.String == "lost":
+		return unavailable("replication slot %s lost WAL it needed (max_slot_wal_keep_size); drop it and run Migrate", r.slot)
+	}
+	r.relID = uint32(relID.Int64)
+	return nil
+}
+
+// txn is the outbox messages of one committed transaction.
+type txn struct {
+	msgs []sqlstore.LogMessage
+	end  pglogrepl.LSN
+}
+
+// run streams from the slot until ctx ends or the connection fails. One goroutine owns the
+// replication connection (receiving, and confirming positions); this one delivers.
+func (r *reader) run(ctx context.Context) error {
+	conn, err := r.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	txns := make(chan txn, 64)
+	recvErr := make(chan error, 1)
+	go func() {
+		recvErr <- r.receive(ctx, conn, txns)
+		cancel()
+	}()
+	if r.c.Status != nil {
+		r.c.Status(store.LogStatus{Reading: true, LagBytes: -1})
+	}
+	err = r.deliver(ctx, txns)
+	cancel()
+	if rerr := <-recvErr; err == nil || errors.Is(err, context.Canceled) {
+		err = rerr
+	}
+	return err
+}
+
+// connect opens the replication connection with the database handle's settings and starts
+// streaming from the slot's confirmed position.
+func (r *reader) connect(ctx context.Context) (*pgconn.PgConn, error) {
+	var cfg *pgconn.Config
+	err := r.lockConn.Raw(func(dc any) error {
+		c, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("outbox: pgstore: connection is %T, not pgx's", dc)
+		}
+		cfg = c.Conn().Config().Config.Copy()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	// pgoutput sends values as their text output in the sender's session settings.
+	cfg.RuntimeParams["DateStyle"] = "ISO, MDY"
+	cfg.RuntimeParams["TimeZone"] = "UTC"
+	cfg.RuntimeParams["bytea_output"] = "hex"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		if isPermission(err) || strings.Contains(err.Error(), "replication") {
+			return nil, fmt.Errorf("%w: cannot open a replication connection (the user needs the REPLICATION attribute, and pg_hba.conf must admit it): %w", store.ErrLogUnavailable, err)
+		}
+		return nil, fmt.Errorf("outbox: open replication connection: %w", err)
+	}
+	err = pglogrepl.StartReplication(ctx, conn, r.slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + r.pub + "'"},
+	})
+	if err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42704" { // undefined object: the slot went away
+			return nil, fmt.Errorf("%w: replication slot %s: %w", store.ErrLogUnavailable, r.slot, err)
+		}
+		return nil, fmt.Errorf("outbox: start replication from slot %s: %w", r.slot, err)
+	}
+	return conn, nil
+}
+
+// receive reads the stream, hands each committed transaction with outbox messages to the
+// deliverer in commit order, and confirms positions every statusEvery. When nothing is in
+// flight, the server's keepalive position is confirmed too, so that a quiet outbox does not
+// pin WAL.
+func (r *reader) receive(ctx context.Context, conn *pgconn.PgConn, txns chan<- txn) error {
+	var (
+		relations = map[uint32]*pglogrepl.RelationMessage{}
+		cur       *txn
+		inTxn     bool
+		nextSend  time.Time
+	)
+	send := func() error {
+		r.mu.Lock()
+		pos := r.confirmed
+		r.mu.Unlock()
+		nextSend = time.Now().Add(statusEvery)
+		if pos == 0 {
+			return nil
+		}
+		// ReplyRequested: the server answers with a keepalive that carries its position.
+		err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pos, ReplyRequested: true})
+		if err != nil {
+			return fmt.Errorf("outbox: confirm log position: %w", err)
+		}
+		return nil
+	}
+	for {
+		if !time.Now().Before(nextSend) {
+			if err := send(); err != nil {
+				return err
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, nextSend)
+		raw, err := conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("outbox: read replication stream: %w", err)
+		}
+		switch m := raw.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("outbox: replication stream: %w", pgconn.ErrorResponseToPgError(m))
+		case *pgproto3.CopyData:
+			if len(m.Data) == 0 {
+				continue
+			}
+			switch m.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("outbox: replication keepalive: %w", err)
+				}
+				if !inTxn {
+					r.mu.Lock()
+					if r.inFlight == 0 && ka.ServerWALEnd > r.confirmed {
+						r.confirmed = ka.ServerWALEnd
+					}
+					r.mu.Unlock()
+				}
+				if ka.ReplyRequested {
+					nextSend = time.Time{}
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("outbox: replication data: %w", err)
+				}
+				msg, err := pglogrepl.Parse(xld.WALData)
+				if err != nil {
+					return fmt.Errorf("outbox: decode replication message: %w", err)
+				}
+				switch msg := msg.(type) {
+				case *pglogrepl.RelationMessage:
+					relations[msg.RelationID] = msg
+				case *pglogrepl.BeginMessage:
+					inTxn, cur = true, &txn{}
+				case *pglogrepl.InsertMessage:
+					if msg.RelationID != r.relID || cur == nil {
+						continue
+					}
+					rel, ok := relations[msg.RelationID]
+					if !ok {
+						return fmt.Errorf("outbox: replication stream: insert into relation %d before its description", msg.RelationID)
+					}
+					lm, err := decodeRow(rel, msg.Tuple)
+					if err != nil {
+						// A row we cannot read is left to the sweep, which reads the table.
+						r.s.Logger().Error("cannot decode a logged outbox row; the sweep will deliver it", "error", err)
+						continue
+					}
+					cur.msgs = append(cur.msgs, lm)
+				case *pglogrepl.CommitMessage:
+					inTxn = false
+					if cur == nil || len(cur.msgs) == 0 {
+						r.mu.Lock()
+						if r.inFlight == 0 && msg.TransactionEndLSN > r.confirmed {
+							r.confirmed = msg.TransactionEndLSN
+						}
+						r.mu.Unlock()
+						cur = nil
+						continue
+					}
+					cur.end = msg.TransactionEndLSN
+					r.mu.Lock()
+					r.inFlight++
+					r.mu.Unlock()
+					if err := r.hand(ctx, conn, txns, *cur, send); err != nil {
+						return err
+					}
+					cur = nil
+				}
+			}
+		}
+	}
+}
+
+// hand passes t to the deliverer, confirming positions meanwhile so that the server does not
+// time the connection out (wal_sender_timeout) while the deliverer is slow (a broker outage).
+func (r *reader) hand(ctx context.Context, conn *pgconn.PgConn, txns chan<- txn, t txn, send func() error) error {
+	for {
+		timer := time.NewTimer(statusEvery)
+		select {
+		case txns <- t:
+			timer.Stop()
+			return nil
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-timer.C:
+			// Confirming without reading is enough: the server reads replies even while
+			// it waits for room to send.
+			if err := send(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// deliver takes committed transactions in order, hands them to the consumer in batches and
+// records each batch, then moves the confirmed position past it. It also samples the
+// server's WAL end, to report when the reader caught up and how far behind it is.
+func (r *reader) deliver(ctx context.Context, txns <-chan txn) error {
+	var (
+		samples  []walSample
+		caughtUp time.Time
+		lag      int64 = -1
+	)
+	tick := time.NewTicker(sampleEvery)
+	defer tick.Stop()
+	report := func() {
+		if r.c.Status != nil {
+			r.c.Status(store.LogStatus{Reading: true, CaughtUp: caughtUp, LagBytes: lag})
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			s, slotLag, err := r.sample(ctx)
+			if err != nil {
+				return err
+			}
+			lag = slotLag
+			samples = append(samples, s)
+			r.mu.Lock()
+			confirmed := r.confirmed
+			r.mu.Unlock()
+			for len(samples) > 0 && confirmed >= samples[0].lsn {
+				caughtUp = samples[0].at
+				samples = samples[1:]
+			}
+			report()
+		case t := <-txns:
+			batch := []txn{t}
+			n := len(t.msgs)
+		more:
+			for n < logBatch {
+				select {
+				case t := <-txns:
+					batch = append(batch, t)
+					n += len(t.msgs)
+				default:
+					break more
+				}
+			}
+			msgs := make([]sqlstore.LogMessage, 0, n)
+			for _, t := range batch {
+				msgs = append(msgs, t.msgs...)
+			}
+			if err := r.s.DeliverLog(ctx, r.c, msgs, nil); err != nil {
+				return err
+			}
+			r.mu.Lock()
+			r.inFlight -= len(batch)
+			if end := batch[len(batch)-1].end; end > r.confirmed {
+				r.confirmed = end
+			}
+			r.mu.Unlock()
+		}
+	}
+}
+
+type walSample struct {
+	at  time.Time
+	lsn pglogrepl.LSN
+}
+
+// sample reads the server's WAL end now and the slot's lag behind it. A slot that is gone
+// makes the log unavailable.
+func (r *reader) sample(ctx context.Context) (walSample, int64, error) {
+	at := time.Now()
+	var (
+		end string
+		lag sql.NullInt64
+	)
+	err := r.lockConn.QueryRowContext(ctx, "SELECT pg_current_wal_lsn()::text, (SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1)", r.slot).Scan(&end, &lag)
+	if err != nil {
+		return walSample{}, 0, fmt.Errorf("outbox: sample WAL position: %w", err)
+	}
+	lsn, err := pglogrepl.ParseLSN(end)
+	if err != nil {
+		return walSample{}, 0, err
+	}
+	if !lag.Valid {
+		return walSample{}, 0, fmt.Errorf("%w: replication slot %s was dropped", store.ErrLogUnavailable, r.slot)
+	}
+	return walSample{at: at, lsn: lsn}, lag.Int64, nil
+}
+
+// decodeRow turns an inserted outbox row, in pgoutput's text format, into a message. Columns
+// are found by name.
+func decodeRow(rel *pglogrepl.RelationMessage, tuple *pglogrepl.TupleData) (sqlstore.LogMessage, error) {
+	var m sqlstore.LogMessage
+	if tuple == nil || len(tuple.Columns) != len(rel.Columns) {
+		return m, errors.New("row does not match its relation")
+	}
+	var seen int
+	for i, col := range rel.Columns {
+		v := tuple.Columns[i]
+		if v.DataType != pglogrepl.TupleDataTypeText {
+			continue
+		}
+		data := string(v.Data)
+		var err error
+		switch col.Name {
+		case "seq":
+			m.Seq, err = strconv.ParseInt(data, 10, 64)
+			seen |= 1
+		case "id":
+			m.ID = data
+			seen |= 2
+		case "topic":
+			m.Topic = data
+			seen |= 4
+		case "message_key":
+			m.Key = data
+		case "payload":
+			m.Payload, err = decodeBytea(data)
+			seen |= 8
+		case "headers":
+			m.Headers, err = store.DecodeHeaders(data)
+		case "created_at":
+			m.CreatedAt, err = time.Parse("2006-01-02 15:04:05.999999-07", data)
+			seen |= 16
+		}
+		if err != nil {
+			return m, fmt.Errorf("column %s: %w", col.Name, err)
+		}
+	}
+	if seen != 31 {
+		return m, fmt.Errorf("row lacks a column (seq, id, topic, payload, created_at): %b", seen)
+	}
+	return m, nil
+}
+
+// decodeBytea reads bytea's hex output, \x followed by two digits per byte.
+func decodeBytea(s string) ([]byte, error) {
+	if !strings.HasPrefix(s, `\x`) {
+		return nil, errors.New(`bytea value does not start with \x (bytea_output must be hex)`)
+	}
+	return hex.DecodeString(s[2:])
+}

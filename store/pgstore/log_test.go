@@ -1,0 +1,290 @@
+package pgstore_test
+
+import (
+	"context"
+	"database/sql"
+
+	"fmt"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/outboxgo/outbox/internal/dbtest"
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/sqlstore"
+)
+
+// consumer records what a log reader hands it and acknowledges everything.
+type consumer struct {
+	mu       sync.Mutex
+	got      []store.ClaimedMessage
+	count    map[string]int
+	statuses []store.LogStatus
+}
+
+func newConsumer() *consumer { return &consumer{count: map[string]int{}} }
+
+func (c *consumer) LogConsumer() store.LogConsumer {
+	return store.LogConsumer{
+		Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			out := &store.LogOutcome{}
+			for _, m := range msgs {
+				c.got = append(c.got, m)
+				c.count[m.ID]++
+				out.Delivered = append(out.Delivered, m.ID)
+			}
+			return out
+		},
+		Status: func(s store.LogStatus) {
+			c.mu.Lock()
+			c.statuses = append(c.statuses, s)
+			c.mu.Unlock()
+		},
+	}
+}
+
+func (c *consumer) distinct() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.count)
+}
+
+func (c *consumer) lastStatus() store.LogStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.statuses) == 0 {
+		return store.LogStatus{LagBytes: -2}
+	}
+	return c.statuses[len(c.statuses)-1]
+}
+
+func (c *consumer) waitFor(t *testing.T, n int, within time.Duration) {
+	t.Helper()
+	require.Eventually(t, func() bool { return c.distinct() >= n }, within, 10*time.Millisecond,
+		"the log reader delivered %d of %d messages", c.distinct(), n)
+}
+
+// startReader runs ReadLog in the background; the returned function stops it and returns
+// its error.
+func startReader(st *sqlstore.Store, c *consumer) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- st.ReadLog(ctx, c.LogConsumer()) }()
+	return func() error {
+		cancel()
+		return <-done
+	}
+}
+
+func write(t *testing.T, st *sqlstore.Store, db *sql.DB, msgs ...store.Message) {
+	t.Helper()
+	tx, err := db.Begin()
+	require.NoError(t, err)
+	require.NoError(t, st.Write(context.Background(), tx, msgs...))
+	require.NoError(t, tx.Commit())
+}
+
+func messages(prefix string, n int) []store.Message {
+	out := make([]store.Message, n)
+	for i := range out {
+		out[i] = store.Message{Topic: "payments", Key: fmt.Sprintf("k%d", i%7), Payload: []byte(fmt.Sprintf("%s-%d", prefix, i))}
+	}
+	return out
+}
+
+// psql runs SQL through the psql client, another program than this library.
+func psql(t *testing.T, sqlText string) {
+	t.Helper()
+	out, err := exec.Command("psql", dbtest.PostgresDSN(), "-v", "ON_ERROR_STOP=1", "-qc", sqlText).CombinedOutput()
+	require.NoError(t, err, string(out))
+}
+
+func TestReadLogDeliversMessagesOfAnyWriterInCommitOrder(t *testing.T) {
+	st, db := newStore(t)
+	c := newConsumer()
+	stop := startReader(st, c)
+	defer func() { require.ErrorIs(t, stop(), context.Canceled) }()
+
+	first := messages("api", 50)
+	write(t, st, db, first...)
+	// Another program writes a message with binary payload and headers, in its own
+	// transaction, with the library's columns only.
+	psql(t, "INSERT INTO "+st.Table()+` (id, topic, message_key, payload, headers, created_at)
+		VALUES ('0190f3a2-7b1c-7000-8000-00000000a001', 'payments', 'pay-42', '\x00ff7b22'::bytea,
+		        '{"event_type":"PaymentCompleted"}', '2026-11-26 10:00:00.123456+00')`)
+	last := messages("api-late", 10)
+	write(t, st, db, last...)
+
+	c.waitFor(t, 61, 30*time.Second)
+	c.mu.Lock()
+	got := append([]store.ClaimedMessage(nil), c.got...)
+	c.mu.Unlock()
+	require.Len(t, got, 61, "no message twice")
+	for i, m := range first {
+		require.Equal(t, m.Payload, got[i].Payload, "commit order, then write order")
+		require.Equal(t, m.Key, got[i].Key)
+	}
+	plain := got[50]
+	require.Equal(t, "0190f3a2-7b1c-7000-8000-00000000a001", plain.ID)
+	require.Equal(t, []byte{0x00, 0xff, 0x7b, 0x22}, plain.Payload)
+	require.Equal(t, map[string]string{"event_type": "PaymentCompleted"}, plain.Headers)
+	require.Equal(t, "pay-42", plain.Key)
+	require.Equal(t, time.Date(2026, 11, 26, 10, 0, 0, 123456000, time.UTC), plain.CreatedAt.UTC())
+	require.Equal(t, []byte("api-late-9"), got[60].Payload)
+
+	list, err := st.List(context.Background(), &store.ListParams{State: store.Pending})
+	require.NoError(t, err)
+	require.Empty(t, list.Messages, "delivered messages are marked")
+	require.Eventually(t, func() bool { s := c.lastStatus(); return s.Reading && !s.CaughtUp.IsZero() && s.LagBytes >= 0 },
+		10*time.Second, 50*time.Millisecond, "the reader reports that it caught up, and its lag")
+}
+
+// A reader that stops mid-stream resumes at the confirmed position: nothing is lost, and
+// messages recorded as delivered are not handed over again.
+func TestReadLogResumesWhereItStopped(t *testing.T) {
+	st, db := newStore(t)
+	c := newConsumer()
+	const n = 3000
+	var writes sync.WaitGroup
+	writes.Go(func() {
+		for i := range n / 100 {
+			write(t, st, db, messages(fmt.Sprintf("b%d", i), 100)...)
+		}
+	})
+	for range 3 {
+		stop := startReader(st, c)
+		time.Sleep(300 * time.Millisecond)
+		require.ErrorIs(t, stop(), context.Canceled)
+	}
+	writes.Wait()
+	stop := startReader(st, c)
+	c.waitFor(t, n, 60*time.Second)
+	require.ErrorIs(t, stop(), context.Canceled)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	require.Len(t, c.count, n)
+	require.Len(t, c.got, n, "a restart hands over no recorded message again")
+}
+
+// Two instances: one reads, the other waits as a standby and takes over when the first
+// stops.
+func TestReadLogStandbyTakesOver(t *testing.T) {
+	st, db := newStore(t)
+	leader, standby := newConsumer(), newConsumer()
+	stopLeader := startReader(st, leader)
+	require.Eventually(t, func() bool { return leader.lastStatus().Reading }, 10*time.Second, 10*time.Millisecond)
+	stopStandby := startReader(st, standby)
+	defer stopStandby()
+	require.Eventually(t, func() bool { s := standby.lastStatus(); return s.LagBytes != -2 && !s.Reading }, 10*time.Second, 10*time.Millisecond,
+		"the second instance reports it waits")
+	write(t, st, db, messages("a", 20)...)
+	leader.waitFor(t, 20, 10*time.Second)
+	require.ErrorIs(t, stopLeader(), context.Canceled)
+
+	write(t, st, db, messages("b", 20)...)
+	standby.waitFor(t, 20, 15*time.Second)
+	require.True(t, standby.lastStatus().Reading)
+	require.Equal(t, 0, standby.countOf(leader), "the standby delivers only what the leader did not")
+}
+
+func (c *consumer) countOf(other *consumer) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	other.mu.Lock()
+	defer other.mu.Unlock()
+	n := 0
+	for id := range c.count {
+		if other.count[id] > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// Killing the replication connection makes ReadLog return an error worth a retry; reading
+// again resumes without loss.
+func TestReadLogResumesAfterItsConnectionIsKilled(t *testing.T) {
+	st, db := newStore(t)
+	slot, _ := pgstore.Names(st.QualifiedName())
+	c := newConsumer()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- st.ReadLog(ctx, c.LogConsumer()) }()
+	write(t, st, db, messages("a", 100)...)
+	c.waitFor(t, 100, 10*time.Second)
+
+	var killed bool
+	require.NoError(t, db.QueryRow("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&killed))
+	require.True(t, killed)
+	select {
+	case err := <-done:
+		require.Error(t, err)
+		require.NotErrorIs(t, err, store.ErrLogUnavailable, "a killed connection is worth a retry")
+	case <-time.After(10 * time.Second):
+		t.Fatal("ReadLog did not return after its connection was killed")
+	}
+	write(t, st, db, messages("b", 100)...)
+	require.Eventually(t, func() bool {
+		go func() { done <- st.ReadLog(ctx, c.LogConsumer()) }()
+		select {
+		case err := <-done: // the server may still hold the slot for the killed sender
+			return err == nil
+		case <-time.After(500 * time.Millisecond):
+			return true
+		}
+	}, 10*time.Second, 200*time.Millisecond)
+	c.waitFor(t, 200, 15*time.Second)
+}
+
+// Each reason the log cannot be read is reported as ErrLogUnavailable with what to do.
+func TestReadLogReportsWhyTheLogIsUnavailable(t *testing.T) {
+	t.Run("slot dropped", func(t *testing.T) {
+		st, db := newStore(t)
+		slot, _ := pgstore.Names(st.QualifiedName())
+		_, err := db.Exec("SELECT pg_drop_replication_slot($1)", slot)
+		require.NoError(t, err)
+		err = st.ReadLog(context.Background(), newConsumer().LogConsumer())
+		require.ErrorIs(t, err, store.ErrLogUnavailable)
+		require.ErrorContains(t, err, "run Migrate")
+
+		require.NoError(t, st.Migrate(context.Background()), "Migrate creates the slot again")
+		c := newConsumer()
+		stop := startReader(st, c)
+		write(t, st, db, messages("a", 5)...)
+		c.waitFor(t, 5, 10*time.Second)
+		require.ErrorIs(t, stop(), context.Canceled)
+	})
+	t.Run("no replication attribute", func(t *testing.T) {
+		st, db := newStore(t)
+		role := strings.ReplaceAll(strings.TrimSuffix(st.QualifiedName(), ".outbox"), "outbox_test", "outbox_user")
+		_, err := db.Exec("CREATE ROLE " + role + " LOGIN")
+		require.NoError(t, err)
+		defer db.Exec("DROP OWNED BY " + role + "; DROP ROLE " + role)
+		schema := strings.TrimSuffix(st.QualifiedName(), ".outbox")
+		_, err = db.Exec("GRANT USAGE ON SCHEMA " + schema + " TO " + role + "; GRANT SELECT, INSERT, UPDATE, DELETE ON " + st.Table() + " TO " + role)
+		require.NoError(t, err)
+		userDB, err := pgstore.Open(strings.Replace(dbtest.PostgresDSN(), "postgres@", role+"@", 1))
+		require.NoError(t, err)
+		defer userDB.Close()
+		userStore, err := pgstore.New(userDB, pgstore.Config{Table: st.QualifiedName()})
+		require.NoError(t, err)
+		err = userStore.ReadLog(context.Background(), newConsumer().LogConsumer())
+		require.ErrorIs(t, err, store.ErrLogUnavailable)
+		require.ErrorContains(t, err, "REPLICATION")
+	})
+	t.Run("not migrated", func(t *testing.T) {
+		db, schema := dbtest.Postgres(t)
+		st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox"})
+		require.NoError(t, err)
+		err = st.ReadLog(context.Background(), newConsumer().LogConsumer())
+		require.ErrorIs(t, err, store.ErrLogUnavailable)
+	})
+}

@@ -26,11 +26,11 @@ type Status struct {
 	Store   string `json:"store"`
 	// Mode is how messages are found: "log", "standby" (another dispatcher reads the log) or
 	// "polling".
-	Mode    string `json:"mode"`
+	Mode string `json:"mode"`
 	// LogLagBytes is, in log mode, how far the log reader's confirmed position is behind the
 	// end of the log (-1 when not known).
 	LogLagBytes int64 `json:"log_lag_bytes,omitempty"`
-	Running bool   `json:"running"`
+	Running     bool  `json:"running"`
 	// Pending, Parked, OldestPendingAgeSeconds and DeliveredLastMinute come from the store.
 	Pending                 int64   `json:"pending"`
 	Parked                  int64   `json:"parked"`

@@ -1,0 +1,220 @@
+package dispatcher_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/require"
+
+	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/dispatcher/outboxtest"
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/sqlstore"
+)
+
+// logDatabases are the databases whose stores read a change log.
+var logDatabases = map[string]func(*testing.T) sharedDB{"postgres": sharedPostgres}
+
+// logConfig is a config for log tests: fast retries and sweeps.
+func logConfig() dispatcher.Config {
+	return fast(dispatcher.Config{SweepAfter: 200 * time.Millisecond, LogRetry: 300 * time.Millisecond})
+}
+
+func startDispatcher(t *testing.T, st store.Store, pub message.Publisher, cfg dispatcher.Config) *dispatcher.Dispatcher {
+	t.Helper()
+	d, err := dispatcher.New(st, pub, cfg)
+	require.NoError(t, err)
+	require.NoError(t, d.Start(context.Background()))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, d.Stop(ctx))
+	})
+	return d
+}
+
+func waitMode(t *testing.T, d *dispatcher.Dispatcher, want dispatcher.Mode) {
+	t.Helper()
+	require.Eventually(t, func() bool { return d.Mode() == want }, 15*time.Second, 10*time.Millisecond,
+		"dispatcher mode is %s, want %s", d.Mode(), want)
+}
+
+func writeN(t *testing.T, db *sql.DB, st *sqlstore.Store, prefix string, n int) {
+	t.Helper()
+	tx, err := db.Begin()
+	require.NoError(t, err)
+	msgs := make([]store.Message, n)
+	for i := range msgs {
+		msgs[i] = store.Message{Topic: "log", Key: fmt.Sprintf("k%d", i%5), Payload: []byte(fmt.Sprintf("%s-%d", prefix, i))}
+	}
+	require.NoError(t, st.Write(context.Background(), tx, msgs...))
+	require.NoError(t, tx.Commit())
+}
+
+// distinctPublished counts distinct message ids the publisher acknowledged, and all of them.
+func distinctPublished(pub *outboxtest.Publisher, topic string) (distinct, all int) {
+	seen := map[string]bool{}
+	for _, m := range pub.Messages(topic) {
+		seen[m.UUID] = true
+	}
+	return len(seen), len(pub.Messages(topic))
+}
+
+func waitPublished(t *testing.T, pub *outboxtest.Publisher, topic string, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool { d, _ := distinctPublished(pub, topic); return d >= n }, 30*time.Second, 10*time.Millisecond,
+		"published %d distinct messages, want %d", func() int { d, _ := distinctPublished(pub, topic); return d }(), n)
+}
+
+// With default settings on a server whose log is available, the dispatcher reads the log:
+// the server shows an active slot, and messages are published without polling for them.
+func TestDispatcherReadsTheChangeLog(t *testing.T) {
+	for name, newDB := range logDatabases {
+		t.Run(name, func(t *testing.T) {
+			_, db, st := newDB(t).prepare(t)
+			pub := outboxtest.NewPublisher()
+			d := startDispatcher(t, st, pub, dispatcher.Config{Logger: quiet()})
+			waitMode(t, d, dispatcher.ModeLog)
+			slot, _ := pgstore.Names(st.QualifiedName())
+			var active bool
+			require.NoError(t, db.QueryRow("SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&active))
+			require.True(t, active, "the server shows the reader on the slot")
+
+			writeN(t, db, st, "a", 200)
+			waitPublished(t, pub, "log", 200)
+			_, all := distinctPublished(pub, "log")
+			require.Equal(t, 200, all, "no duplicates")
+			requireKeyOrder(t, pub.Messages("log"))
+		})
+	}
+}
+
+// requireKeyOrder checks that each key's messages were first published in write order. The
+// payload is "<transaction>-<index>", transactions written in increasing order.
+func requireKeyOrder(t *testing.T, msgs []*message.Message) {
+	t.Helper()
+	last := map[string]int{}
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		if seen[m.UUID] {
+			continue
+		}
+		seen[m.UUID] = true
+		var (
+			txn string
+			i   int
+		)
+		_, err := fmt.Sscanf(string(m.Payload), "%1s-%d", &txn, &i)
+		require.NoError(t, err)
+		rank := int(txn[0])*100000 + i
+		k := m.Metadata.Get(dispatcher.MetadataKey)
+		if prev, ok := last[k]; ok {
+			require.Greater(t, rank, prev, "key %s out of order at %s", k, m.Payload)
+		}
+		last[k] = rank
+	}
+}
+
+// When the slot is dropped under a running dispatcher, it polls and loses nothing; once
+// Migrate creates the slot again, it returns to the log. Messages written while no slot
+// existed are not in the log: the sweep delivers them.
+func TestDispatcherFallsBackToPollingAndReturnsToTheLog(t *testing.T) {
+	_, db, st := sharedPostgres(t).prepare(t)
+	pub := outboxtest.NewPublisher()
+	d := startDispatcher(t, st, pub, logConfig())
+	waitMode(t, d, dispatcher.ModeLog)
+	writeN(t, db, st, "a", 50)
+	waitPublished(t, pub, "log", 50)
+
+	slot, _ := pgstore.Names(st.QualifiedName())
+	require.Eventually(t, func() bool {
+		db.Exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", slot)
+		_, err := db.Exec("SELECT pg_drop_replication_slot($1)", slot)
+		return err == nil
+	}, 10*time.Second, 20*time.Millisecond)
+	waitMode(t, d, dispatcher.ModePolling)
+	writeN(t, db, st, "b", 50)
+	waitPublished(t, pub, "log", 100)
+
+	require.NoError(t, st.Migrate(context.Background()))
+	waitMode(t, d, dispatcher.ModeLog)
+	writeN(t, db, st, "c", 50)
+	waitPublished(t, pub, "log", 150)
+	requireKeyOrder(t, pub.Messages("log"))
+	outboxtest.RequireNotWritten(t, st, nil, outboxtest.Want{State: store.Pending})
+}
+
+// Messages written before the slot existed are delivered by the sweep.
+func TestSweepDeliversWhatTheLogMissed(t *testing.T) {
+	_, db, st := sharedPostgres(t).prepare(t)
+	slot, _ := pgstore.Names(st.QualifiedName())
+	_, err := db.Exec("SELECT pg_drop_replication_slot($1)", slot)
+	require.NoError(t, err)
+	writeN(t, db, st, "a", 30)
+	require.NoError(t, st.Migrate(context.Background()))
+
+	pub := outboxtest.NewPublisher()
+	d := startDispatcher(t, st, pub, logConfig())
+	waitMode(t, d, dispatcher.ModeLog)
+	writeN(t, db, st, "b", 30)
+	waitPublished(t, pub, "log", 60)
+	_, all := distinctPublished(pub, "log")
+	require.Equal(t, 60, all, "no duplicates")
+}
+
+// Two dispatchers share an outbox: one reads the log, the other waits. When the reader's
+// dispatcher stops, the standby takes over and nothing is lost.
+func TestStandbyDispatcherTakesOverTheLog(t *testing.T) {
+	shared := sharedPostgres(t)
+	_, db, st := shared.prepare(t)
+	db2, st2 := shared.open(t, shared.dsn, shared.table)
+	t.Cleanup(func() { db2.Close() })
+	pub := outboxtest.NewPublisher()
+	first, err := dispatcher.New(st, pub, logConfig())
+	require.NoError(t, err)
+	require.NoError(t, first.Start(context.Background()))
+	waitMode(t, first, dispatcher.ModeLog)
+	second := startDispatcher(t, st2, pub, logConfig())
+	waitMode(t, second, dispatcher.ModeStandby)
+
+	writeN(t, db, st, "a", 100)
+	waitPublished(t, pub, "log", 100)
+	// The first stops abruptly, as a killed process would, while messages are written.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	first.Stop(ctx)
+	writeN(t, db, st, "b", 100)
+	waitMode(t, second, dispatcher.ModeLog)
+	waitPublished(t, pub, "log", 200)
+	requireKeyOrder(t, pub.Messages("log"))
+}
+
+// A failed publish in log mode is retried by polling, and the later messages of its key wait
+// behind it: each key stays in order, and nothing is lost.
+func TestLogFailuresAreRetriedInKeyOrder(t *testing.T) {
+	_, db, st := sharedPostgres(t).prepare(t)
+	pub := outboxtest.NewPublisher()
+	var failures atomic.Int64
+	pub.Fail = func(topic string, msg *message.Message) error {
+		if msg.Metadata.Get(dispatcher.MetadataKey) == "k1" && failures.Add(1) <= 3 {
+			return errors.New("broker hiccup")
+		}
+		return nil
+	}
+	d := startDispatcher(t, st, pub, logConfig())
+	waitMode(t, d, dispatcher.ModeLog)
+	for i := range 5 {
+		writeN(t, db, st, fmt.Sprint(i), 20)
+	}
+	waitPublished(t, pub, "log", 100)
+	requireKeyOrder(t, pub.Messages("log"))
+	require.GreaterOrEqual(t, failures.Load(), int64(3))
+	outboxtest.RequireNotWritten(t, st, nil, outboxtest.Want{State: store.Pending})
+}

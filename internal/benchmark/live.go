@@ -21,7 +21,7 @@ const liveWriters = 4
 
 // liveCase writes one message per transaction at rate while the dispatcher runs, and prints
 // the commit-to-consume latency.
-func liveCase(name string, rate int, window time.Duration, cfg dispatcher.Config) error {
+func liveCase(name, label string, rate int, window time.Duration, cfg dispatcher.Config) error {
 	db, err := newDatabase(name)
 	if db != nil && db.cleanup != nil {
 		defer db.cleanup()
@@ -69,7 +69,7 @@ func liveCase(name string, rate int, window time.Duration, cfg dispatcher.Config
 		}
 		return tx.Commit()
 	}
-	return live(name, rate, window, consumer, dispatcher.MetadataID, write)
+	return live(label, rate, window, consumer, dispatcher.MetadataID, write)
 }
 
 // forwarderLiveCase is liveCase for watermill's forwarder on Postgres.

@@ -3,15 +3,15 @@
 // what `make bench` runs.
 //
 //	go run ./internal/benchmark [-cases drain,idle,forwarder,live,memory] [-dbs sqlite,postgres,mariadb]
-//	    [-n 50000] [-idle 20s] [-live-rate 1000] [-live-for 20s] [-memory-n 1000000]
+//	    [-modes poll,log] [-n 50000] [-idle 20s] [-live-rate 1000] [-live-for 20s] [-memory-n 1000000]
 //	    [-batch N] [-concurrency N] [-workers N]
 //
 // It prints one line per case:
 //
-//	case=<db>-poll-drain n=<messages> rate=<msgs/s> duplicates=<n>
-//	case=<db>-idle queries_per_s=<q> wake_p50=<ms> wake_p99=<ms> other_instance_wake_p50=<ms> ...
+//	case=<db>-<mode>-drain n=<messages> rate=<msgs/s> duplicates=<n>
+//	case=<db>-<mode>-idle queries_per_s=<q> wake_p50=<ms> wake_p99=<ms> other_instance_wake_p50=<ms> ...
 //	case=pg-vs-forwarder n=<n> outbox=<msgs/s> forwarder=<msgs/s> ratio=<x>
-//	case=<db>-live rate=<msgs/s> n=<n> p50=<ms> p99=<ms>   (and forwarder-live)
+//	case=<db>-<mode>-live rate=<msgs/s> n=<n> p50=<ms> p99=<ms>   (and forwarder-live)
 //	case=pg-memory n=<n> peak_rss=<MiB> rate=<msgs/s>
 //
 // Drain: a backlog of n messages (256-byte payloads, 1000 keys) is written first; the rate is
@@ -63,6 +63,7 @@ func main() {
 	concurrency := flag.Int("concurrency", 0, "dispatcher Concurrency (0: default)")
 	workers := flag.Int("workers", 0, "dispatcher Workers (0: default)")
 	cases := flag.String("cases", "drain,idle,forwarder,live,memory", "cases to run")
+	modes := flag.String("modes", "poll,log", "how dispatchers find messages in the drain, idle and live cases: poll, and log where the database has a change log")
 	liveRate := flag.Int("live-rate", 1000, "messages per second written in the live cases")
 	liveFor := flag.Duration("live-for", 20*time.Second, "how long the live cases write")
 	memoryN := flag.Int("memory-n", 1000000, "backlog size for the memory case")
@@ -86,19 +87,28 @@ func main() {
 	}
 	cfg := dispatcher.Config{BatchSize: *batch, Concurrency: *concurrency, Workers: *workers, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	failed := false
-	for _, name := range strings.Split(*dbs, ",") {
-		if run["drain"] {
-			if err := drainCase(name, *n, cfg); err != nil {
-				fmt.Fprintf(os.Stderr, "case=%s-poll-drain: %v\n", name, err)
-				failed = true
+	// each runs a case for every database and mode; a case's label is database-mode.
+	each := func(what string, f func(name, label string, cfg dispatcher.Config) error) {
+		for _, name := range strings.Split(*dbs, ",") {
+			for _, mode := range strings.Split(*modes, ",") {
+				if mode == "log" && name == "sqlite" {
+					continue // SQLite has no change log
+				}
+				cfg := cfg
+				cfg.PollOnly = mode != "log"
+				label := name + "-" + mode
+				if err := f(name, label, cfg); err != nil {
+					fmt.Fprintf(os.Stderr, "case=%s-%s: %v\n", label, what, err)
+					failed = true
+				}
 			}
 		}
-		if run["idle"] && *idle > 0 {
-			if err := idleCase(name, *idle, cfg); err != nil {
-				fmt.Fprintf(os.Stderr, "case=%s-idle: %v\n", name, err)
-				failed = true
-			}
-		}
+	}
+	if run["drain"] {
+		each("drain", func(name, label string, cfg dispatcher.Config) error { return drainCase(name, label, *n, cfg) })
+	}
+	if run["idle"] && *idle > 0 {
+		each("idle", func(name, label string, cfg dispatcher.Config) error { return idleCase(name, label, *idle, cfg) })
 	}
 	if run["forwarder"] {
 		if err := forwarderCase(*n, dispatcher.Config{Logger: cfg.Logger}); err != nil {
@@ -107,12 +117,9 @@ func main() {
 		}
 	}
 	if run["live"] {
-		for _, name := range strings.Split(*dbs, ",") {
-			if err := liveCase(name, *liveRate, *liveFor, cfg); err != nil {
-				fmt.Fprintf(os.Stderr, "case=%s-live: %v\n", name, err)
-				failed = true
-			}
-		}
+		each("live", func(name, label string, cfg dispatcher.Config) error {
+			return liveCase(name, label, *liveRate, *liveFor, cfg)
+		})
 		if err := forwarderLiveCase(*liveRate, *liveFor); err != nil {
 			fmt.Fprintf(os.Stderr, "case=forwarder-live: %v\n", err)
 			failed = true
@@ -260,7 +267,7 @@ func fill(st *sqlstore.Store, n int) error {
 	return nil
 }
 
-func drainCase(name string, n int, cfg dispatcher.Config) error {
+func drainCase(name, label string, n int, cfg dispatcher.Config) error {
 	db, err := newDatabase(name)
 	if db != nil && db.cleanup != nil {
 		defer db.cleanup()
@@ -318,7 +325,7 @@ func drainCase(name string, n int, cfg dispatcher.Config) error {
 		}
 	}
 	elapsed := time.Since(start)
-	fmt.Printf("case=%s-poll-drain n=%d rate=%.0f duplicates=%d elapsed=%v\n", name, n, float64(n)/elapsed.Seconds(), dups, elapsed.Round(time.Millisecond))
+	fmt.Printf("case=%s-drain n=%d rate=%.0f duplicates=%d elapsed=%v\n", label, n, float64(n)/elapsed.Seconds(), dups, elapsed.Round(time.Millisecond))
 	return nil
 }
 
@@ -333,7 +340,7 @@ func (c *countingStore) Claim(ctx context.Context, p *store.ClaimParams) (*store
 	return c.Store.Claim(ctx, p)
 }
 
-func idleCase(name string, window time.Duration, cfg dispatcher.Config) error {
+func idleCase(name, label string, window time.Duration, cfg dispatcher.Config) error {
 	db, err := newDatabase(name)
 	if db != nil && db.cleanup != nil {
 		defer db.cleanup()
@@ -406,7 +413,7 @@ func idleCase(name string, window time.Duration, cfg dispatcher.Config) error {
 		what = "claims_per_s"
 	}
 	fmt.Printf("case=%s-idle %s=%.2f wake_p50=%.1fms wake_p99=%.1fms other_instance_wake_p50=%.1fms other_instance_wake_p99=%.1fms\n",
-		name, what, qps, ms(local[len(local)/2]), ms(local[len(local)*99/100]), ms(remote[len(remote)/2]), ms(remote[len(remote)*99/100]))
+		label, what, qps, ms(local[len(local)/2]), ms(local[len(local)*99/100]), ms(remote[len(remote)/2]), ms(remote[len(remote)*99/100]))
 	return nil
 }
 

@@ -435,10 +435,16 @@ func (r *reader) hand(ctx context.Context, conn *pgconn.PgConn, txns chan<- txn,
 // server's WAL end, to report when the reader caught up and how far behind it is.
 func (r *reader) deliver(ctx context.Context, txns <-chan txn) error {
 	var (
-		samples  []walSample
-		caughtUp time.Time
-		lag      int64 = -1
+		samples   []walSample
+		caughtUp  time.Time
+		lag       int64 = -1
+		recording *recording
 	)
+	defer func() {
+		if recording != nil {
+			recording.wait(r) // recorded even when reading stops: the broker has the messages
+		}
+	}()
 	tick := time.NewTicker(sampleEvery)
 	defer tick.Stop()
 	report := func() {
@@ -447,9 +453,18 @@ func (r *reader) deliver(ctx context.Context, txns <-chan txn) error {
 		}
 	}
 	for {
+		var recorded <-chan error
+		if recording != nil {
+			recorded = recording.done
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case err := <-recorded:
+			if err := recording.finish(r, err); err != nil {
+				return err
+			}
+			recording = nil
 		case <-tick.C:
 			s, slotLag, err := r.sample(ctx)
 			if err != nil {
@@ -482,17 +497,58 @@ func (r *reader) deliver(ctx context.Context, txns <-chan txn) error {
 			for _, t := range batch {
 				msgs = append(msgs, t.msgs...)
 			}
-			if err := r.s.DeliverLog(ctx, r.c, msgs, nil); err != nil {
+			// The batch before this one may still be recording: wait for it first only if
+			// it holds keys that this batch's messages may have to wait behind.
+			if recording != nil && recording.holdsKeys {
+				if err := recording.wait(r); err != nil {
+					return err
+				}
+				recording = nil
+			}
+			published, err := r.s.PublishLog(ctx, r.c, msgs)
+			if err != nil {
 				return err
 			}
-			r.mu.Lock()
-			r.inFlight -= len(batch)
-			if end := batch[len(batch)-1].end; end > r.confirmed {
-				r.confirmed = end
+			if recording != nil {
+				if err := recording.wait(r); err != nil {
+					return err
+				}
 			}
-			r.mu.Unlock()
+			recording = r.record(ctx, published, len(batch), batch[len(batch)-1].end)
 		}
 	}
+}
+
+// recording is a batch's outcome being recorded, while the next batch is published.
+type recording struct {
+	done      chan error
+	holdsKeys bool
+	txns      int
+	end       pglogrepl.LSN
+}
+
+// record starts recording b, which holds txns transactions ending at end.
+func (r *reader) record(ctx context.Context, b *sqlstore.LogBatch, txns int, end pglogrepl.LSN) *recording {
+	rec := &recording{done: make(chan error, 1), holdsKeys: b.HoldsKeys(), txns: txns, end: end}
+	go func() { rec.done <- b.Record(ctx, nil) }()
+	return rec
+}
+
+// wait waits for the recording and then moves the confirmed position past its batch.
+func (rec *recording) wait(r *reader) error { return rec.finish(r, <-rec.done) }
+
+// finish moves the confirmed position past the batch once its recording returned err.
+func (rec *recording) finish(r *reader, err error) error {
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.inFlight -= rec.txns
+	if rec.end > r.confirmed {
+		r.confirmed = rec.end
+	}
+	r.mu.Unlock()
+	return nil
 }
 
 type walSample struct {

@@ -237,6 +237,24 @@ func (b *builder) in(column string, vs []string) string {
 	return sb.String()
 }
 
+// inSeqs is the condition that column, a BIGINT, is one of vs: an array parameter on
+// Postgres, a literal list elsewhere (integers need no quoting).
+func (b *builder) inSeqs(column string, vs []int64) string {
+	if b.d.numbered {
+		return column + " = ANY(" + b.arg(vs) + ")"
+	}
+	var sb strings.Builder
+	sb.WriteString(column + " IN (")
+	for i, v := range vs {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(strconv.FormatInt(v, 10))
+	}
+	sb.WriteByte(')')
+	return sb.String()
+}
+
 // Migration is one step of the outbox schema.
 type Migration struct {
 	// Version orders the migrations, from 1.

@@ -33,80 +33,119 @@ func (s *Store) ReadLog(ctx context.Context, c store.LogConsumer) error {
 
 // DeliverLog hands msgs, read from the change log in commit order, to c.Deliver and records
 // the outcome in one transaction, with checkpoint(tx) when it is not nil (the reader's log
-// position, stored with the outcome it covers).
+// position, stored with the outcome it covers). It is [Store.PublishLog] then
+// [LogBatch.Record].
+func (s *Store) DeliverLog(ctx context.Context, c store.LogConsumer, msgs []LogMessage, checkpoint func(context.Context, *sql.Tx) error) error {
+	b, err := s.PublishLog(ctx, c, msgs)
+	if err != nil {
+		return err
+	}
+	return b.Record(ctx, checkpoint)
+}
+
+// LogBatch is a published log batch whose outcome is not recorded yet.
+type LogBatch struct {
+	s         *Store
+	delivered []int64
+	failures  []store.Failure
+	handOver  []int64
+}
+
+// HoldsKeys reports whether recording the batch will hold back keys (failed or handed-over
+// messages): the next batch must then be published only after this one is recorded.
+func (b *LogBatch) HoldsKeys() bool { return len(b.failures) > 0 || len(b.handOver) > 0 }
+
+// PublishLog hands msgs, read from the change log in commit order, to c.Deliver, and
+// returns the outcome to record.
 //
 // Messages that are no longer pending, or that polling holds (claimed, or waiting for a
 // retry), are skipped: polling delivered them before the log reached them, or owns them now.
 // A message whose key has an earlier message held by polling is handed over to polling, with
 // the later messages of its key, so that the key stays in order.
-func (s *Store) DeliverLog(ctx context.Context, c store.LogConsumer, msgs []LogMessage, checkpoint func(context.Context, *sql.Tx) error) error {
+func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogMessage) (*LogBatch, error) {
 	ready, heldFrom, err := s.logFilter(ctx, msgs)
 	if err != nil {
-		return fmt.Errorf("outbox: look up logged messages in %s: %w", s.t, err)
+		return nil, fmt.Errorf("outbox: look up logged messages in %s: %w", s.t, err)
 	}
 	var (
-		deliver  []store.ClaimedMessage
-		handOver []string
-		blocked  = map[string]bool{}
+		deliver []store.ClaimedMessage
+		blocked = map[string]bool{}
+		seqOf   = make(map[string]int64, len(msgs))
+		batch   = &LogBatch{s: s}
 	)
 	for _, m := range msgs {
-		if !ready[m.ID] {
+		if !ready[m.Seq] {
 			continue
 		}
+		seqOf[m.ID] = m.Seq
 		if m.Key != "" {
 			if from, ok := heldFrom[m.Key]; (ok && from < m.Seq) || blocked[m.Key] {
 				blocked[m.Key] = true
-				handOver = append(handOver, m.ID)
+				batch.handOver = append(batch.handOver, m.Seq)
 				continue
 			}
 		}
 		deliver = append(deliver, store.ClaimedMessage{Message: m.Message})
 	}
-	out := &store.LogOutcome{}
-	if len(deliver) > 0 {
-		out = c.Deliver(ctx, deliver)
-		seen := make(map[string]bool, len(deliver))
-		for _, id := range out.Delivered {
-			seen[id] = true
+	if len(deliver) == 0 {
+		return batch, nil
+	}
+	out := c.Deliver(ctx, deliver)
+	seen := make(map[string]bool, len(deliver))
+	for _, id := range out.Delivered {
+		if seq, ok := seqOf[id]; ok && !seen[id] {
+			batch.delivered = append(batch.delivered, seq)
 		}
-		for _, f := range out.Failures {
-			seen[f.ID] = true
+		seen[id] = true
+	}
+	for _, f := range out.Failures {
+		if _, ok := seqOf[f.ID]; ok && !seen[f.ID] {
+			batch.failures = append(batch.failures, f)
 		}
-		for _, m := range deliver {
-			if !seen[m.ID] {
-				handOver = append(handOver, m.ID)
-			}
+		seen[f.ID] = true
+	}
+	for _, m := range deliver {
+		if !seen[m.ID] {
+			batch.handOver = append(batch.handOver, seqOf[m.ID])
 		}
 	}
-	// Record even if ctx ended meanwhile: what the broker acknowledged must be marked.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	b := backoff.WithContext(backoff.WithMaxRetries(backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxElapsedTime(0)), 4), rctx)
-	return backoff.Retry(func() error { return s.recordLog(rctx, out, handOver, checkpoint) }, b)
+	return batch, nil
 }
 
-// logFilter returns which of msgs are pending and not held by polling, and for each key with
-// held messages the lowest held seq.
-func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[string]bool, heldFrom map[string]int64, err error) {
-	ids := make([]string, len(msgs))
+// Record records the batch's outcome, and checkpoint(tx) when it is not nil, in one
+// transaction, retrying a few times. It runs even if ctx has ended: what the broker
+// acknowledged must be marked.
+func (b *LogBatch) Record(ctx context.Context, checkpoint func(context.Context, *sql.Tx) error) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	bo := backoff.WithContext(backoff.WithMaxRetries(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxElapsedTime(0)), 4), rctx)
+	return backoff.Retry(func() error {
+		return b.s.recordLog(rctx, b.delivered, b.failures, b.handOver, checkpoint)
+	}, bo)
+}
+
+// logFilter returns the seqs of msgs that are pending and not held by polling, and for each
+// key with held messages the lowest held seq. Rows are looked up by seq, the primary key.
+func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int64]bool, heldFrom map[string]int64, err error) {
+	seqs := make([]int64, len(msgs))
 	for i, m := range msgs {
-		ids[i] = m.ID
+		seqs[i] = m.Seq
 	}
-	ready = make(map[string]bool, len(msgs))
-	err = s.inChunks(ids, func(ids []string) error {
+	ready = make(map[int64]bool, len(msgs))
+	err = inChunks(seqs, s.d.maxParams-8, func(seqs []int64) error {
 		b := builder{d: s.d}
-		rows, err := s.db.QueryContext(ctx, "SELECT id FROM "+s.t.String()+" WHERE state = 'pending' AND held = 0 AND "+b.in("id", ids), b.args...)
+		rows, err := s.db.QueryContext(ctx, "SELECT seq FROM "+s.t.String()+" WHERE state = 'pending' AND held = 0 AND "+b.inSeqs("seq", seqs), b.args...)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
+			var seq int64
+			if err := rows.Scan(&seq); err != nil {
 				return err
 			}
-			ready[id] = true
+			ready[seq] = true
 		}
 		return rows.Err()
 	})
@@ -136,7 +175,7 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[str
 // recordLog records a log batch's outcome, and the reader's checkpoint, in one transaction.
 // Rows a sweep claimed meanwhile are left to it, except that an acknowledged message is
 // marked delivered whoever holds it.
-func (s *Store) recordLog(ctx context.Context, out *store.LogOutcome, handOver []string, checkpoint func(context.Context, *sql.Tx) error) error {
+func (s *Store) recordLog(ctx context.Context, delivered []int64, failures []store.Failure, handOver []int64, checkpoint func(context.Context, *sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("outbox: record logged messages in %s: %w", s.t, err)
@@ -150,16 +189,16 @@ func (s *Store) recordLog(ctx context.Context, out *store.LogOutcome, handOver [
 	}
 	now := s.now()
 	t := s.t.String()
-	err = s.inChunks(out.Delivered, func(ids []string) error {
+	err = inChunks(delivered, s.d.maxParams-8, func(seqs []int64) error {
 		b := builder{d: s.d}
 		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET state = 'delivered', delivered_at = "+b.arg(s.d.timeArg(now))+
-			", claim_token = NULL, claimed_until = "+s.d.epoch+" WHERE state = 'pending' AND "+b.in("id", ids), b.args...)
+			", claim_token = NULL, claimed_until = "+s.d.epoch+" WHERE state = 'pending' AND "+b.inSeqs("seq", seqs), b.args...)
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("outbox: mark %d logged messages delivered in %s: %w", len(out.Delivered), s.t, err)
+		return fmt.Errorf("outbox: mark %d logged messages delivered in %s: %w", len(delivered), s.t, err)
 	}
-	for _, f := range out.Failures {
+	for _, f := range failures {
 		b := builder{d: s.d}
 		state := store.Pending
 		if f.Park {
@@ -174,10 +213,10 @@ func (s *Store) recordLog(ctx context.Context, out *store.LogOutcome, handOver [
 	}
 	// A handed-over message gets an expired claim: that makes it held, which a sweep claims
 	// at once and which holds back the later messages of its key.
-	err = s.inChunks(handOver, func(ids []string) error {
+	err = inChunks(handOver, s.d.maxParams-8, func(seqs []int64) error {
 		b := builder{d: s.d}
 		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET claimed_until = "+b.arg(s.d.timeArg(now))+
-			" WHERE state = 'pending' AND claimed_until = "+s.d.epoch+" AND "+b.in("id", ids), b.args...)
+			" WHERE state = 'pending' AND claimed_until = "+s.d.epoch+" AND "+b.inSeqs("seq", seqs), b.args...)
 		return err
 	})
 	if err != nil {
@@ -190,6 +229,16 @@ func (s *Store) recordLog(ctx context.Context, out *store.LogOutcome, handOver [
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("outbox: record logged messages in %s: %w", s.t, err)
+	}
+	return nil
+}
+
+// inChunks calls f with consecutive parts of vs, each at most size long.
+func inChunks[T any](vs []T, size int, f func([]T) error) error {
+	for start := 0; start < len(vs); start += size {
+		if err := f(vs[start:min(start+size, len(vs))]); err != nil {
+			return err
+		}
 	}
 	return nil
 }

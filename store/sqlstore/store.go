@@ -713,12 +713,7 @@ func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
 }
 
 func (s *Store) inChunks(ids []string, f func([]string) error) error {
-	for start := 0; start < len(ids); start += s.d.maxParams - 8 {
-		if err := f(ids[start:min(start+s.d.maxParams-8, len(ids))]); err != nil {
-			return err
-		}
-	}
-	return nil
+	return inChunks(ids, s.d.maxParams-8, f)
 }
 
 // Fail implements [store.Store]. All failures are recorded in one transaction.

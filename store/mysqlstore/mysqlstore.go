@@ -4,23 +4,62 @@
 // Several dispatchers, in one process or many, can share the outbox: claims use FOR UPDATE
 // SKIP LOCKED with a lease, and take turns through a named lock (GET_LOCK) for the few
 // milliseconds a claim takes, which keeps each key's messages in write order across
-// dispatchers. MySQL has no notifications: dispatchers poll, backing off when idle, and wake
-// at once for messages written through the same Store value.
+// dispatchers. MySQL has no notifications: without the binlog, dispatchers poll, backing off
+// when idle, and wake at once for messages written through the same Store value.
+//
+// # Reading the binlog
+//
+// The store implements [store.LogReader]: it reads written messages from the server's row
+// binlog, as a replica would, and hands them to the dispatcher as their transactions commit,
+// in commit order, whoever wrote them (this library, another program, the mysql client).
+// Nothing polls for them then. It needs:
+//
+//   - server settings log_bin, binlog_format=ROW and binlog_row_image=FULL (and a server_id);
+//   - the REPLICATION SLAVE and REPLICATION CLIENT privileges (MariaDB calls the latter
+//     BINLOG MONITOR) for the user of the DSN, besides its rights on the outbox tables;
+//   - a database handle from [Open], which keeps the connection settings that the binlog
+//     connection reuses (database/sql does not expose them).
+//
+// Otherwise ReadLog returns an error wrapping [store.ErrLogUnavailable] that says what is
+// missing, and dispatchers poll. binlog_row_metadata=FULL is optional: with it, rows are
+// mapped to columns by the names in the binlog; without it, by the table's current column
+// order in information_schema, which is wrong for rows written before a column was moved.
+//
+// One reader per outbox table reads the binlog: it holds a named lock (GET_LOCK) on a
+// connection of its own, and the other instances wait as standbys and take over within about
+// a second of its going away. The reader keeps its position (the last GTID of each domain on
+// MariaDB, the file and offset on MySQL) in the table named after the outbox table with a
+// "_log_position" suffix, written in the transaction that marks a batch delivered: after a
+// crash, at most the batch in flight is published again. Migrate records the server's
+// current position there; messages written before it, or while no reader ran long enough to
+// keep its position in the binlog, are delivered by the dispatchers' sweep.
+//
+// The binlog holds every table of the server: the reader decodes only the inserts into its
+// outbox table, and keeps its position when other tables change at most once a second.
 package mysqlstore
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
 	"time"
+	"weak"
 
 	"github.com/go-sql-driver/mysql"
 
+	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // Config configures the store. See [sqlstore.Config].
 type Config = sqlstore.Config
+
+// opened holds the connection settings of each database handle returned by Open, for the
+// binlog connection, until the handle is garbage collected.
+var opened sync.Map // weak.Pointer[sql.DB] -> *mysql.Config
 
 // Open opens the database at dsn (go-sql-driver/mysql's format, user:pass@tcp(host:port)/db)
 // with the settings the outbox expects: times parsed as UTC, and arguments interpolated on the
@@ -38,7 +77,11 @@ func Open(dsn string) (*sql.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outbox: mysql DSN: %w", err)
 	}
-	return sql.OpenDB(conn), nil
+	db := sql.OpenDB(conn)
+	key := weak.Make(db)
+	opened.Store(key, cfg.Clone())
+	runtime.AddCleanup(db, func(key weak.Pointer[sql.DB]) { opened.Delete(key) }, key)
+	return db, nil
 }
 
 // New returns the outbox store for db, a MySQL or MariaDB database (see [Open]). Call Migrate
@@ -47,5 +90,14 @@ func New(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if db == nil {
 		return nil, errors.New("outbox: mysqlstore.New: db is nil")
 	}
-	return sqlstore.New(db, sqlstore.MySQL(), cfg, sqlstore.Hooks{})
+	var conn *mysql.Config
+	if v, ok := opened.Load(weak.Make(db)); ok {
+		conn = v.(*mysql.Config)
+	}
+	return sqlstore.New(db, sqlstore.MySQL(), cfg, sqlstore.Hooks{
+		Migrate: recordStart,
+		ReadLog: func(ctx context.Context, s *sqlstore.Store, c store.LogConsumer) error {
+			return readLog(ctx, s, c, conn)
+		},
+	})
 }

@@ -31,7 +31,7 @@ func TestCapabilities(t *testing.T) {
 	db, _ := dbtest.MySQL(t)
 	st, err := mysqlstore.New(db, mysqlstore.Config{})
 	require.NoError(t, err)
-	require.Equal(t, store.Capabilities{Name: "mysql", SkipLocked: true}, st.Capabilities())
+	require.Equal(t, store.Capabilities{Name: "mysql", SkipLocked: true, ChangeLog: true}, st.Capabilities())
 }
 
 func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {

@@ -145,6 +145,7 @@ type reader struct {
 	txOther bool // the transaction changed something besides the outbox's own tables
 
 	batch    []sqlstore.LogMessage
+	batchTxs []int64 // a seq written by each transaction in the batch
 	batchAt  time.Time
 	dirty    bool // read moved past changes of other tables since the position was stored
 	storedAt time.Time
@@ -911,6 +912,7 @@ func (r *reader) end(commit bool) {
 			r.batchAt = time.Now()
 		}
 		r.batch = append(r.batch, r.txMsgs...)
+		r.batchTxs = append(r.batchTxs, r.txMsgs[0].Seq)
 	}
 	if r.txOther {
 		r.dirty = true
@@ -980,6 +982,9 @@ func (r *reader) settle(ctx context.Context, idle bool) error {
 
 // flush delivers the batch and stores the position after it, with the outcome.
 func (r *reader) flush(ctx context.Context) error {
+	if err := r.awaitCommits(ctx); err != nil {
+		return err
+	}
 	p := r.read.clone()
 	err := r.s.DeliverLog(ctx, r.c, r.batch, func(ctx context.Context, tx *sql.Tx) error {
 		return r.savePosition(ctx, tx, p)
@@ -988,10 +993,44 @@ func (r *reader) flush(ctx context.Context) error {
 		return err
 	}
 	now := time.Now()
-	r.batch = nil
+	r.batch, r.batchTxs = nil, nil
 	r.flushed, r.dirty, r.storedAt, r.heard = p, false, now, now
 	r.advance()
 	return nil
+}
+
+// awaitCommits waits until the transactions of the batch are visible to other sessions.
+// The server sends a transaction once it is in the binlog, which is before the storage
+// engine commits it: until then a query does not see its rows, and DeliverLog would take
+// them for messages that polling delivered already. A locking read of a row waits for the
+// transaction that wrote it to commit (READ COMMITTED: no gap locks for rows deleted since).
+func (r *reader) awaitCommits(ctx context.Context) error {
+	tx, err := r.s.DB().BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return fmt.Errorf("outbox: log reader: wait for commits: %w", err)
+	}
+	defer tx.Rollback()
+	for chunk := range slices.Chunk(r.batchTxs, 1000) {
+		var q strings.Builder
+		q.WriteString("SELECT seq FROM " + r.s.Table() + " WHERE seq IN (")
+		for i, seq := range chunk {
+			if i > 0 {
+				q.WriteByte(',')
+			}
+			q.WriteString(strconv.FormatInt(seq, 10))
+		}
+		q.WriteString(") LOCK IN SHARE MODE")
+		rows, err := tx.QueryContext(ctx, q.String())
+		if err != nil {
+			return fmt.Errorf("outbox: log reader: wait for commits: %w", err)
+		}
+		for rows.Next() {
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return fmt.Errorf("outbox: log reader: wait for commits: %w", err)
+		}
+	}
+	return tx.Commit()
 }
 
 // done is the position up to which every message read is recorded.

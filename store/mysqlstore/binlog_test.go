@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/internal/dbtest"
@@ -384,7 +385,23 @@ func TestReadLogResumesWhereItStopped(t *testing.T) {
 
 	startReader(t, st, rec)
 	all := written()
-	require.Eventually(t, func() bool { return len(rec.delivered()) >= n }, 60*time.Second, 10*time.Millisecond)
+	if !assert.Eventually(t, func() bool { return len(rec.delivered()) >= n }, 60*time.Second, 10*time.Millisecond) {
+		got := rec.delivered()
+		seen := map[string]bool{}
+		for _, m := range got {
+			seen[m.ID] = true
+		}
+		for i, id := range all {
+			if !seen[id] {
+				var state string
+				db.QueryRow("SELECT state FROM outbox WHERE id = ?", id).Scan(&state)
+				t.Logf("missing #%d %s state %s", i, id, state)
+			}
+		}
+		s, _ := rec.status()
+		p, _ := readPosition(t, db)
+		t.Fatalf("delivered %d (first run %d); status %+v position %s", len(got), deliveredFirst, s, p)
+	}
 	// A moment more for duplicates, if any, to show.
 	time.Sleep(500 * time.Millisecond)
 	dups := requireAllOnce(t, all, rec.delivered())

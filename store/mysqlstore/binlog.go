@@ -30,6 +30,9 @@ const (
 	// the stream has nothing more at hand, or logBatchWait after its first message.
 	logBatch     = 500
 	logBatchWait = 100 * time.Millisecond
+	// idleWait is how long the reader waits for more events before it takes the stream for
+	// idle and hands over a batch that is not full.
+	idleWait = 2 * time.Millisecond
 	// heartbeatPeriod is how often the server sends a heartbeat on an idle stream; after
 	// silenceLimit without any event the connection is taken for dead.
 	heartbeatPeriod = time.Second
@@ -136,6 +139,12 @@ type reader struct {
 	curPos  uint32
 	read    position // after the last transaction read
 	flushed position // after the last transaction whose messages are recorded
+
+	// recording is the batch whose outcome is being recorded while the next one is read and
+	// published: nil, or a channel that receives the result once.
+	recording  chan error
+	recordPos  position // stored with it
+	recordHold bool     // it holds keys back: publish the next batch only after it
 
 	inTx    bool
 	txGTID  gtid
@@ -731,6 +740,8 @@ func (r *reader) run(ctx context.Context, start position) error {
 	}
 	syncer := replication.NewBinlogSyncer(cfg)
 	defer syncer.Close()
+	// A batch being recorded finishes (its messages were published), whatever ends the run.
+	defer r.waitRecorded()
 	streamer, err := r.startStream(syncer, start)
 	if err != nil {
 		return err
@@ -770,10 +781,17 @@ func (r *reader) run(ctx context.Context, start position) error {
 	r.status(store.LogStatus{Reading: true, LagBytes: -1})
 	tick := time.NewTicker(sampleEvery / 2)
 	defer tick.Stop()
+	idle := time.NewTimer(idleWait)
+	defer idle.Stop()
 	for {
 		var e *replication.BinlogEvent
 		select {
 		case e = <-events:
+		case err := <-r.recording:
+			if err := r.recorded(err); err != nil {
+				return err
+			}
+			continue
 		case err := <-streamErr:
 			return r.streamError(err)
 		case <-tick.C:
@@ -784,12 +802,28 @@ func (r *reader) run(ctx context.Context, start position) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		default:
-			// Nothing more at hand: hand over what the committed transactions hold.
+			// Nothing more at hand: hand over what the committed transactions hold. The
+			// stream may only be a moment behind (a busy machine): give it that moment.
+			if len(r.batch) > 0 {
+				idle.Reset(idleWait)
+				select {
+				case e = <-events:
+				case <-idle.C:
+				}
+			}
+			if e != nil {
+				break
+			}
 			if err := r.settle(ctx, true); err != nil {
 				return err
 			}
 			select {
 			case e = <-events:
+			case err := <-r.recording:
+				if err := r.recorded(err); err != nil {
+					return err
+				}
+				continue
 			case err := <-streamErr:
 				return r.streamError(err)
 			case <-tick.C:
@@ -970,7 +1004,7 @@ func (r *reader) settle(ctx context.Context, idle bool) error {
 		if idle || len(r.batch) >= logBatch || time.Since(r.batchAt) >= logBatchWait {
 			return r.flush(ctx)
 		}
-	case r.dirty && time.Since(r.storedAt) >= positionEvery:
+	case r.dirty && r.recording == nil && time.Since(r.storedAt) >= positionEvery:
 		p := r.read.clone()
 		if err := r.savePosition(ctx, r.s.DB(), p); err != nil {
 			return fmt.Errorf("outbox: store the log position of %s: %w", r.s.Table(), err)
@@ -980,21 +1014,52 @@ func (r *reader) settle(ctx context.Context, idle bool) error {
 	return nil
 }
 
-// flush delivers the batch and stores the position after it, with the outcome.
+// flush publishes the batch, and records its outcome with the position after it while the
+// reader goes on: one batch records while the next is read and published.
 func (r *reader) flush(ctx context.Context) error {
+	if r.recordHold {
+		// Its failures and hand-overs hold keys back, which the next batch must see.
+		if err := r.waitRecorded(); err != nil {
+			return err
+		}
+	}
 	if err := r.awaitCommits(ctx); err != nil {
 		return err
 	}
 	p := r.read.clone()
-	err := r.s.DeliverLog(ctx, r.c, r.batch, func(ctx context.Context, tx *sql.Tx) error {
-		return r.savePosition(ctx, tx, p)
-	})
+	lb, err := r.s.PublishLog(ctx, r.c, r.batch)
 	if err != nil {
 		return err
 	}
-	now := time.Now()
-	r.batch, r.batchTxs = nil, nil
-	r.flushed, r.dirty, r.storedAt, r.heard = p, false, now, now
+	// Outcomes and positions are recorded in order.
+	if err := r.waitRecorded(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- lb.Record(ctx, func(ctx context.Context, tx *sql.Tx) error { return r.savePosition(ctx, tx, p) })
+	}()
+	r.recording, r.recordPos, r.recordHold = done, p, lb.HoldsKeys()
+	r.batch, r.batchTxs, r.dirty = nil, nil, false
+	r.heard = time.Now()
+	return nil
+}
+
+// waitRecorded waits for the batch being recorded, if any.
+func (r *reader) waitRecorded() error {
+	if r.recording == nil {
+		return nil
+	}
+	return r.recorded(<-r.recording)
+}
+
+// recorded takes the result of recording a batch.
+func (r *reader) recorded(err error) error {
+	r.recording, r.recordHold = nil, false
+	if err != nil {
+		return err
+	}
+	r.flushed, r.storedAt = r.recordPos, time.Now()
 	r.advance()
 	return nil
 }
@@ -1035,7 +1100,7 @@ func (r *reader) awaitCommits(ctx context.Context) error {
 
 // done is the position up to which every message read is recorded.
 func (r *reader) done() position {
-	if len(r.batch) == 0 {
+	if len(r.batch) == 0 && r.recording == nil {
 		return r.read
 	}
 	return r.flushed

@@ -430,41 +430,33 @@ func (r *reader) hand(ctx context.Context, conn *pgconn.PgConn, txns chan<- txn,
 	}
 }
 
-// deliver takes committed transactions in order, hands them to the consumer in batches and
-// records each batch, then moves the confirmed position past it. It also samples the
-// server's WAL end, to report when the reader caught up and how far behind it is.
-func (r *reader) deliver(ctx context.Context, txns <-chan txn) error {
-	var (
-		samples   []walSample
-		caughtUp  time.Time
-		lag       int64 = -1
-		recording *recording
-	)
+// deliver takes committed transactions in order and hands them to the consumer in batches.
+// A recorder goroutine records the published batches in order, merging those that queue up
+// into one transaction, and moves the confirmed position past each; publishing goes on
+// meanwhile, except behind a batch that holds keys, whose recording the next batch awaits.
+// deliver also samples the server's WAL end, to report when the reader caught up and how far
+// behind it is.
+func (r *reader) deliver(ctx context.Context, txns <-chan txn) (err error) {
+	rec := newRecorder(r)
 	defer func() {
-		if recording != nil {
-			recording.wait(r) // recorded even when reading stops: the broker has the messages
+		// What was published is recorded even when reading stops: the broker has it.
+		if rerr := rec.close(); err == nil || errors.Is(err, context.Canceled) {
+			err = cmpErr(rerr, err)
 		}
 	}()
+	var (
+		samples  []walSample
+		caughtUp time.Time
+		lag      int64 = -1
+	)
 	tick := time.NewTicker(sampleEvery)
 	defer tick.Stop()
-	report := func() {
-		if r.c.Status != nil {
-			r.c.Status(store.LogStatus{Reading: true, CaughtUp: caughtUp, LagBytes: lag})
-		}
-	}
 	for {
-		var recorded <-chan error
-		if recording != nil {
-			recorded = recording.done
-		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case err := <-recorded:
-			if err := recording.finish(r, err); err != nil {
-				return err
-			}
-			recording = nil
+		case err := <-rec.failed:
+			return err
 		case <-tick.C:
 			s, slotLag, err := r.sample(ctx)
 			if err != nil {
@@ -479,7 +471,9 @@ func (r *reader) deliver(ctx context.Context, txns <-chan txn) error {
 				caughtUp = samples[0].at
 				samples = samples[1:]
 			}
-			report()
+			if r.c.Status != nil {
+				r.c.Status(store.LogStatus{Reading: true, CaughtUp: caughtUp, LagBytes: lag})
+			}
 		case t := <-txns:
 			batch := []txn{t}
 			n := len(t.msgs)
@@ -497,58 +491,123 @@ func (r *reader) deliver(ctx context.Context, txns <-chan txn) error {
 			for _, t := range batch {
 				msgs = append(msgs, t.msgs...)
 			}
-			// The batch before this one may still be recording: wait for it first only if
-			// it holds keys that this batch's messages may have to wait behind.
-			if recording != nil && recording.holdsKeys {
-				if err := recording.wait(r); err != nil {
+			if rec.holdsKeys {
+				if err := rec.wait(); err != nil {
 					return err
 				}
-				recording = nil
 			}
 			published, err := r.s.PublishLog(ctx, r.c, msgs)
 			if err != nil {
 				return err
 			}
-			if recording != nil {
-				if err := recording.wait(r); err != nil {
-					return err
-				}
-			}
-			recording = r.record(ctx, published, len(batch), batch[len(batch)-1].end)
+			rec.add(published, len(batch), batch[len(batch)-1].end)
 		}
 	}
 }
 
-// recording is a batch's outcome being recorded, while the next batch is published.
-type recording struct {
-	done      chan error
-	holdsKeys bool
-	txns      int
-	end       pglogrepl.LSN
+// cmpErr returns the first non-nil error.
+func cmpErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// record starts recording b, which holds txns transactions ending at end.
-func (r *reader) record(ctx context.Context, b *sqlstore.LogBatch, txns int, end pglogrepl.LSN) *recording {
-	rec := &recording{done: make(chan error, 1), holdsKeys: b.HoldsKeys(), txns: txns, end: end}
-	go func() { rec.done <- b.Record(ctx, nil) }()
+// recorder records published batches in order on its own goroutine.
+type recorder struct {
+	r         *reader
+	queue     chan recordJob
+	failed    chan error // receives the first recording error
+	pending   sync.WaitGroup
+	holdsKeys bool // a batch queued since the last wait holds keys
+	done      chan struct{}
+}
+
+type recordJob struct {
+	b    *sqlstore.LogBatch
+	txns int
+	end  pglogrepl.LSN
+}
+
+func newRecorder(r *reader) *recorder {
+	rec := &recorder{r: r, queue: make(chan recordJob, 16), failed: make(chan error, 1), done: make(chan struct{})}
+	go rec.run()
 	return rec
 }
 
-// wait waits for the recording and then moves the confirmed position past its batch.
-func (rec *recording) wait(r *reader) error { return rec.finish(r, <-rec.done) }
+// add queues a published batch of txns transactions ending at end.
+func (rec *recorder) add(b *sqlstore.LogBatch, txns int, end pglogrepl.LSN) {
+	rec.holdsKeys = rec.holdsKeys || b.HoldsKeys()
+	rec.pending.Add(1)
+	rec.queue <- recordJob{b: b, txns: txns, end: end}
+}
 
-// finish moves the confirmed position past the batch once its recording returned err.
-func (rec *recording) finish(r *reader, err error) error {
-	if err != nil {
+// wait waits until every queued batch is recorded.
+func (rec *recorder) wait() error {
+	rec.pending.Wait()
+	rec.holdsKeys = false
+	select {
+	case err := <-rec.failed:
+		rec.failed <- err
 		return err
+	default:
+		return nil
 	}
-	r.mu.Lock()
-	r.inFlight -= rec.txns
-	if rec.end > r.confirmed {
-		r.confirmed = rec.end
+}
+
+// close records what is queued and stops the recorder.
+func (rec *recorder) close() error {
+	close(rec.queue)
+	<-rec.done
+	select {
+	case err := <-rec.failed:
+		return err
+	default:
+		return nil
 	}
-	r.mu.Unlock()
-	return nil
+}
+
+func (rec *recorder) run() {
+	defer close(rec.done)
+	var failed bool
+	for job := range rec.queue {
+		jobs := 1
+	merge:
+		for {
+			select {
+			case next, ok := <-rec.queue:
+				if !ok {
+					break merge
+				}
+				job.b.Merge(next.b)
+				job.txns += next.txns
+				job.end = next.end
+				jobs++
+			default:
+				break merge
+			}
+		}
+		if !failed {
+			// Recording outlives the reader's context: the broker has these messages.
+			if err := job.b.Record(context.Background(), nil); err != nil {
+				failed = true
+				rec.failed <- err
+			} else {
+				r := rec.r
+				r.mu.Lock()
+				r.inFlight -= job.txns
+				if job.end > r.confirmed {
+					r.confirmed = job.end
+				}
+				r.mu.Unlock()
+			}
+		}
+		for range jobs {
+			rec.pending.Done()
+		}
+	}
 }
 
 type walSample struct {

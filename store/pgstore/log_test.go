@@ -139,9 +139,11 @@ func TestReadLogDeliversMessagesOfAnyWriterInCommitOrder(t *testing.T) {
 	require.Equal(t, time.Date(2026, 11, 26, 10, 0, 0, 123456000, time.UTC), plain.CreatedAt.UTC())
 	require.Equal(t, []byte("api-late-9"), got[60].Payload)
 
-	list, err := st.List(context.Background(), &store.ListParams{State: store.Pending})
-	require.NoError(t, err)
-	require.Empty(t, list.Messages, "delivered messages are marked")
+	require.Eventually(t, func() bool {
+		list, err := st.List(context.Background(), &store.ListParams{State: store.Pending})
+		require.NoError(t, err)
+		return len(list.Messages) == 0
+	}, 10*time.Second, 10*time.Millisecond, "delivered messages are marked")
 	require.Eventually(t, func() bool { s := c.lastStatus(); return s.Reading && !s.CaughtUp.IsZero() && s.LagBytes >= 0 },
 		10*time.Second, 50*time.Millisecond, "the reader reports that it caught up, and its lag")
 }

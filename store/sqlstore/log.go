@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -54,6 +55,13 @@ type LogBatch struct {
 // HoldsKeys reports whether recording the batch will hold back keys (failed or handed-over
 // messages): the next batch must then be published only after this one is recorded.
 func (b *LogBatch) HoldsKeys() bool { return len(b.failures) > 0 || len(b.handOver) > 0 }
+
+// Merge adds o's outcome to b's, so that both are recorded in one transaction.
+func (b *LogBatch) Merge(o *LogBatch) {
+	b.delivered = append(b.delivered, o.delivered...)
+	b.failures = append(b.failures, o.failures...)
+	b.handOver = append(b.handOver, o.handOver...)
+}
 
 // PublishLog hands msgs, read from the change log in commit order, to c.Deliver, and
 // returns the outcome to record.
@@ -125,32 +133,60 @@ func (b *LogBatch) Record(ctx context.Context, checkpoint func(context.Context, 
 	}, bo)
 }
 
+// visibleWithin bounds the wait for logged rows to become visible to queries. The log can
+// carry a commit a moment before other sessions see it (Postgres sends the commit once its
+// WAL is flushed, before the transaction leaves the running set; MySQL writes the binlog
+// before InnoDB commits), so a row the filter does not find is looked up again, briefly. A
+// row still missing was deleted: its message is not handed over.
+const visibleWithin = 200 * time.Millisecond
+
 // logFilter returns the seqs of msgs that are pending and not held by polling, and for each
 // key with held messages the lowest held seq. Rows are looked up by seq, the primary key.
 func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int64]bool, heldFrom map[string]int64, err error) {
-	seqs := make([]int64, len(msgs))
+	missing := make([]int64, len(msgs))
 	for i, m := range msgs {
-		seqs[i] = m.Seq
+		missing[i] = m.Seq
 	}
 	ready = make(map[int64]bool, len(msgs))
-	err = inChunks(seqs, s.d.maxParams-8, func(seqs []int64) error {
-		b := builder{d: s.d}
-		rows, err := s.db.QueryContext(ctx, "SELECT seq FROM "+s.t.String()+" WHERE state = 'pending' AND held = 0 AND "+b.inSeqs("seq", seqs), b.args...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var seq int64
-			if err := rows.Scan(&seq); err != nil {
+	deadline := time.Now().Add(visibleWithin)
+	for wait := time.Millisecond; ; wait *= 2 {
+		found := make(map[int64]bool, len(missing))
+		err = inChunks(missing, s.d.maxParams-8, func(seqs []int64) error {
+			b := builder{d: s.d}
+			rows, err := s.db.QueryContext(ctx, "SELECT seq, CASE WHEN state = 'pending' AND held = 0 THEN 1 ELSE 0 END FROM "+s.t.String()+
+				" WHERE "+b.inSeqs("seq", seqs), b.args...)
+			if err != nil {
 				return err
 			}
-			ready[seq] = true
+			defer rows.Close()
+			for rows.Next() {
+				var (
+					seq int64
+					ok  int
+				)
+				if err := rows.Scan(&seq, &ok); err != nil {
+					return err
+				}
+				found[seq] = true
+				ready[seq] = ok == 1
+			}
+			return rows.Err()
+		})
+		if err != nil {
+			return nil, nil, err
 		}
-		return rows.Err()
-	})
-	if err != nil || len(ready) == 0 {
-		return ready, nil, err
+		missing = slices.DeleteFunc(missing, func(seq int64) bool { return found[seq] })
+		if len(missing) == 0 || time.Now().Add(wait).After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	if len(missing) > 0 {
+		s.log.Warn("logged outbox rows not found in the table: deleted, so not published", slog.Int("count", len(missing)))
 	}
 	// Held messages are few (failed or claimed ones), and the "held" index covers them.
 	rows, err := s.db.QueryContext(ctx, "SELECT message_key, MIN(seq) FROM "+s.t.String()+" WHERE held = 1 AND message_key <> '' GROUP BY message_key")

@@ -8,6 +8,7 @@
 //
 // It prints one line per case:
 //
+//	case=broker n=<messages> batch=<n> rate=<msgs/s>   (the same publishing, from memory: the ceiling)
 //	case=<db>-<mode>-drain n=<messages> rate=<msgs/s> duplicates=<n>
 //	case=<db>-<mode>-idle queries_per_s=<q> wake_p50=<ms> wake_p99=<ms> other_instance_wake_p50=<ms> ...
 //	case=pg-vs-forwarder n=<n> outbox=<msgs/s> forwarder=<msgs/s> ratio=<x>
@@ -26,12 +27,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -62,14 +65,24 @@ func main() {
 	batch := flag.Int("batch", 0, "dispatcher BatchSize (0: default)")
 	concurrency := flag.Int("concurrency", 0, "dispatcher Concurrency (0: default)")
 	workers := flag.Int("workers", 0, "dispatcher Workers (0: default)")
-	cases := flag.String("cases", "drain,idle,forwarder,live,memory", "cases to run")
+	cases := flag.String("cases", "broker,drain,idle,forwarder,live,memory", "cases to run")
 	modes := flag.String("modes", "poll,log", "how dispatchers find messages in the drain, idle and live cases: poll, and log where the database has a change log")
 	liveRate := flag.Int("live-rate", 1000, "messages per second written in the live cases")
 	liveFor := flag.Duration("live-for", 20*time.Second, "how long the live cases write")
 	memoryN := flag.Int("memory-n", 1000000, "backlog size for the memory case")
 	childDSN := flag.String("child-drain", "", "internal: drain this Postgres outbox as the memory case's child process")
 	childBrokers := flag.String("child-brokers", "", "internal: the brokers of -child-drain")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (broker, consumer and dispatcher) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	if *childDSN != "" {
 		if err := childDrain(*childDSN, strings.Split(*childBrokers, ",")); err != nil {
 			fmt.Fprintf(os.Stderr, "child-drain: %v\n", err)
@@ -79,7 +92,7 @@ func main() {
 	}
 	run := map[string]bool{}
 	for _, c := range strings.Split(*cases, ",") {
-		if !slices.Contains([]string{"drain", "idle", "forwarder", "live", "memory"}, c) {
+		if !slices.Contains([]string{"broker", "drain", "idle", "forwarder", "live", "memory"}, c) {
 			fmt.Fprintf(os.Stderr, "unknown case %q\n", c)
 			os.Exit(2)
 		}
@@ -102,6 +115,12 @@ func main() {
 					failed = true
 				}
 			}
+		}
+	}
+	if run["broker"] {
+		if err := brokerCase(*n, cmp.Or(*batch, dispatcher.DefaultBatchSize)); err != nil {
+			fmt.Fprintf(os.Stderr, "case=broker: %v\n", err)
+			failed = true
 		}
 	}
 	if run["drain"] {

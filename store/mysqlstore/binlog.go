@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
@@ -1037,13 +1038,22 @@ func (r *reader) flush(ctx context.Context) error {
 	}
 	done := make(chan error, 1)
 	go func() {
-		done <- lb.Record(ctx, func(ctx context.Context, tx *sql.Tx) error { return r.savePosition(ctx, tx, p) })
+		done <- lb.Record(ctx, func(ctx context.Context, tx *sql.Tx) error {
+			if hook := recordHook.Load(); hook != nil {
+				(*hook)(r.schema)
+			}
+			return r.savePosition(ctx, tx, p)
+		})
 	}()
 	r.recording, r.recordPos, r.recordHold = done, p, lb.HoldsKeys()
 	r.batch, r.batchTxs, r.dirty = nil, nil, false
 	r.heard = time.Now()
 	return nil
 }
+
+// recordHook, set by tests, runs in the transaction that records a batch, with the outbox
+// table's database.
+var recordHook atomic.Pointer[func(schema string)]
 
 // waitRecorded waits for the batch being recorded, if any.
 func (r *reader) waitRecorded() error {

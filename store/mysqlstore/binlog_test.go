@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -23,10 +24,15 @@ import (
 	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
-// logRecorder is a LogConsumer that publishes nothing and acknowledges every message.
+// logRecorder is a LogConsumer that publishes nothing and acknowledges every message, or
+// fails those that fail says, as a dispatcher would: the later messages of a failed key in
+// the same call are left unattempted.
 type logRecorder struct {
+	fail func(store.ClaimedMessage) bool
+
 	mu       sync.Mutex
-	msgs     []store.ClaimedMessage
+	msgs     []store.ClaimedMessage // acknowledged
+	failed   []string
 	statuses []store.LogStatus
 }
 
@@ -36,9 +42,19 @@ func (r *logRecorder) consumer() store.LogConsumer {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			out := &store.LogOutcome{}
+			failedKeys := map[string]bool{}
 			for _, m := range msgs {
-				r.msgs = append(r.msgs, m)
-				out.Delivered = append(out.Delivered, m.ID)
+				switch {
+				case m.Key != "" && failedKeys[m.Key]:
+					out.Unattempted = append(out.Unattempted, m.ID)
+				case r.fail != nil && r.fail(m):
+					failedKeys[m.Key] = true
+					r.failed = append(r.failed, m.ID)
+					out.Failures = append(out.Failures, store.Failure{ID: m.ID, Error: "refused", RetryAfter: time.Hour})
+				default:
+					r.msgs = append(r.msgs, m)
+					out.Delivered = append(out.Delivered, m.ID)
+				}
 			}
 			return out
 		},
@@ -178,6 +194,78 @@ func requireAllOnce(t *testing.T, want []string, got []store.ClaimedMessage) (du
 	}
 	require.Empty(t, lost, "messages never delivered")
 	return dups
+}
+
+func TestReadLogKeepsKeyOrderAfterAFailure(t *testing.T) {
+	t.Parallel()
+	db, dsn := dbtest.MySQL(t)
+	st := newLogStore(t, db, "")
+	// When the first message of a key fails, its successor and a message of another key are
+	// written at once, before the failure is recorded: the log reads them in the next batch,
+	// which must not overtake the failure.
+	var (
+		followUps sync.Map // id of a failing message -> the messages to write then
+		writeErrs = make(chan error, 100)
+	)
+	rec := &logRecorder{fail: func(m store.ClaimedMessage) bool {
+		if string(m.Payload) != "fail" {
+			return false
+		}
+		if v, ok := followUps.LoadAndDelete(m.ID); ok {
+			for _, f := range v.([]store.Message) {
+				tx, err := db.Begin()
+				if err == nil {
+					err = errors.Join(st.Write(context.Background(), tx, f), tx.Commit())
+				}
+				if err != nil {
+					writeErrs <- err
+				}
+			}
+		}
+		return true
+	}}
+	// Recording takes long, as a large batch's would: the next batch is read meanwhile.
+	cfg, err := mysql.ParseDSN(dsn)
+	require.NoError(t, err)
+	t.Cleanup(mysqlstore.SetRecordHook(func(schema string) {
+		if schema == cfg.DBName {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}))
+	startReader(t, st, rec)
+	// Streaming at the end of the log (starting from a GTID takes the server a scan of the
+	// binlog file).
+	require.Eventually(t, func() bool { s, _ := rec.status(); return !s.CaughtUp.IsZero() }, 20*time.Second, 10*time.Millisecond)
+
+	const keys = 5
+	var first, second, others []string
+	for k := range keys {
+		key := fmt.Sprintf("key-%d", k)
+		m1 := store.Message{ID: store.NewID(), Topic: "t", Key: key, Payload: []byte("fail")}
+		m2 := store.Message{ID: store.NewID(), Topic: "t", Key: key, Payload: []byte("ok")}
+		m3 := store.Message{ID: store.NewID(), Topic: "t", Key: "other-" + key, Payload: []byte("ok")}
+		followUps.Store(m1.ID, []store.Message{m2, m3})
+		write(t, db, st, m1)
+		first, second, others = append(first, m1.ID), append(second, m2.ID), append(others, m3.ID)
+		require.Eventually(t, func() bool { return len(rec.delivered()) == k+1 }, 20*time.Second, time.Millisecond)
+	}
+	require.Len(t, writeErrs, 0)
+	require.Equal(t, others, ids(rec.delivered()))
+
+	state := func(id string) (s string, attempts int, held bool) {
+		require.NoError(t, db.QueryRow("SELECT state, attempts, held FROM outbox WHERE id = ?", id).Scan(&s, &attempts, &held))
+		return s, attempts, held
+	}
+	require.Eventually(t, func() bool {
+		for k := range keys {
+			s1, n1, h1 := state(first[k])
+			s2, n2, h2 := state(second[k])
+			if s1 != "pending" || n1 != 1 || !h1 || s2 != "pending" || n2 != 0 || !h2 {
+				return false
+			}
+		}
+		return true
+	}, 20*time.Second, 10*time.Millisecond, "each first message waits for its retry, the second is polling's, behind it")
 }
 
 type grantUser struct{ name, dsn string }
@@ -452,54 +540,83 @@ func TestReadLogStandbyTakesOver(t *testing.T) {
 
 func TestReadLogResumesAfterKill(t *testing.T) {
 	t.Parallel()
-	admin, dsn := dbtest.MySQL(t)
-	newLogStore(t, admin, "")
-	// A user of its own, to find this reader's dump thread among the other tests'.
-	u := createUser(t, admin, dsn, "ALL PRIVILEGES ON {db}.*", "REPLICATION SLAVE, REPLICATION CLIENT ON *.*")
-	db, err := mysqlstore.Open(u.dsn)
-	require.NoError(t, err)
-	t.Cleanup(func() { db.Close() })
-	st, err := mysqlstore.New(db, mysqlstore.Config{})
-	require.NoError(t, err)
-
-	rec := &logRecorder{}
-	reader := startReader(t, st, rec)
-	require.Eventually(t, rec.reading, 20*time.Second, 10*time.Millisecond)
-	var want []string
-	for i := range 50 {
-		m := store.Message{ID: store.NewID(), Topic: "kill", Key: fmt.Sprintf("k%d", i%3), Payload: []byte("before")}
-		write(t, db, st, m)
-		want = append(want, m.ID)
+	tests := []struct {
+		name string
+		// sessions selects the sessions to kill from information_schema.processlist.
+		sessions string
+	}{
+		{name: "binlog dump thread", sessions: "command LIKE 'Binlog Dump%'"},
+		// The lock's session is one of them: the reader must stop, as another instance may
+		// take the lock over.
+		{name: "idle sessions", sessions: "command = 'Sleep'"},
 	}
-	require.Eventually(t, func() bool { return len(rec.delivered()) >= 50 }, 30*time.Second, 10*time.Millisecond)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			admin, dsn := dbtest.MySQL(t)
+			newLogStore(t, admin, "")
+			// A user of its own, to find this reader's sessions among the other tests'.
+			u := createUser(t, admin, dsn, "ALL PRIVILEGES ON {db}.*", "REPLICATION SLAVE, REPLICATION CLIENT ON *.*")
+			db, err := mysqlstore.Open(u.dsn)
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			st, err := mysqlstore.New(db, mysqlstore.Config{})
+			require.NoError(t, err)
 
-	var thread int64
-	require.Eventually(t, func() bool {
-		return admin.QueryRow("SELECT id FROM information_schema.processlist WHERE user = ? AND command LIKE 'Binlog Dump%'", u.name).Scan(&thread) == nil
-	}, 10*time.Second, 20*time.Millisecond)
-	_, err = admin.Exec(fmt.Sprintf("KILL %d", thread))
-	require.NoError(t, err)
-	err = reader.wait(t, 20*time.Second)
-	require.Error(t, err)
-	require.NotErrorIs(t, err, store.ErrLogUnavailable, "worth a retry")
-	t.Logf("ReadLog returned: %v", err)
+			rec := &logRecorder{}
+			reader := startReader(t, st, rec)
+			require.Eventually(t, rec.reading, 20*time.Second, 10*time.Millisecond)
+			var want []string
+			for i := range 50 {
+				m := store.Message{ID: store.NewID(), Topic: "kill", Key: fmt.Sprintf("k%d", i%3), Payload: []byte("before")}
+				write(t, db, st, m)
+				want = append(want, m.ID)
+			}
+			require.Eventually(t, func() bool { return len(rec.delivered()) >= 50 }, 30*time.Second, 10*time.Millisecond)
 
-	// Written while no reader runs, and after it is back.
-	for range 30 {
-		m := store.Message{ID: store.NewID(), Topic: "kill", Payload: []byte("while down")}
-		write(t, db, st, m)
-		want = append(want, m.ID)
+			var killed []int64
+			require.Eventually(t, func() bool {
+				rows, err := admin.Query("SELECT id FROM information_schema.processlist WHERE user = ? AND "+tc.sessions, u.name)
+				if err != nil {
+					return false
+				}
+				defer rows.Close()
+				killed = killed[:0]
+				for rows.Next() {
+					var id int64
+					if rows.Scan(&id) == nil {
+						killed = append(killed, id)
+					}
+				}
+				return len(killed) > 0
+			}, 10*time.Second, 20*time.Millisecond)
+			for _, id := range killed {
+				_, err = admin.Exec(fmt.Sprintf("KILL %d", id))
+				require.NoError(t, err)
+			}
+			err = reader.wait(t, 20*time.Second)
+			require.Error(t, err)
+			require.NotErrorIs(t, err, store.ErrLogUnavailable, "worth a retry")
+			t.Logf("killed %d sessions; ReadLog returned: %v", len(killed), err)
+
+			// Written while no reader runs, and after it is back.
+			for range 30 {
+				m := store.Message{ID: store.NewID(), Topic: "kill", Payload: []byte("while down")}
+				write(t, db, st, m)
+				want = append(want, m.ID)
+			}
+			startReader(t, st, rec)
+			for range 30 {
+				m := store.Message{ID: store.NewID(), Topic: "kill", Payload: []byte("after")}
+				write(t, db, st, m)
+				want = append(want, m.ID)
+			}
+			require.Eventually(t, func() bool { return len(rec.delivered()) >= len(want) }, 30*time.Second, 10*time.Millisecond)
+			time.Sleep(300 * time.Millisecond)
+			require.Zero(t, requireAllOnce(t, want, rec.delivered()))
+			require.Equal(t, want, ids(rec.delivered()))
+		})
 	}
-	startReader(t, st, rec)
-	for range 30 {
-		m := store.Message{ID: store.NewID(), Topic: "kill", Payload: []byte("after")}
-		write(t, db, st, m)
-		want = append(want, m.ID)
-	}
-	require.Eventually(t, func() bool { return len(rec.delivered()) >= len(want) }, 30*time.Second, 10*time.Millisecond)
-	time.Sleep(300 * time.Millisecond)
-	require.Zero(t, requireAllOnce(t, want, rec.delivered()))
-	require.Equal(t, want, ids(rec.delivered()))
 }
 
 func TestReadLogUnavailable(t *testing.T) {

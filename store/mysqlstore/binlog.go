@@ -692,7 +692,10 @@ func (d debugHandler) Handle(ctx context.Context, rec slog.Record) error {
 func (d debugHandler) WithAttrs(as []slog.Attr) slog.Handler { return debugHandler{d.h.WithAttrs(as)} }
 func (d debugHandler) WithGroup(name string) slog.Handler    { return debugHandler{d.h.WithGroup(name)} }
 
-// startStream registers with the server as a replica and starts the binlog dump at start.
+// startStream registers with the server as a replica and starts the binlog dump at start:
+// by GTID on MariaDB (robust to a new primary; the server scans the binlog file for it), by
+// file and offset on MySQL, whose GTIDs the reader does not track. This module's tests run
+// MariaDB; the MySQL path shares all but the position.
 func (r *reader) startStream(syncer *replication.BinlogSyncer, start position) (*replication.BinlogStreamer, error) {
 	var (
 		streamer *replication.BinlogStreamer

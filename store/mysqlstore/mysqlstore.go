@@ -22,17 +22,20 @@
 //
 // Otherwise ReadLog returns an error wrapping [store.ErrLogUnavailable] that says what is
 // missing, and dispatchers poll. binlog_row_metadata=FULL is optional: with it, rows are
-// mapped to columns by the names in the binlog; without it, by the table's current column
-// order in information_schema, which is wrong for rows written before a column was moved.
+// mapped to columns by the names in the binlog; without it, by the table's current columns
+// in information_schema, so that rows logged before a column was added or dropped are left
+// to the sweep, and rows logged before a column was moved would be misread.
 //
 // One reader per outbox table reads the binlog: it holds a named lock (GET_LOCK) on a
 // connection of its own, and the other instances wait as standbys and take over within about
 // a second of its going away. The reader keeps its position (the last GTID of each domain on
 // MariaDB, the file and offset on MySQL) in the table named after the outbox table with a
-// "_log_position" suffix, written in the transaction that marks a batch delivered: after a
-// crash, at most the batch in flight is published again. Migrate records the server's
-// current position there; messages written before it, or while no reader ran long enough to
-// keep its position in the binlog, are delivered by the dispatchers' sweep.
+// "_log_position" suffix, written in the transaction that marks a batch delivered. A batch
+// is recorded while the next one is published, so after a crash at most those two batches
+// are published again. Migrate records the server's current position there; messages
+// written before it are delivered by the dispatchers' sweep. When the binlog no longer
+// holds the stored position (its files were purged while no reader ran), ReadLog says so
+// with [store.ErrLogUnavailable] until the row is deleted.
 //
 // The binlog holds every table of the server: the reader decodes only the inserts into its
 // outbox table, and keeps its position when other tables change at most once a second.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -354,16 +355,8 @@ type gtid struct {
 }
 
 func (p position) clone() position {
-	p.gtids = maps(p.gtids)
+	p.gtids = maps.Clone(p.gtids)
 	return p
-}
-
-func maps(m map[uint32]gtid) map[uint32]gtid {
-	out := make(map[uint32]gtid, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // parseGTIDs reads a MariaDB GTID position, "domain-server-seq" per domain, comma separated.

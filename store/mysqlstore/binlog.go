@@ -258,16 +258,19 @@ func (r *reader) status(st store.LogStatus) {
 // check tells why the binlog cannot be read, as an error wrapping store.ErrLogUnavailable.
 func (r *reader) check(ctx context.Context) error {
 	var (
-		logBin          sql.NullInt64
-		format, rowImag sql.NullString
+		logBin, serverID sql.NullInt64
+		format, rowImag  sql.NullString
 	)
-	err := r.lockConn.QueryRowContext(ctx, "SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image").Scan(&logBin, &format, &rowImag)
+	err := r.lockConn.QueryRowContext(ctx, "SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image, @@GLOBAL.server_id").
+		Scan(&logBin, &format, &rowImag, &serverID)
 	if err != nil {
 		return fmt.Errorf("outbox: log reader: read server settings: %w", err)
 	}
 	switch {
 	case logBin.Int64 != 1:
 		return unavailable("the server writes no binlog: start it with log_bin, binlog_format=ROW and binlog_row_image=FULL")
+	case serverID.Int64 == 0:
+		return unavailable("server_id is 0: the server serves replicas only with a server_id")
 	case !strings.EqualFold(format.String, "ROW"):
 		return unavailable("binlog_format is %s; the reader needs ROW", format.String)
 	case !strings.EqualFold(rowImag.String, "FULL"):
@@ -659,8 +662,9 @@ func (r *reader) syncerConfig() (replication.BinlogSyncerConfig, error) {
 		// A lost connection ends ReadLog, which is called again and resumes from the stored
 		// position; go-mysql's own retries would resume from what it read instead.
 		DisableRetrySync: true,
-		// Bounds the events read ahead (and their memory) while a batch is delivered.
-		EventCacheCount: 256,
+		// Bounds the events read ahead (and their memory: an event holds up to about
+		// binlog_row_event_max_size of rows, or one larger row) while a batch is delivered.
+		EventCacheCount: 128,
 		Logger:          slog.New(debugHandler{r.log.Handler()}),
 		Dialer: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return dialer.DialContext(ctx, network, addr)

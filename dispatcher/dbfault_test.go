@@ -76,34 +76,45 @@ func TestKilledDatabaseConnectionsLoseNothing(t *testing.T) {
 		}},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			dsn, shared, kill := tc.setup(t)
-			brokers, admin, st := shared.prepare(t)
-			victimDB, victim := shared.open(t, dsn, shared.table)
-			defer victimDB.Close()
-			pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
-			require.NoError(t, err)
-			defer pub.Close()
-			d, err := dispatcher.New(victim, pub, dispatcher.Config{BatchSize: 100, Lease: 2 * time.Second, PollInterval: 100 * time.Millisecond, Logger: quiet()})
-			require.NoError(t, err)
-			require.NoError(t, d.Start(context.Background()))
-			defer d.Stop(context.Background())
-
-			written := make(chan error, 1)
-			go func() { written <- writeSteadily(admin, st, n, 20, 15*time.Millisecond) }()
-			total := 0
-			for range 10 {
-				time.Sleep(500 * time.Millisecond) // the fault's rhythm
-				k, err := kill(admin)
-				require.NoError(t, err)
-				total += k
+		for _, pollOnly := range []bool{false, true} {
+			name := tc.name
+			if pollOnly {
+				name += "-polling"
 			}
-			require.NoError(t, <-written)
-			require.Positive(t, total, "connections were killed")
-			waitAllDelivered(t, st, n)
-			dups, inversions := readBack(t, brokers, n)
-			t.Logf("%s: %d connections killed; 0 lost, %d duplicates, %d inversions", tc.name, total, dups, inversions)
-			require.Zero(t, inversions)
-		})
+			t.Run(name, func(t *testing.T) { killConnections(t, n, tc.setup, pollOnly) })
+		}
 	}
+}
+
+// killConnections kills the dispatcher's database connections ten times while messages flow,
+// then checks that every message arrived in key order.
+func killConnections(t *testing.T, n int, setup func(t *testing.T) (string, sharedDB, killer), pollOnly bool) {
+	dsn, shared, kill := setup(t)
+	shared.pollOnly = pollOnly
+	brokers, admin, st := shared.prepare(t)
+	victimDB, victim := shared.open(t, dsn, shared.table)
+	defer victimDB.Close()
+	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	require.NoError(t, err)
+	defer pub.Close()
+	d, err := dispatcher.New(victim, pub, shared.config(dispatcher.Config{BatchSize: 100, Lease: 2 * time.Second, PollInterval: 100 * time.Millisecond, Logger: quiet()}))
+	require.NoError(t, err)
+	require.NoError(t, d.Start(context.Background()))
+	defer d.Stop(context.Background())
+
+	written := make(chan error, 1)
+	go func() { written <- writeSteadily(admin, st, n, 20, 15*time.Millisecond) }()
+	total := 0
+	for range 10 {
+		time.Sleep(500 * time.Millisecond) // the fault's rhythm
+		k, err := kill(admin)
+		require.NoError(t, err)
+		total += k
+	}
+	require.NoError(t, <-written)
+	require.Positive(t, total, "connections were killed")
+	waitAllDelivered(t, st, n)
+	dups, inversions := readBack(t, brokers, n)
+	t.Logf("%s: %d connections killed; 0 lost, %d duplicates, %d inversions", t.Name(), total, dups, inversions)
+	require.Zero(t, inversions)
 }

@@ -29,11 +29,45 @@ import (
 // A database that several dispatchers share. open returns a new connection pool to it and
 // the store on that pool, as another application instance would have.
 type sharedDB struct {
-	name  string
+	name  string // the test's name for it
+	kind  string // sqlite, postgres or mariadb
 	dsn   string
 	table string
 	open  func(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store)
+	// pollOnly keeps its dispatchers polling where the database has a change log.
+	pollOnly bool
 }
+
+// config is cfg for a dispatcher on the database.
+func (shared sharedDB) config(cfg dispatcher.Config) dispatcher.Config {
+	cfg.PollOnly = shared.pollOnly
+	return cfg
+}
+
+// crashBound is how many messages a crashed dispatcher may leave to be sent again: its claimed
+// batch, or, reading the change log, the batch it records and the one it publishes meanwhile.
+func (shared sharedDB) crashBound(batch int) int {
+	if shared.pollOnly || shared.kind == "sqlite" {
+		return batch
+	}
+	return 2 * batch
+}
+
+// polling is the database with dispatchers that poll rather than read the change log.
+func polling(newDB func(*testing.T) sharedDB) func(*testing.T) sharedDB {
+	return func(t *testing.T) sharedDB {
+		shared := newDB(t)
+		shared.name += "-polling"
+		shared.pollOnly = true
+		return shared
+	}
+}
+
+// serverDBs are the server databases, each read through its change log and polled.
+var serverDBs = []func(*testing.T) sharedDB{sharedPostgres, polling(sharedPostgres), sharedMySQL, polling(sharedMySQL)}
+
+// allDBs are serverDBs and SQLite.
+var allDBs = append([]func(*testing.T) sharedDB{sharedSQLite}, serverDBs...)
 
 func openPostgres(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
 	db, err := pgstore.Open(dsn)
@@ -66,12 +100,12 @@ func (shared sharedDB) prepare(t *testing.T) (brokers []string, db *sql.DB, st *
 
 func sharedPostgres(t *testing.T) sharedDB {
 	_, schema := dbtest.Postgres(t)
-	return sharedDB{name: "postgres", dsn: dbtest.PostgresDSN(), table: schema + ".outbox", open: openPostgres}
+	return sharedDB{name: "postgres", kind: "postgres", dsn: dbtest.PostgresDSN(), table: schema + ".outbox", open: openPostgres}
 }
 
 func sharedMySQL(t *testing.T) sharedDB {
 	_, dsn := dbtest.MySQL(t)
-	return sharedDB{name: "mariadb", dsn: dsn, table: "outbox", open: openMySQL}
+	return sharedDB{name: "mariadb", kind: "mariadb", dsn: dsn, table: "outbox", open: openMySQL}
 }
 
 const (
@@ -148,7 +182,7 @@ func waitAllDelivered(t *testing.T, st *sqlstore.Store, n int) {
 }
 
 func TestThreeDispatchersShareOneDatabase(t *testing.T) {
-	for _, newDB := range []func(*testing.T) sharedDB{sharedPostgres, sharedMySQL} {
+	for _, newDB := range serverDBs {
 		shared := newDB(t)
 		t.Run(shared.name, func(t *testing.T) {
 			brokers, db, st := shared.prepare(t)
@@ -162,7 +196,7 @@ func TestThreeDispatchersShareOneDatabase(t *testing.T) {
 				pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
 				require.NoError(t, err)
 				defer pub.Close()
-				d, err := dispatcher.New(ist, pub, dispatcher.Config{BatchSize: 500, Concurrency: 32, Logger: quiet()})
+				d, err := dispatcher.New(ist, pub, shared.config(dispatcher.Config{BatchSize: 500, Concurrency: 32, Logger: quiet()}))
 				require.NoError(t, err)
 				dispatchers[i] = d
 				wg.Go(func() { require.NoError(t, d.Start(context.Background())) })
@@ -180,7 +214,7 @@ func TestThreeDispatchersShareOneDatabase(t *testing.T) {
 
 // The same with three operating-system processes: this test binary, run again as a dispatcher.
 func TestThreeDispatcherProcessesShareOneDatabase(t *testing.T) {
-	for _, newDB := range []func(*testing.T) sharedDB{sharedPostgres, sharedMySQL} {
+	for _, newDB := range serverDBs {
 		shared := newDB(t)
 		t.Run(shared.name, func(t *testing.T) {
 			brokers, db, st := shared.prepare(t)
@@ -228,7 +262,7 @@ func startDispatcherProcess(t *testing.T, shared sharedDB, brokers []string, unt
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestDispatcherProcess$", "-test.v")
 	cmd.Env = append(os.Environ(),
-		"OUTBOX_PROCESS_DB="+shared.name, "OUTBOX_PROCESS_DSN="+shared.dsn, "OUTBOX_PROCESS_TABLE="+shared.table,
+		"OUTBOX_PROCESS_DB="+shared.kind, "OUTBOX_PROCESS_POLL_ONLY="+strconv.FormatBool(shared.pollOnly), "OUTBOX_PROCESS_DSN="+shared.dsn, "OUTBOX_PROCESS_TABLE="+shared.table,
 		"OUTBOX_PROCESS_BROKERS="+strings.Join(brokers, ","), "OUTBOX_PROCESS_UNTIL="+until,
 		"OUTBOX_PROCESS_BATCH="+strconv.Itoa(batch))
 	log, err := os.CreateTemp(t.TempDir(), "dispatcher-*.log")
@@ -252,7 +286,8 @@ func TestDispatcherProcess(t *testing.T) {
 	require.NoError(t, err)
 	defer pub.Close()
 	batch, _ := strconv.Atoi(os.Getenv("OUTBOX_PROCESS_BATCH"))
-	d, err := dispatcher.New(st, pub, dispatcher.Config{BatchSize: batch, Concurrency: 32, Lease: processLease, Logger: slog.Default()})
+	pollOnly, _ := strconv.ParseBool(os.Getenv("OUTBOX_PROCESS_POLL_ONLY"))
+	d, err := dispatcher.New(st, pub, dispatcher.Config{BatchSize: batch, Concurrency: 32, Lease: processLease, PollOnly: pollOnly, Logger: slog.Default()})
 	require.NoError(t, err)
 	require.NoError(t, d.Start(context.Background()))
 	if os.Getenv("OUTBOX_PROCESS_UNTIL") == "killed" {

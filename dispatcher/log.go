@@ -103,11 +103,15 @@ func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 			out := d.deliver(ctx, msgs)
 			return &store.LogOutcome{Delivered: out.delivered, Failures: out.failures, Unattempted: out.unattempted}
 		},
-		Status: d.logStatus,
+		Status:    d.logStatus,
+		BatchSize: d.cfg.BatchSize,
 	}
 	wait := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
 		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
-	var unavailable string
+	var (
+		unavailable  string
+		failingSince time.Time // first failure since the reader last read
+	)
 	for {
 		started := time.Now()
 		err := lr.ReadLog(readCtx, consumer)
@@ -127,8 +131,12 @@ func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 			if time.Since(started) > logFailover {
 				wait.Reset()
 			}
-			lastRead := time.Unix(0, d.logs.readAt.Load())
-			if d.Mode() != ModePolling && time.Since(lastRead) > logFailover {
+			if lastRead := time.Unix(0, d.logs.readAt.Load()); failingSince.IsZero() || lastRead.After(failingSince) {
+				failingSince = time.Now()
+			}
+			// A new reader often fails a few times at first (the server still holds the slot
+			// for the one that died): poll only if failures last.
+			if d.Mode() != ModePolling && time.Since(failingSince) > logFailover {
 				d.log.Warn("change log reader keeps failing; polling until it is back", slog.Any("error", err))
 				d.setMode(ModePolling)
 			}

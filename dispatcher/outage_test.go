@@ -24,7 +24,7 @@ func TestBrokerOutageLosesNothingAndResumes(t *testing.T) {
 		outage   = 10 * time.Second
 		retryCap = time.Second
 	)
-	for _, newDB := range []func(*testing.T) sharedDB{sharedSQLite, sharedPostgres, sharedMySQL} {
+	for _, newDB := range allDBs {
 		shared := newDB(t)
 		t.Run(shared.name, func(t *testing.T) {
 			_, db, st := shared.prepare(t)
@@ -45,7 +45,7 @@ func TestBrokerOutageLosesNothingAndResumes(t *testing.T) {
 			pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers, Sarama: cfg})
 			require.NoError(t, err)
 			defer pub.Close()
-			d, err := dispatcher.New(st, pub, dispatcher.Config{RetryInitial: 100 * time.Millisecond, RetryMax: retryCap, MaxAttempts: 1 << 20, Logger: quiet()})
+			d, err := dispatcher.New(st, pub, shared.config(dispatcher.Config{RetryInitial: 100 * time.Millisecond, RetryMax: retryCap, MaxAttempts: 1 << 20, Logger: quiet()}))
 			require.NoError(t, err)
 			require.NoError(t, d.Start(context.Background()))
 			defer d.Stop(context.Background())

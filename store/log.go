@@ -32,9 +32,24 @@ type LogConsumer struct {
 	// reader records the outcome and moves its log position past them. It is called from one
 	// goroutine at a time.
 	Deliver func(ctx context.Context, msgs []ClaimedMessage) *LogOutcome
+	// BatchSize is the most messages per Deliver call; 0 means DefaultLogBatchSize. A reader
+	// may publish one batch while it records the one before, so a crash can send two batches
+	// again.
+	BatchSize int
 	// Status, when set, receives the reader's status whenever it changes, and at least every
 	// few seconds while it reads.
 	Status func(LogStatus)
+}
+
+// DefaultLogBatchSize is the default of LogConsumer.BatchSize.
+const DefaultLogBatchSize = 500
+
+// Batch returns BatchSize, or its default when unset.
+func (c LogConsumer) Batch() int {
+	if c.BatchSize > 0 {
+		return c.BatchSize
+	}
+	return DefaultLogBatchSize
 }
 
 // LogOutcome is what became of the messages handed to [LogConsumer.Deliver]. A message in

@@ -536,8 +536,8 @@ type recordJob struct {
 }
 
 func newRecorder(r *reader) *recorder {
-	// One batch waits while another records: what a crash can send again stays bounded.
-	rec := &recorder{r: r, queue: make(chan recordJob, 1), failed: make(chan error, 1), done: make(chan struct{})}
+	// One batch is published while another records: a crash sends at most those two again.
+	rec := &recorder{r: r, queue: make(chan recordJob), failed: make(chan error, 1), done: make(chan struct{})}
 	go rec.run()
 	return rec
 }

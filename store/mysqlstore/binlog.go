@@ -28,9 +28,8 @@ import (
 )
 
 const (
-	// logBatch is the most messages handed to the dispatcher at once; a batch also ends when
-	// the stream has nothing more at hand, or logBatchWait after its first message.
-	logBatch     = 500
+	// A batch holds up to LogConsumer.Batch() messages; it also ends when the stream has
+	// nothing more at hand, or logBatchWait after its first message.
 	logBatchWait = 100 * time.Millisecond
 	// idleWait is how long the reader waits for more events before it takes the stream for
 	// idle and hands over a batch that is not full.
@@ -1002,7 +1001,7 @@ func (r *reader) rows(ctx context.Context, ev *replication.RowsEvent) error {
 func (r *reader) settle(ctx context.Context, idle bool) error {
 	switch {
 	case len(r.batch) > 0:
-		if idle || len(r.batch) >= logBatch || time.Since(r.batchAt) >= logBatchWait {
+		if idle || len(r.batch) >= r.c.Batch() || time.Since(r.batchAt) >= logBatchWait {
 			return r.flush(ctx)
 		}
 	case r.dirty && r.recording == nil && time.Since(r.storedAt) >= positionEvery:

@@ -20,7 +20,21 @@ import (
 )
 
 // logDatabases are the databases whose stores read a change log.
-var logDatabases = map[string]func(*testing.T) sharedDB{"postgres": sharedPostgres}
+var logDatabases = []func(*testing.T) sharedDB{sharedPostgres, sharedMySQL}
+
+// claimCounter counts the messages a store hands out through claims.
+type claimCounter struct {
+	*sqlstore.Store
+	claimed atomic.Int64
+}
+
+func (c *claimCounter) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimResult, error) {
+	res, err := c.Store.Claim(ctx, p)
+	if err == nil {
+		c.claimed.Add(int64(len(res.Messages)))
+	}
+	return res, err
+}
 
 // logConfig is a config for log tests: fast retries and sweeps.
 func logConfig() dispatcher.Config {
@@ -74,24 +88,32 @@ func waitPublished(t *testing.T, pub *outboxtest.Publisher, topic string, n int)
 }
 
 // With default settings on a server whose log is available, the dispatcher reads the log:
-// the server shows an active slot, and messages are published without polling for them.
+// the server shows the reader (an active slot, a binlog dump), and messages are published
+// without a single claim.
 func TestDispatcherReadsTheChangeLog(t *testing.T) {
-	for name, newDB := range logDatabases {
-		t.Run(name, func(t *testing.T) {
-			_, db, st := newDB(t).prepare(t)
+	for _, newDB := range logDatabases {
+		shared := newDB(t)
+		t.Run(shared.name, func(t *testing.T) {
+			_, db, st := shared.prepare(t)
 			pub := outboxtest.NewPublisher()
-			d := startDispatcher(t, st, pub, dispatcher.Config{Logger: quiet()})
+			counter := &claimCounter{Store: st}
+			d := startDispatcher(t, counter, pub, dispatcher.Config{Logger: quiet()})
 			waitMode(t, d, dispatcher.ModeLog)
-			slot, _ := pgstore.Names(st.QualifiedName())
-			var active bool
-			require.NoError(t, db.QueryRow("SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&active))
-			require.True(t, active, "the server shows the reader on the slot")
+			var readers int
+			if shared.kind == "postgres" {
+				slot, _ := pgstore.Names(st.QualifiedName())
+				require.NoError(t, db.QueryRow("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active", slot).Scan(&readers))
+			} else {
+				require.NoError(t, db.QueryRow("SELECT count(*) FROM information_schema.processlist WHERE command LIKE 'Binlog Dump%'").Scan(&readers))
+			}
+			require.Positive(t, readers, "the server shows the log reader")
 
 			writeN(t, db, st, "a", 200)
 			waitPublished(t, pub, "log", 200)
 			_, all := distinctPublished(pub, "log")
 			require.Equal(t, 200, all, "no duplicates")
 			requireKeyOrder(t, pub.Messages("log"))
+			require.Zero(t, counter.claimed.Load(), "no message was claimed: the log carried them all")
 		})
 	}
 }
@@ -172,7 +194,13 @@ func TestSweepDeliversWhatTheLogMissed(t *testing.T) {
 // Two dispatchers share an outbox: one reads the log, the other waits. When the reader's
 // dispatcher stops, the standby takes over and nothing is lost.
 func TestStandbyDispatcherTakesOverTheLog(t *testing.T) {
-	shared := sharedPostgres(t)
+	for _, newDB := range logDatabases {
+		shared := newDB(t)
+		t.Run(shared.name, func(t *testing.T) { standbyTakesOver(t, shared) })
+	}
+}
+
+func standbyTakesOver(t *testing.T, shared sharedDB) {
 	_, db, st := shared.prepare(t)
 	db2, st2 := shared.open(t, shared.dsn, shared.table)
 	t.Cleanup(func() { db2.Close() })
@@ -199,7 +227,14 @@ func TestStandbyDispatcherTakesOverTheLog(t *testing.T) {
 // A failed publish in log mode is retried by polling, and the later messages of its key wait
 // behind it: each key stays in order, and nothing is lost.
 func TestLogFailuresAreRetriedInKeyOrder(t *testing.T) {
-	_, db, st := sharedPostgres(t).prepare(t)
+	for _, newDB := range logDatabases {
+		shared := newDB(t)
+		t.Run(shared.name, func(t *testing.T) { failuresInKeyOrder(t, shared) })
+	}
+}
+
+func failuresInKeyOrder(t *testing.T, shared sharedDB) {
+	_, db, st := shared.prepare(t)
 	pub := outboxtest.NewPublisher()
 	var failures atomic.Int64
 	pub.Fail = func(topic string, msg *message.Message) error {

@@ -12,9 +12,10 @@ quickstart: ## run the quickstart: SQLite + in-process Kafka, no services needed
 services: ## make sure Postgres, MariaDB and RabbitMQ are installed, running and reachable
 	./.ci/services
 
-test: ## start the test services (.ci/services), then run every test with the race detector
+test: ## start the test services (.ci/services), run every test with the race detector, then the database restart test alone
 	./.ci/services
 	$(GO) test -race -count=1 -timeout 30m ./...
+	OUTBOX_TEST_RESTART=$(CURDIR)/.ci/services $(GO) test -race -count=1 -timeout 10m -run '^TestDatabaseRestartLosesNothing$$' -v ./dispatcher
 
 soak: ## kill dispatcher processes 100 times while 200,000 messages flow, on SQLite, Postgres and MariaDB (about 30 minutes)
 	./.ci/services

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults for the zero fields of [Config].
@@ -81,6 +82,10 @@ type Config struct {
 	// Defaults to otel.GetMeterProvider(), which discards them until the application installs
 	// a provider.
 	MeterProvider metric.MeterProvider
+	// TracerProvider receives the dispatcher's publish spans: one per message written in a
+	// trace (see store.WithTraceContext), a child of the writer's span, whose context goes to
+	// the broker in the traceparent header. Defaults to otel.GetTracerProvider().
+	TracerProvider trace.TracerProvider
 }
 
 func (c Config) withDefaults() (Config, error) {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/cenkalti/backoff/v4"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outboxgo/outbox/store"
 )
@@ -44,6 +46,7 @@ type Dispatcher struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *instruments
+	tracer  trace.Tracer
 
 	mu  sync.Mutex
 	run *run
@@ -86,7 +89,12 @@ func New(st store.Store, pub message.Publisher, cfg Config) (*Dispatcher, error)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: dispatcher metrics: %w", err)
 	}
-	return &Dispatcher{st: st, pub: pub, cfg: cfg, metrics: metrics, log: cfg.Logger.With(slog.String("component", "outbox.dispatcher"))}, nil
+	tp := cfg.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	return &Dispatcher{st: st, pub: pub, cfg: cfg, metrics: metrics, tracer: tp.Tracer(tracerName),
+		log: cfg.Logger.With(slog.String("component", "outbox.dispatcher"))}, nil
 }
 
 // Stats returns the dispatcher's counters.
@@ -424,17 +432,20 @@ func (d *Dispatcher) publishBatches(ctx context.Context, bp BatchPublisher, msgs
 		wg.Go(func() {
 			idx := byTopic[topic]
 			batch := make([]*message.Message, len(idx))
+			ends := make([]func(error), len(idx))
 			for j, i := range idx {
-				batch[j] = d.toWatermill(ctx, msgs[i])
+				mctx, end := d.publishSpan(ctx, msgs[i])
+				batch[j], ends[j] = d.toWatermill(mctx, msgs[i]), end
 			}
 			start := time.Now()
 			err := d.safely(func() error { return bp.PublishBatch(topic, batch) })
 			d.metrics.publishDuration.Record(ctx, time.Since(start).Seconds())
-			for _, i := range idx {
+			for j, i := range idx {
 				attempts[i] = attempt{tried: true}
 				if err != nil {
 					attempts[i].err = failureOf(err, msgs[i].ID)
 				}
+				ends[j](attempts[i].err)
 			}
 		})
 	}
@@ -481,10 +492,13 @@ func (d *Dispatcher) settle(ctx context.Context, msgs []store.ClaimedMessage, ch
 }
 
 func (d *Dispatcher) publish(ctx context.Context, m store.ClaimedMessage) error {
+	ctx, end := d.publishSpan(ctx, m)
 	msg := d.toWatermill(ctx, m)
 	start := time.Now()
-	defer func() { d.metrics.publishDuration.Record(ctx, time.Since(start).Seconds()) }()
-	return d.safely(func() error { return d.pub.Publish(m.Topic, msg) })
+	err := d.safely(func() error { return d.pub.Publish(m.Topic, msg) })
+	d.metrics.publishDuration.Record(ctx, time.Since(start).Seconds())
+	end(err)
+	return err
 }
 
 // safely runs a publisher call, turning a panic into an error.
@@ -509,6 +523,7 @@ func (d *Dispatcher) toWatermill(ctx context.Context, m store.ClaimedMessage) *m
 		msg.Metadata.Set(MetadataKey, m.Key)
 	}
 	msg.Metadata.Set(MetadataCreatedAt, m.CreatedAt.Format(time.RFC3339Nano))
+	setTraceContext(ctx, msg.Metadata)
 	msg.SetContext(ctx)
 	return msg
 }

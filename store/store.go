@@ -34,6 +34,7 @@ const (
 type Store interface {
 	// Write stores msgs through db, which should be the caller's transaction. It validates
 	// every message first and writes nothing if one is invalid. Writing no messages is a no-op.
+	// Stores in this module add the trace context of ctx to the headers ([WithTraceContext]).
 	Write(ctx context.Context, db Execer, msgs ...Message) error
 
 	// Claim leases up to Limit due messages, oldest first, to the caller.

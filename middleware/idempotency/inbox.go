@@ -14,6 +14,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/outboxgo/outbox/internal/tracing"
 )
 
 // Defaults of [Config].
@@ -43,6 +47,10 @@ type Config struct {
 	Retention time.Duration
 	// Logger receives a debug record per dropped duplicate. Nil means slog.Default().
 	Logger *slog.Logger
+	// TracerProvider receives a consumer span per message that carries a trace context (the
+	// traceparent header the dispatcher sets), a child of the dispatcher's publish span; the
+	// handler's context carries it. Nil means otel.GetTracerProvider().
+	TracerProvider trace.TracerProvider
 }
 
 // Inbox records processed message ids in a table of the consumer's database.
@@ -54,6 +62,7 @@ type Inbox struct {
 	table     bun.Ident // qualified
 	retention time.Duration
 	log       *slog.Logger
+	tracer    trace.Tracer
 	now       func() time.Time
 }
 
@@ -102,6 +111,10 @@ func New(db *bun.DB, cfg Config) (*Inbox, error) {
 		retention: cfg.Retention,
 		now:       time.Now,
 	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = otel.GetTracerProvider()
+	}
+	i.tracer = cfg.TracerProvider.Tracer("github.com/outboxgo/outbox/middleware/idempotency")
 	if len(parts) == 2 {
 		i.schema = parts[0]
 	}
@@ -203,13 +216,16 @@ func (i *Inbox) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		orig := msg.Context()
 		// The transaction ends with this call; later middlewares must not find it.
 		defer msg.SetContext(orig)
+		ctx, end := i.consumeSpan(orig, msg)
+		var result error
+		defer func() { end(result) }()
 
 		var (
 			out       []*message.Message
 			handled   bool // the id was new and h ran
 			handlerEr error
 		)
-		err := i.db.RunInTx(orig, nil, func(ctx context.Context, tx bun.Tx) error {
+		err := i.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 			res, err := tx.ExecContext(ctx, i.insertSQL(), i.table, msg.UUID, i.timeArg(i.now()))
 			if err != nil {
 				return err
@@ -228,11 +244,14 @@ func (i *Inbox) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		})
 		switch {
 		case handlerEr != nil:
+			result = handlerEr
 			return nil, handlerEr // as the handler returned it; the rollback forgot the id
 		case err != nil && handled:
-			return nil, fmt.Errorf("outbox: idempotency: commit message %s: %w", msg.UUID, err)
+			result = fmt.Errorf("outbox: idempotency: commit message %s: %w", msg.UUID, err)
+			return nil, result
 		case err != nil:
-			return nil, fmt.Errorf("outbox: idempotency: record message %s: %w", msg.UUID, err)
+			result = fmt.Errorf("outbox: idempotency: record message %s: %w", msg.UUID, err)
+			return nil, result
 		case !handled:
 			i.log.DebugContext(orig, "outbox: dropped a message that was processed before",
 				slog.String("message_uuid", msg.UUID), slog.String("handler", message.HandlerNameFromCtx(orig)))
@@ -240,6 +259,13 @@ func (i *Inbox) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		}
 		return out, nil
 	}
+}
+
+// consumeSpan starts the consumer span of msg as a child of the trace context in its metadata
+// (the dispatcher's publish span), and returns the handler's context and the function that
+// ends the span. A message without a trace context gets no span.
+func (i *Inbox) consumeSpan(ctx context.Context, msg *message.Message) (context.Context, func(error)) {
+	return tracing.Start(ctx, i.tracer, msg.Metadata, trace.SpanKindConsumer, "process", message.SubscribeTopicFromCtx(ctx), msg.UUID)
 }
 
 func (i *Inbox) insertSQL() string {

@@ -354,7 +354,8 @@ func isNil(v any) bool {
 
 const writeColumns = 7
 
-// Write implements [store.Store].
+// Write implements [store.Store]. When ctx carries a span, each message also stores its trace
+// context (the traceparent and tracestate headers), unless it has a traceparent of its own.
 func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Message) error {
 	if isNil(db) {
 		return store.ErrNilTx
@@ -369,7 +370,7 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 		if err := m.Validate(s.maxBytes); err != nil {
 			return fmt.Errorf("message %d: %w", i, err)
 		}
-		h, err := store.EncodeHeaders(m.Headers)
+		h, err := store.EncodeHeaders(store.WithTraceContext(ctx, m.Headers))
 		if err != nil {
 			return fmt.Errorf("message %d: %w", i, err)
 		}

@@ -155,7 +155,8 @@ type reader struct {
 	txOther bool // the transaction changed something besides the outbox's own tables
 
 	batch    []sqlstore.LogMessage
-	batchTxs []int64 // a seq written by each transaction in the batch
+	batchTxs []batchTx // the transactions of the batch, in order
+	queued   position  // stored with the last batch handed over: where batch is read again
 	batchAt  time.Time
 	dirty    bool // read moved past changes of other tables since the position was stored
 	storedAt time.Time
@@ -165,6 +166,12 @@ type reader struct {
 	sampledAt time.Time
 	caughtUp  time.Time
 	lag       int64
+}
+
+// batchTx is a transaction whose messages are in the batch.
+type batchTx struct {
+	end int      // index in the batch after its last message
+	pos position // after it
 }
 
 // identify finds the outbox table's database, the server's flavour, and the lock name.
@@ -772,7 +779,7 @@ func (r *reader) run(ctx context.Context, start position) error {
 	})
 
 	now := time.Now()
-	r.read, r.flushed = start.clone(), start.clone()
+	r.read, r.flushed, r.queued = start.clone(), start.clone(), start.clone()
 	if r.read.gtids == nil {
 		r.read.gtids = map[uint32]gtid{}
 	}
@@ -946,7 +953,7 @@ func (r *reader) end(commit bool) {
 			r.batchAt = time.Now()
 		}
 		r.batch = append(r.batch, r.txMsgs...)
-		r.batchTxs = append(r.batchTxs, r.txMsgs[0].Seq)
+		r.batchTxs = append(r.batchTxs, batchTx{end: len(r.batch), pos: r.read.clone()})
 	}
 	if r.txOther {
 		r.dirty = true
@@ -1001,33 +1008,58 @@ func (r *reader) rows(ctx context.Context, ev *replication.RowsEvent) error {
 func (r *reader) settle(ctx context.Context, idle bool) error {
 	switch {
 	case len(r.batch) > 0:
-		if idle || len(r.batch) >= r.c.Batch() || time.Since(r.batchAt) >= logBatchWait {
-			return r.flush(ctx)
+		for len(r.batch) >= r.c.Batch() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := r.flush(ctx, r.c.Batch()); err != nil {
+				return err
+			}
+		}
+		if len(r.batch) > 0 && (idle || time.Since(r.batchAt) >= logBatchWait) {
+			return r.flush(ctx, len(r.batch))
 		}
 	case r.dirty && r.recording == nil && time.Since(r.storedAt) >= positionEvery:
 		p := r.read.clone()
 		if err := r.savePosition(ctx, r.s.DB(), p); err != nil {
 			return fmt.Errorf("outbox: store the log position of %s: %w", r.s.Table(), err)
 		}
-		r.flushed, r.dirty, r.storedAt = p, false, time.Now()
+		r.flushed, r.queued, r.dirty, r.storedAt = p, p, false, time.Now()
 	}
 	return nil
 }
 
-// flush publishes the batch, and records its outcome with the position after it while the
-// reader goes on: one batch records while the next is read and published.
-func (r *reader) flush(ctx context.Context) error {
+// flush publishes the first n messages of the batch, and records their outcome with the
+// position after them while the reader goes on: one batch records while the next is read
+// and published. A transaction larger than a batch is cut: the position recorded with its
+// first part is the one before it, so that after a crash it is read again, and its messages
+// recorded as delivered are skipped.
+func (r *reader) flush(ctx context.Context, n int) error {
 	if r.recordHold {
 		// Its failures and hand-overs hold keys back, which the next batch must see.
 		if err := r.waitRecorded(); err != nil {
 			return err
 		}
 	}
-	if err := r.awaitCommits(ctx); err != nil {
+	chunk := r.batch[:n]
+	p, whole := r.queued, 0
+	seqs := []int64{chunk[0].Seq} // a message of each of its transactions
+	for _, tx := range r.batchTxs {
+		if tx.end > n {
+			break
+		}
+		p, whole = tx.pos, whole+1
+		if tx.end < n {
+			seqs = append(seqs, chunk[tx.end].Seq)
+		}
+	}
+	if n == len(r.batch) {
+		p = r.read.clone() // also past other tables' changes read since
+	}
+	if err := r.awaitCommits(ctx, seqs); err != nil {
 		return err
 	}
-	p := r.read.clone()
-	lb, err := r.s.PublishLog(ctx, r.c, r.batch)
+	lb, err := r.s.PublishLog(ctx, r.c, chunk)
 	if err != nil {
 		return err
 	}
@@ -1044,8 +1076,14 @@ func (r *reader) flush(ctx context.Context) error {
 			return r.savePosition(ctx, tx, p)
 		})
 	}()
-	r.recording, r.recordPos, r.recordHold = done, p, lb.HoldsKeys()
-	r.batch, r.batchTxs, r.dirty = nil, nil, false
+	r.recording, r.recordPos, r.recordHold, r.queued = done, p, lb.HoldsKeys(), p
+	r.batchTxs = r.batchTxs[whole:]
+	for i := range r.batchTxs {
+		r.batchTxs[i].end -= n
+	}
+	if r.batch = r.batch[n:]; len(r.batch) == 0 {
+		r.batch, r.batchTxs, r.dirty = nil, nil, false
+	}
 	r.heard = time.Now()
 	return nil
 }
@@ -1073,18 +1111,18 @@ func (r *reader) recorded(err error) error {
 	return nil
 }
 
-// awaitCommits waits until the transactions of the batch are visible to other sessions.
+// awaitCommits waits until the transactions that wrote seqs are visible to other sessions.
 // The server sends a transaction once it is in the binlog, which is before the storage
 // engine commits it: until then a query does not see its rows, and DeliverLog would take
 // them for messages that polling delivered already. A locking read of a row waits for the
 // transaction that wrote it to commit (READ COMMITTED: no gap locks for rows deleted since).
-func (r *reader) awaitCommits(ctx context.Context) error {
+func (r *reader) awaitCommits(ctx context.Context, seqs []int64) error {
 	tx, err := r.s.DB().BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 	if err != nil {
 		return fmt.Errorf("outbox: log reader: wait for commits: %w", err)
 	}
 	defer tx.Rollback()
-	for chunk := range slices.Chunk(r.batchTxs, 1000) {
+	for chunk := range slices.Chunk(seqs, 1000) {
 		var q strings.Builder
 		q.WriteString("SELECT seq FROM " + r.s.Table() + " WHERE seq IN (")
 		for i, seq := range chunk {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -28,19 +29,25 @@ import (
 // fails those that fail says, as a dispatcher would: the later messages of a failed key in
 // the same call are left unattempted.
 type logRecorder struct {
-	fail func(store.ClaimedMessage) bool
+	fail  func(store.ClaimedMessage) bool
+	batch int           // the consumer's batch size; 0 for the default
+	pause time.Duration // per Deliver call
 
 	mu       sync.Mutex
 	msgs     []store.ClaimedMessage // acknowledged
+	sizes    []int                  // of each Deliver call
 	failed   []string
 	statuses []store.LogStatus
 }
 
 func (r *logRecorder) consumer() store.LogConsumer {
 	return store.LogConsumer{
+		BatchSize: r.batch,
 		Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
+			time.Sleep(r.pause)
 			r.mu.Lock()
 			defer r.mu.Unlock()
+			r.sizes = append(r.sizes, len(msgs))
 			out := &store.LogOutcome{}
 			failedKeys := map[string]bool{}
 			for _, m := range msgs {
@@ -498,6 +505,50 @@ func TestReadLogResumesWhereItStopped(t *testing.T) {
 	require.Equal(t, all, ids(rec.delivered()), "commit order across the restart")
 	end, _ := readPosition(t, db)
 	require.NotEqual(t, stoppedAt, end)
+}
+
+// A transaction larger than the consumer's batch is delivered in batches of that size. The
+// position recorded with its first batches is the one before it: a reader stopped halfway
+// reads it again and skips the messages recorded as delivered.
+func TestReadLogCutsLargeTransactions(t *testing.T) {
+	t.Parallel()
+	db, _ := dbtest.MySQL(t)
+	st := newLogStore(t, db, "")
+	const n, batch = 1050, 100
+	var msgs []store.Message
+	for i := range n {
+		msgs = append(msgs, store.Message{ID: store.NewID(), Topic: "big", Key: fmt.Sprintf("k%d", i%7), Payload: []byte(strconv.Itoa(i))})
+	}
+	write(t, db, st, msgs...)
+	want := make([]string, n)
+	for i, m := range msgs {
+		want[i] = m.ID
+	}
+	before, _ := readPosition(t, db)
+
+	rec := &logRecorder{batch: batch, pause: 50 * time.Millisecond}
+	first := startReader(t, st, rec)
+	require.Eventually(t, func() bool { return len(rec.delivered()) >= 3*batch }, 30*time.Second, time.Millisecond)
+	require.ErrorIs(t, first.stop(t), context.Canceled)
+	deliveredFirst := len(rec.delivered())
+	require.Less(t, deliveredFirst, n, "stopped halfway through the transaction")
+	halfway, _ := readPosition(t, db)
+	require.Equal(t, before, halfway, "the position stays before the transaction until it is delivered whole")
+
+	rec.pause = 0
+	startReader(t, st, rec)
+	require.Eventually(t, func() bool { return len(rec.delivered()) >= n }, 30*time.Second, 10*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	require.Zero(t, requireAllOnce(t, want, rec.delivered()), "the messages recorded as delivered are skipped")
+	require.Equal(t, want, ids(rec.delivered()))
+	rec.mu.Lock()
+	for _, size := range rec.sizes {
+		require.LessOrEqual(t, size, batch)
+	}
+	t.Logf("first run delivered %d; deliveries of %v", deliveredFirst, rec.sizes)
+	rec.mu.Unlock()
+	require.Eventually(t, func() bool { p, _ := readPosition(t, db); return p != before }, 10*time.Second, 10*time.Millisecond,
+		"the position moves past the transaction once it is delivered whole")
 }
 
 func TestReadLogStandbyTakesOver(t *testing.T) {

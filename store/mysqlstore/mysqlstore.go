@@ -31,8 +31,9 @@
 // a second of its going away. The reader keeps its position (the last GTID of each domain on
 // MariaDB, the file and offset on MySQL) in the table named after the outbox table with a
 // "_log_position" suffix, written in the transaction that marks a batch delivered. A batch
-// is recorded while the next one is published, so after a crash at most those two batches
-// are published again. Migrate records the server's current position there; messages
+// holds at most the consumer's batch size (a larger transaction is cut, and read again from
+// its start after a crash, skipping what was marked), and is recorded while the next one is
+// published, so after a crash at most those two batches are published again. Migrate records the server's current position there; messages
 // written before it are delivered by the dispatchers' sweep. When the binlog no longer
 // holds the stored position (its files were purged while no reader ran), ReadLog says so
 // with [store.ErrLogUnavailable] until the row is deleted.

@@ -23,6 +23,7 @@ const (
 	DefaultRetention       = 7 * 24 * time.Hour
 	DefaultSweepAfter      = time.Minute
 	DefaultLogRetry        = 30 * time.Second
+	DefaultLogLagWarning   = 256 << 20
 )
 
 // Config configures a [Dispatcher]. The zero value is ready to use.
@@ -64,6 +65,10 @@ type Config struct {
 	// LogRetry is how often a dispatcher that polls because the change log is unavailable
 	// tries the log again. Defaults to DefaultLogRetry.
 	LogRetry time.Duration
+	// LogLagWarning is how many bytes the change log reader may fall behind the end of the log
+	// (the WAL a Postgres slot keeps, the binlog not yet read) before the dispatcher logs a
+	// warning, at most once a minute. Defaults to DefaultLogLagWarning.
+	LogLagWarning int64
 	// DeadLetterTopic, when set, receives a copy of every message the dispatcher parks, with
 	// the reason in the MetadataError header and its own topic in MetadataTopic. Parked
 	// messages stay in the outbox too.
@@ -119,6 +124,12 @@ func (c Config) withDefaults() (Config, error) {
 		{"ShutdownTimeout", &c.ShutdownTimeout, DefaultShutdownTimeout},
 		{"SweepAfter", &c.SweepAfter, DefaultSweepAfter},
 		{"LogRetry", &c.LogRetry, DefaultLogRetry},
+	}
+	if c.LogLagWarning < 0 {
+		return c, fmt.Errorf("outbox: dispatcher Config.LogLagWarning is negative (%d)", c.LogLagWarning)
+	}
+	if c.LogLagWarning == 0 {
+		c.LogLagWarning = DefaultLogLagWarning
 	}
 	if c.Retention == 0 {
 		c.Retention = DefaultRetention

@@ -118,7 +118,7 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	if err := d.st.Check(ctx); err != nil {
 		return fmt.Errorf("outbox: dispatcher cannot start: %w", err)
 	}
-	unobserve, err := d.metrics.observeStore(d.st, d.Mode)
+	unobserve, err := d.metrics.observeStore(d)
 	if err != nil {
 		return fmt.Errorf("outbox: dispatcher metrics: %w", err)
 	}

@@ -31,7 +31,9 @@
 // outbox.messages.published, outbox.publish.failures and outbox.messages.parked (counters by
 // topic), outbox.publish.duration, outbox.delivery.latency (from write to acknowledgement) and
 // outbox.batch.size (histograms), and, for stores that implement store.Operator,
-// outbox.pending, outbox.parked and outbox.lag (gauges with the store's name and mode).
+// outbox.pending, outbox.parked and outbox.lag (gauges with the store's name and mode), and, while
+// reading the change log, outbox.log.lag (bytes of log not yet recorded as read) and
+// outbox.log.delay (seconds since the moment up to which every message was delivered).
 // [Dispatcher.StatusHandler] serves the same health as JSON for readiness probes.
 //
 // # Lifecycle

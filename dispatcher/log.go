@@ -44,6 +44,7 @@ type logState struct {
 	caughtUp atomic.Int64 // unix nanoseconds; 0: not yet
 	lagBytes atomic.Int64
 	readAt   atomic.Int64 // unix nanoseconds of the last report while reading
+	warnedAt atomic.Int64 // unix nanoseconds of the last lag warning
 }
 
 // Mode returns how the dispatcher finds messages now.
@@ -166,4 +167,11 @@ func (d *Dispatcher) logStatus(s store.LogStatus) {
 	}
 	d.logs.lagBytes.Store(s.LagBytes)
 	d.setMode(ModeLog)
+	if s.LagBytes > d.cfg.LogLagWarning {
+		now := time.Now().UnixNano()
+		if last := d.logs.warnedAt.Load(); now-last >= int64(time.Minute) && d.logs.warnedAt.CompareAndSwap(last, now) {
+			d.log.Warn("the change log reader is falling behind; the server keeps the log it has not read",
+				slog.Int64("lag_bytes", s.LagBytes), slog.Int64("warning_above", d.cfg.LogLagWarning))
+		}
+	}
 }

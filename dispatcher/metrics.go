@@ -26,16 +26,18 @@ const meterName = "github.com/outboxgo/outbox/dispatcher"
 //	outbox.pending              gauge      pending messages in the store
 //	outbox.parked               gauge      parked messages in the store
 //	outbox.lag                  gauge      seconds since the oldest pending message was written
+//	outbox.log.lag              gauge      bytes the log reader's recorded position is behind the log's end
+//	outbox.log.delay            gauge      seconds since the moment up to which the log reader delivered all
 //
-// The gauges carry the store's name and the mode ("log", "standby" or "polling"); they read the store once per
+// The log gauges are reported in log mode only. The gauges carry the store's name and the mode ("log", "standby" or "polling"); they read the store once per
 // collection, and only for stores that implement store.Operator.
 type instruments struct {
 	published, failures, parkedN metric.Int64Counter
 	publishDuration, latency     metric.Float64Histogram
 	batchSize                    metric.Int64Histogram
 	meter                        metric.Meter
-	pending, parked              metric.Int64ObservableGauge
-	lag                          metric.Float64ObservableGauge
+	pending, parked, logLag      metric.Int64ObservableGauge
+	lag, logDelay                metric.Float64ObservableGauge
 }
 
 func newInstruments(mp metric.MeterProvider) (*instruments, error) {
@@ -73,18 +75,34 @@ func newInstruments(mp metric.MeterProvider) (*instruments, error) {
 	keep(err)
 	in.lag, err = m.Float64ObservableGauge("outbox.lag", metric.WithUnit("s"), metric.WithDescription("Time since the oldest pending message was written."))
 	keep(err)
+	in.logLag, err = m.Int64ObservableGauge("outbox.log.lag", metric.WithUnit("By"),
+		metric.WithDescription("How far the change log reader's recorded position is behind the end of the log (Postgres WAL, MySQL binlog)."))
+	keep(err)
+	in.logDelay, err = m.Float64ObservableGauge("outbox.log.delay", metric.WithUnit("s"),
+		metric.WithDescription("Time since the moment up to which the change log reader has delivered every message written."))
+	keep(err)
 	return in, errors.Join(errs...)
 }
 
-// observeStore registers the gauges' callback for st; the returned function unregisters it.
-func (in *instruments) observeStore(st store.Store, mode func() Mode) (func(), error) {
-	op, ok := st.(store.Operator)
+// observeStore registers the gauges' callback for d's store; the returned function
+// unregisters it.
+func (in *instruments) observeStore(d *Dispatcher) (func(), error) {
+	op, ok := d.st.(store.Operator)
 	if !ok {
 		return func() {}, nil
 	}
-	name := st.Capabilities().Name
+	name := d.st.Capabilities().Name
 	reg, err := in.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
-		attrs := metric.WithAttributes(attribute.String("store", name), attribute.String("mode", mode().String()))
+		mode := d.Mode()
+		attrs := metric.WithAttributes(attribute.String("store", name), attribute.String("mode", mode.String()))
+		if mode == ModeLog {
+			if lag := d.logs.lagBytes.Load(); lag >= 0 {
+				o.ObserveInt64(in.logLag, lag, attrs)
+			}
+			if at := d.logs.caughtUp.Load(); at > 0 {
+				o.ObserveFloat64(in.logDelay, time.Since(time.Unix(0, at)).Seconds(), attrs)
+			}
+		}
 		s, err := op.Stats(ctx)
 		if err != nil {
 			return err
@@ -97,7 +115,7 @@ func (in *instruments) observeStore(st store.Store, mode func() Mode) (func(), e
 		}
 		o.ObserveFloat64(in.lag, lag, attrs)
 		return nil
-	}, in.pending, in.parked, in.lag)
+	}, in.pending, in.parked, in.lag, in.logLag, in.logDelay)
 	if err != nil {
 		return nil, err
 	}

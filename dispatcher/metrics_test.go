@@ -1,8 +1,12 @@
 package dispatcher_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,7 +18,9 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/dispatcher/outboxtest"
 	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 func collect(t *testing.T, r *sdkmetric.ManualReader) map[string]metricdata.Aggregation {
@@ -97,4 +103,68 @@ func TestMetrics(t *testing.T) {
 		g, ok := collect(t, reader)["outbox.lag"].(metricdata.Gauge[float64])
 		return ok && len(g.DataPoints) > 0 && g.DataPoints[0].Value > 0.05
 	}, 10*time.Second, 10*time.Millisecond)
+}
+
+// laggingLog is a store whose change log reader reports a lag and then reads nothing.
+type laggingLog struct {
+	*sqlstore.Store
+	lag int64
+}
+
+func (l laggingLog) Capabilities() store.Capabilities {
+	c := l.Store.Capabilities()
+	c.ChangeLog = true
+	return c
+}
+
+func (l laggingLog) ReadLog(ctx context.Context, c store.LogConsumer) error {
+	for range 2 {
+		c.Status(store.LogStatus{Reading: true, CaughtUp: time.Now().Add(-3 * time.Second), LagBytes: l.lag})
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// In log mode the reader's lag shows in the log gauges, and a lag past LogLagWarning is
+// logged, once a minute at most.
+func TestLogLagMetricsAndWarning(t *testing.T) {
+	_, _, st := sharedSQLite(t).prepare(t)
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer mp.Shutdown(context.Background())
+	var logs syncBuffer
+	d := startDispatcher(t, laggingLog{Store: st, lag: 5 << 20}, outboxtest.NewPublisher(), dispatcher.Config{
+		MeterProvider: mp, LogLagWarning: 1 << 20, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	waitMode(t, d, dispatcher.ModeLog)
+
+	m := collect(t, reader)
+	lag := m["outbox.log.lag"].(metricdata.Gauge[int64]).DataPoints
+	require.Len(t, lag, 1)
+	require.EqualValues(t, 5<<20, lag[0].Value)
+	mode, _ := lag[0].Attributes.Value("mode")
+	require.Equal(t, "log", mode.AsString())
+	delay := m["outbox.log.delay"].(metricdata.Gauge[float64]).DataPoints
+	require.Len(t, delay, 1)
+	require.InDelta(t, 3, delay[0].Value, 1, "seconds since the reader last caught up")
+	require.EqualValues(t, 5<<20, d.Status(context.Background(), time.Minute).LogLagBytes)
+	require.Equal(t, 1, strings.Count(logs.String(), "falling behind"), "%s", logs.String())
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

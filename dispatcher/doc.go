@@ -25,6 +25,26 @@
 // [store.Notifier] wake it as soon as a message is written, so latency stays low while idle
 // polling stays rare.
 //
+// # Reading the change log
+//
+// With a store that reads the database's change log ([store.LogReader]: Postgres logical
+// replication, the MySQL/MariaDB binlog) the dispatcher takes messages from the log as they
+// commit, with no polling load ([ModeLog]). One dispatcher per outbox reads the log; the
+// others wait as standbys ([ModeStandby]) and take over within seconds when it goes away.
+// Beside the log, a slow sweep claims pending messages older than Config.SweepAfter (counted
+// from the last time the reader caught up) that the log did not carry. When the log is not
+// usable (no wal_level=logical, no replication privilege, binlog off, slot dropped, position
+// purged), the dispatcher logs why once, polls ([ModePolling]), and tries the log again every
+// Config.LogRetry. Config.PollOnly turns the log off. After a crash the reader publishes again
+// at most the two batches it was recording and publishing.
+//
+// # Tracing
+//
+// Write stores the writer's trace context (W3C traceparent) in the message's headers. The
+// dispatcher publishes each such message in a "publish <topic>" producer span, a child of the
+// writer's span, and hands that span's context to the broker in the traceparent header, where
+// the idempotency middleware continues it (Config.TracerProvider).
+//
 // # Metrics
 //
 // The dispatcher reports through the OpenTelemetry metric API (Config.MeterProvider):

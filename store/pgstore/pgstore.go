@@ -8,6 +8,33 @@
 // transaction commits; the store LISTENs on one connection and wakes its dispatchers, so
 // latency stays low while idle polling stays slow. Notifications need a session connection:
 // behind PgBouncer, use session pooling for the dispatcher's database handle.
+//
+// # Reading the WAL
+//
+// The store implements [store.LogReader]: it reads written messages through logical
+// replication with the built-in pgoutput plugin, from a publication of the outbox table's
+// inserts and a permanent replication slot (see [Names]), and hands them to the dispatcher as
+// their transactions commit, in commit order, whoever wrote them. Rows are decoded from the
+// log itself, with no query per message. It needs:
+//
+//   - wal_level=logical (a server restart), and a free replication slot and WAL sender
+//     (max_replication_slots, max_wal_senders);
+//   - the REPLICATION attribute for the user of the DSN (ALTER ROLE ... REPLICATION), and a
+//     pg_hba.conf line that admits its replication connections to the database;
+//   - Migrate run once by a user that may create the publication and the slot: creating a
+//     slot waits for every write transaction open at that moment, so it is never done at
+//     start.
+//
+// Otherwise ReadLog returns an error wrapping [store.ErrLogUnavailable] that says what is
+// missing, and dispatchers poll. One reader per outbox holds the slot; other instances wait on
+// an advisory lock and take over within about a second. The reader confirms to the server the
+// commit position of transactions whose messages are all recorded, and, when idle, the end of
+// the WAL, so that the slot does not keep WAL on a quiet outbox. A batch is recorded while the
+// next is published: after a crash at most those two batches are published again. A slot that
+// no reader consumes keeps WAL on the server: drop it (pg_drop_replication_slot) if the
+// outbox is retired, or set max_slot_wal_keep_size, past which the server invalidates it:
+// dispatchers then poll (the sweep delivers what the log lost) until the slot is dropped and
+// Migrate creates it again.
 package pgstore
 
 import (

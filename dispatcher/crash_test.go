@@ -100,7 +100,8 @@ func writeSteadily(db *sql.DB, st *sqlstore.Store, n, perTx int, pause time.Dura
 }
 
 // readBack reads the topic with an independent client until n distinct messages arrived,
-// then a little longer for late duplicates. It fails the test if any message is missing, and
+// then a little longer for late duplicates. It fails the test if any message is missing, or
+// if a consumer behind the idempotency middleware applies one other than exactly once, and
 // returns the duplicates and the keys' first deliveries out of write order.
 func readBack(t *testing.T, brokers []string, n int) (dups, inversions int) {
 	t.Helper()
@@ -111,7 +112,10 @@ func readBack(t *testing.T, brokers []string, n int) (dups, inversions int) {
 	defer cancel()
 	seen := map[string]bool{}
 	last := map[string]int{}
-	var settle <-chan time.Time
+	var (
+		settle     <-chan time.Time
+		deliveries []delivery
+	)
 	for {
 		if len(seen) == n && settle == nil {
 			settle = time.After(500 * time.Millisecond)
@@ -122,6 +126,7 @@ func readBack(t *testing.T, brokers []string, n int) (dups, inversions int) {
 		require.NoError(t, err)
 		for _, r := range recs {
 			id := r.Headers[dispatcher.MetadataID]
+			deliveries = append(deliveries, delivery{id: id, payload: r.Value})
 			if seen[id] {
 				dups++
 				continue
@@ -136,13 +141,13 @@ func readBack(t *testing.T, brokers []string, n int) (dups, inversions int) {
 		}
 		select {
 		case <-settle:
-			require.Len(t, seen, n, "every committed message arrived")
-			return dups, inversions
 		case <-ctx.Done():
-			require.Len(t, seen, n, "every committed message arrived")
-			return dups, inversions
 		default:
+			continue
 		}
+		require.Len(t, seen, n, "every committed message arrived")
+		requireAppliedOnce(t, deliveries)
+		return dups, inversions
 	}
 }
 

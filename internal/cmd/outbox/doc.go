@@ -1,0 +1,59 @@
+// Command outbox shows and repairs an outbox table without hand-written SQL: how many
+// messages wait and for how long, whether a dispatcher reads the database's change log, which
+// messages are parked and why; it requeues parked messages, purges delivered ones and migrates
+// the schema. It works on the three databases of the module's stores (Postgres, MySQL or
+// MariaDB, SQLite), through those stores.
+//
+// Run it from the module, or anywhere with Go installed:
+//
+//	go run github.com/outboxgo/outbox/internal/cmd/outbox@latest [global flags] <command> [flags]
+//
+// # Global flags
+//
+// They may come before or after the command.
+//
+//	--dsn    the database (default $OUTBOX_DSN), one of
+//	           postgres://user:pass@host:5432/db?sslmode=disable   (or postgresql://)
+//	           mysql://user:pass@tcp(host:3306)/db                  (go-sql-driver's DSN after mysql://)
+//	           sqlite:///path/to/app.db  or  file:/path/to/app.db
+//	--table  the outbox table, optionally schema-qualified (default "outbox")
+//	--json   print one JSON document on stdout instead of text
+//
+// # Commands
+//
+//	status                       pending and parked messages, the lag (the age of the oldest
+//	                             pending message), deliveries in the last minute, and the
+//	                             change log reader: "log" when a dispatcher reads the log
+//	                             (a connected replication slot on Postgres, the reader's
+//	                             lock held on MySQL), "polling" otherwise, and why
+//	parked [--limit 100] [--topic t] [--key k]
+//	                             parked messages, oldest first, with their last error
+//	requeue --id id [--id id...] | --topic t [--key k] | --key k | --all
+//	                             make parked messages pending again, due now
+//	purge --older-than 7d        delete messages delivered longer ago than that
+//	                             (a Go duration such as 36h, or days: 7d, 1d12h)
+//	migrate [--print]            create or upgrade the table; --print shows the SQL of
+//	                             every step for this database and table, without connecting
+//
+// For example:
+//
+//	export OUTBOX_DSN='postgres://app@db:5432/app'
+//	outbox status
+//	outbox parked --topic orders
+//	outbox requeue --topic orders
+//	outbox --json status | jq .log
+//
+// # Exit codes
+//
+// 0 on success; 1 when the command failed: the database cannot be reached (the DSN's
+// password never appears), the table is not migrated (run outbox migrate), the user lacks
+// rights on it; 2 when the command line is wrong (an unknown command or flag, a DSN of no
+// supported form, requeue without a selection), and nothing was done. Every command but
+// migrate first checks that the table is usable.
+//
+// # What it does not do
+//
+// status reads the database, not the dispatchers: "polling" means that no reader is
+// connected to the log, whether dispatchers poll or none runs. Where a purge is already
+// running on the database, purge deletes nothing and says 0.
+package main

@@ -227,6 +227,9 @@ func (r *reader) waitForLead(ctx context.Context) error {
 	for {
 		var got sql.NullInt64
 		if err := r.lockConn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", r.lockName).Scan(&got); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err() // the driver may report a query it cancelled as a bad connection
+			}
 			return fmt.Errorf("outbox: take the log reader lock: %w", err)
 		}
 		if got.Int64 == 1 {

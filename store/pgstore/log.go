@@ -140,7 +140,10 @@ func waitForLead(ctx context.Context, s *sqlstore.Store, conn *sql.Conn, c store
 	for {
 		var got bool
 		if err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", s.LockKey("log")).Scan(&got); err != nil {
-			return err
+			if ctx.Err() != nil {
+				return ctx.Err() // the driver reports a query it cancelled as a bad connection
+			}
+			return fmt.Errorf("outbox: take the log reader's lock: %w", err)
 		}
 		if got {
 			return nil
@@ -628,7 +631,11 @@ func (r *reader) sample(ctx context.Context) (walSample, int64, error) {
 		end string
 		lag sql.NullInt64
 	)
-	err := r.lockConn.QueryRowContext(ctx, "SELECT pg_current_wal_lsn()::text, (SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1)", r.slot).Scan(&end, &lag)
+	// Not cancelled with ctx: cancelling a query closes the connection, and the lock it holds
+	// would stay taken until the server notices, keeping the next reader waiting.
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	err := r.lockConn.QueryRowContext(qctx, "SELECT pg_current_wal_lsn()::text, (SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1)", r.slot).Scan(&end, &lag)
 	if err != nil {
 		return walSample{}, 0, fmt.Errorf("outbox: sample WAL position: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -72,9 +73,17 @@ func setUpLog(ctx context.Context, s *sqlstore.Store, conn *sql.Conn) error {
 			return fmt.Errorf("create publication %s: %w", pub, err)
 		}
 	}
-	var walLevel string
-	if err := conn.QueryRowContext(ctx, "SELECT current_setting('wal_level'), EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", slot).Scan(&walLevel, &exists); err != nil {
+	var (
+		walLevel string
+		slotDB   sql.NullString
+	)
+	if err := conn.QueryRowContext(ctx, `SELECT current_setting('wal_level'), EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+		(SELECT database FROM pg_replication_slots WHERE slot_name = $1 AND database <> current_database())`, slot).Scan(&walLevel, &exists, &slotDB); err != nil {
 		return err
+	}
+	if slotDB.Valid {
+		s.Logger().Warn(slotElsewhere(slot, slotDB.String)+"; dispatchers will poll", "slot", slot)
+		return nil
 	}
 	if exists {
 		return nil
@@ -97,6 +106,11 @@ func setUpLog(ctx context.Context, s *sqlstore.Store, conn *sql.Conn) error {
 		return fmt.Errorf("create replication slot %s: %w", slot, err)
 	}
 	return nil
+}
+
+// slotElsewhere says that the slot an outbox needs belongs to another database.
+func slotElsewhere(slot, database string) string {
+	return fmt.Sprintf("replication slot %s belongs to database %s: slot names are server-wide, so outboxes in two databases of one server need different table or schema names", slot, database)
 }
 
 func isPermission(err error) bool {
@@ -170,6 +184,12 @@ type reader struct {
 	mu        sync.Mutex
 	confirmed pglogrepl.LSN // every message before it is recorded
 	inFlight  int           // transactions handed to the deliverer and not yet recorded
+
+	// queued counts the messages handed to the deliverer and not yet taken into a batch;
+	// the receiver reads ahead while it is below two batches, which bounds memory whatever
+	// the backlog. taken wakes the receiver when the deliverer takes some.
+	queued atomic.Int64
+	taken  chan struct{}
 }
 
 // check tells why the log cannot be read, as an error wrapping store.ErrLogUnavailable.
@@ -181,13 +201,15 @@ func (r *reader) check(ctx context.Context) error {
 		plugin    sql.NullString
 		walStatus sql.NullString
 		relID     sql.NullInt64
+		slotDB    sql.NullString
 	)
 	err := r.lockConn.QueryRowContext(ctx, `SELECT current_setting('wal_level'),
 		EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2),
 		(SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()),
 		(SELECT plugin FROM pg_replication_slots WHERE slot_name = $1),
 		(SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1),
-		to_regclass($3)::oid::bigint`, r.slot, r.pub, r.s.Table()).Scan(&walLevel, &pubExists, &slot, &plugin, &walStatus, &relID)
+		to_regclass($3)::oid::bigint,
+		(SELECT database FROM pg_replication_slots WHERE slot_name = $1)`, r.slot, r.pub, r.s.Table()).Scan(&walLevel, &pubExists, &slot, &plugin, &walStatus, &relID, &slotDB)
 	if err != nil {
 		return err
 	}
@@ -197,6 +219,8 @@ func (r *reader) check(ctx context.Context) error {
 	switch {
 	case walLevel != "logical":
 		return unavailable("wal_level is %s; set wal_level = logical and restart Postgres, then run Migrate to create the replication slot", walLevel)
+	case !slot.Valid && slotDB.Valid:
+		return unavailable("%s", slotElsewhere(r.slot, slotDB.String))
 	case !relID.Valid:
 		return unavailable("table %s does not exist; run Migrate", r.s.Table())
 	case !pubExists:
@@ -229,6 +253,7 @@ func (r *reader) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	txns := make(chan txn, 64)
+	r.taken = make(chan struct{}, 1)
 	recvErr := make(chan error, 1)
 	go func() {
 		recvErr <- r.receive(ctx, conn, txns)
@@ -415,15 +440,23 @@ func (r *reader) receive(ctx context.Context, conn *pgconn.PgConn, txns chan<- t
 	}
 }
 
-// hand passes t to the deliverer, confirming positions meanwhile so that the server does not
-// time the connection out (wal_sender_timeout) while the deliverer is slow (a broker outage).
+// hand passes t to the deliverer once fewer than two batches of messages wait for it,
+// confirming positions meanwhile so that the server does not time the connection out
+// (wal_sender_timeout) while the deliverer is slow (a broker outage).
 func (r *reader) hand(ctx context.Context, conn *pgconn.PgConn, txns chan<- txn, t txn, send func() error) error {
 	for {
 		timer := time.NewTimer(statusEvery)
+		in := txns
+		if r.queued.Load() >= int64(2*r.c.Batch()) {
+			in = nil // wait until the deliverer takes some
+		}
 		select {
-		case txns <- t:
+		case in <- t:
 			timer.Stop()
+			r.queued.Add(int64(len(t.msgs)))
 			return nil
+		case <-r.taken:
+			timer.Stop()
 		case <-ctx.Done():
 			timer.Stop()
 			return ctx.Err()
@@ -493,6 +526,11 @@ func (r *reader) deliver(ctx context.Context, txns <-chan txn) (err error) {
 				default:
 					break more
 				}
+			}
+			r.queued.Add(-int64(n))
+			select {
+			case r.taken <- struct{}{}:
+			default:
 			}
 			msgs := make([]sqlstore.LogMessage, 0, n)
 			for _, t := range batch {

@@ -71,14 +71,9 @@ func InspectLog(ctx context.Context, db *sql.DB, table string) (*LogState, error
 	if err != nil {
 		return nil, fmt.Errorf("outbox: inspect the log of %s: %w", s.QualifiedName(), err)
 	}
-	if slotDB.Valid && slotDB.String != currentDB {
-		// Slots are named after the table and belong to the server, not to a database:
-		// Migrate finds the other database's slot and creates none.
-		st.Problem = fmt.Sprintf("replication slot %s belongs to database %s, not %s: give this outbox another table name (or schema)",
-			st.Slot, slotDB.String, currentDB)
-		return st, nil
-	}
-	if slotDB.Valid {
+	// A slot of the same name may belong to another database (slot names are server-wide):
+	// then it is no slot of this outbox, and the check below says so.
+	if slotDB.Valid && slotDB.String == currentDB {
 		st.SlotExists = true
 		st.Active = active.Bool
 		st.ActivePID = pid.Int64

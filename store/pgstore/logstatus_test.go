@@ -79,4 +79,12 @@ func TestInspectLogNamesTheSlotOfAnotherDatabase(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, s.SlotExists)
 	require.Contains(t, s.Problem, "replication slot "+slot+" belongs to database postgres")
+
+	// The reader says the same, and Migrate leaves the other database's slot alone.
+	st, err := pgstore.New(db, pgstore.Config{Table: table})
+	require.NoError(t, err)
+	require.NoError(t, st.Migrate(ctx))
+	err = st.ReadLog(ctx, store.LogConsumer{Deliver: func(context.Context, []store.ClaimedMessage) *store.LogOutcome { return nil }})
+	require.ErrorIs(t, err, store.ErrLogUnavailable)
+	require.ErrorContains(t, err, "replication slot "+slot+" belongs to database postgres")
 }

@@ -57,6 +57,9 @@ func liveCase(name, label string, rate int, window time.Duration, cfg dispatcher
 		return err
 	}
 	defer d.Stop(ctx)
+	if err := awaitLogMode(d, db.st, cfg); err != nil {
+		return err
+	}
 	write := func(ctx context.Context, id string, i int) error {
 		tx, err := db.st.DB().BeginTx(ctx, nil)
 		if err != nil {
@@ -68,6 +71,9 @@ func liveCase(name, label string, rate int, window time.Duration, cfg dispatcher
 			return err
 		}
 		return tx.Commit()
+	}
+	if err := warmUp(consumer, dispatcher.MetadataID, write); err != nil {
+		return err
 	}
 	return live(label, rate, window, consumer, dispatcher.MetadataID, write)
 }
@@ -101,6 +107,9 @@ func forwarderLiveCase(rate int, window time.Duration) error {
 	run(ctx)
 	write := func(ctx context.Context, id string, i int) error {
 		return s.write(ctx, forwarderMessage(id, i))
+	}
+	if err := warmUp(consumer, kafka.UUIDHeaderKey, write); err != nil {
+		return err
 	}
 	return live("forwarder", rate, window, consumer, kafka.UUIDHeaderKey, write)
 }
@@ -216,5 +225,41 @@ func live(name string, rate int, window time.Duration, consumer *kafkatest.Consu
 	slices.Sort(lat)
 	fmt.Printf("case=%s-live rate=%.0f n=%d p50=%.1fms p99=%.1fms\n",
 		name, float64(len(committed))/elapsed.Seconds(), len(committed), ms(percentile(lat, 50)), ms(percentile(lat, 99)))
+	return nil
+}
+
+// warmUp writes one message and waits until it is consumed: the live case measures the
+// steady state, not the start of the dispatcher, its log reader, or the broker's topic.
+func warmUp(consumer *kafkatest.Consumer, idHeader string, write func(ctx context.Context, id string, i int) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	id := store.NewID()
+	if err := write(ctx, id, 0); err != nil {
+		return fmt.Errorf("warm up: %w", err)
+	}
+	for {
+		recs, err := consumer.Poll(ctx)
+		if ctx.Err() != nil {
+			return fmt.Errorf("warm up: the first message did not arrive within a minute (%v)", err)
+		}
+		for _, r := range recs {
+			if r.Headers[idHeader] == id {
+				return nil
+			}
+		}
+	}
+}
+
+// awaitLogMode waits, for a dispatcher that will read the change log, until its reader runs:
+// the live case measures the steady state, not the reader's start.
+func awaitLogMode(d *dispatcher.Dispatcher, st store.Store, cfg dispatcher.Config) error {
+	if cfg.PollOnly || !st.Capabilities().ChangeLog {
+		return nil
+	}
+	for deadline := time.Now().Add(30 * time.Second); d.Mode() != dispatcher.ModeLog; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the dispatcher is still in %s mode after 30s", d.Mode())
+		}
+	}
 	return nil
 }

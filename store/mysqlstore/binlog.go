@@ -30,7 +30,7 @@ import (
 const (
 	// A batch holds up to LogConsumer.Batch() messages; it also ends when the stream has
 	// nothing more at hand, or logBatchWait after its first message.
-	logBatchWait = 100 * time.Millisecond
+	logBatchWait = 5 * time.Millisecond
 	// idleWait is how long the reader waits for more events before it takes the stream for
 	// idle and hands over a batch that is not full.
 	idleWait = 2 * time.Millisecond

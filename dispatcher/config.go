@@ -60,7 +60,9 @@ type Config struct {
 	// SweepAfter is, while a dispatcher reads the change log, how old a pending message must
 	// be, counted back from the last time the log reader caught up, before the sweep claims
 	// it as one the log did not carry. A transaction that commits later than this after
-	// writing its message may be published twice. Defaults to DefaultSweepAfter.
+	// writing its message may be published twice. The sweep claims every quarter of it (at
+	// most every 15 s), and at the polling pace while messages it must deliver wait for a
+	// retry. Defaults to DefaultSweepAfter.
 	SweepAfter time.Duration
 	// LogRetry is how often a dispatcher that polls because the change log is unavailable
 	// tries the log again. Defaults to DefaultLogRetry.

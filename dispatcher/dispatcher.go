@@ -319,6 +319,12 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 		return 0, 0, nil
 	}
 	out := d.deliver(ctx, res.Messages)
+	// Beside a log reader, the sweep goes on while it finds messages, and comes back for
+	// those it leaves to a retry.
+	defer func() {
+		d.sweepBusy(time.Now())
+		d.followUp(out)
+	}()
 
 	// Record the outcome even if ctx was cancelled meanwhile: what the broker acknowledged
 	// must be marked, or it is published again.

@@ -45,6 +45,43 @@ type logState struct {
 	lagBytes atomic.Int64
 	readAt   atomic.Int64 // unix nanoseconds of the last report while reading
 	warnedAt atomic.Int64 // unix nanoseconds of the last lag warning
+
+	// The sweep claims every sweepEvery, and at the polling pace until busyUntil while it
+	// has messages to deliver: those it found, and those the log path failed or left
+	// unattempted, until their retry is due.
+	sweptAt   atomic.Int64 // unix nanoseconds of the last sweep claim
+	busyUntil atomic.Int64 // unix nanoseconds
+}
+
+// sweepEvery is how often the sweep claims when nothing calls for it sooner: a quarter of
+// SweepAfter, so that a message the log did not carry waits at most about 1.25 SweepAfter,
+// and at most 15 s.
+func (d *Dispatcher) sweepEvery() time.Duration {
+	return min(d.cfg.SweepAfter/4, 15*time.Second)
+}
+
+// sweepBusy keeps the sweep at the polling pace until a while after at: a poll interval,
+// and at least a second, for the outcome that calls for it to be recorded.
+func (d *Dispatcher) sweepBusy(at time.Time) {
+	t := at.Add(max(d.cfg.PollInterval, time.Second)).UnixNano()
+	for {
+		cur := d.logs.busyUntil.Load()
+		if cur >= t || d.logs.busyUntil.CompareAndSwap(cur, t) {
+			return
+		}
+	}
+}
+
+// followUp keeps the sweep busy for what an outcome leaves to it: failed messages until
+// their retry is due, and messages left unattempted or after a parked one.
+func (d *Dispatcher) followUp(out *outcome) {
+	now := time.Now()
+	if len(out.unattempted) > 0 || len(out.parked) > 0 {
+		d.sweepBusy(now)
+	}
+	for _, f := range out.failures {
+		d.sweepBusy(now.Add(f.RetryAfter))
+	}
 }
 
 // Mode returns how the dispatcher finds messages now.
@@ -67,8 +104,8 @@ func (d *Dispatcher) logReader() store.LogReader {
 }
 
 // claimParams is the claim for the current mode, or nil when this dispatcher should not claim:
-// a standby, or a log reader that has not caught up once yet. Beside a log reader, claims
-// only sweep messages the log did not carry.
+// a standby, a log reader that has not caught up once yet, or a sweep that is not due. Beside
+// a log reader, claims only sweep messages the log did not carry or left to polling.
 func (d *Dispatcher) claimParams() *store.ClaimParams {
 	p := &store.ClaimParams{Limit: d.cfg.BatchSize, Lease: d.cfg.Lease}
 	switch d.Mode() {
@@ -79,6 +116,11 @@ func (d *Dispatcher) claimParams() *store.ClaimParams {
 		if caughtUp == 0 {
 			return nil
 		}
+		now := time.Now()
+		if now.UnixNano() > d.logs.busyUntil.Load() && now.Sub(time.Unix(0, d.logs.sweptAt.Load())) < d.sweepEvery() {
+			return nil
+		}
+		d.logs.sweptAt.Store(now.UnixNano())
 		p.WrittenBefore = time.Unix(0, caughtUp).Add(-d.cfg.SweepAfter)
 	}
 	return p
@@ -102,6 +144,7 @@ func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 		// stop finishes the batch in hand.
 		Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
 			out := d.deliver(ctx, msgs)
+			d.followUp(out)
 			return &store.LogOutcome{Delivered: out.delivered, Failures: out.failures, Unattempted: out.unattempted}
 		},
 		Status:    d.logStatus,

@@ -26,9 +26,11 @@ var logDatabases = []func(*testing.T) sharedDB{sharedPostgres, sharedMySQL}
 type claimCounter struct {
 	*sqlstore.Store
 	claimed atomic.Int64
+	calls   atomic.Int64
 }
 
 func (c *claimCounter) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimResult, error) {
+	c.calls.Add(1)
 	res, err := c.Store.Claim(ctx, p)
 	if err == nil {
 		c.claimed.Add(int64(len(res.Messages)))
@@ -114,6 +116,44 @@ func TestDispatcherReadsTheChangeLog(t *testing.T) {
 			require.Equal(t, 200, all, "no duplicates")
 			requireKeyOrder(t, pub.Messages("log"))
 			require.Zero(t, counter.claimed.Load(), "no message was claimed: the log carried them all")
+		})
+	}
+}
+
+// Beside a log reader with nothing to sweep, the sweep claims every quarter of SweepAfter (at
+// most every 15 s), not at the polling pace; while a failed message waits for its retry it
+// comes back at the polling pace and delivers it.
+func TestSweepKeepsItsPace(t *testing.T) {
+	for _, newDB := range logDatabases {
+		shared := newDB(t)
+		t.Run(shared.name, func(t *testing.T) {
+			_, db, st := shared.prepare(t)
+			pub := outboxtest.NewPublisher()
+			var failOnce atomic.Bool
+			failOnce.Store(true)
+			pub.Fail = func(_ string, m *message.Message) error {
+				if string(m.Payload) == "b-0" && failOnce.CompareAndSwap(true, false) {
+					return errors.New("refused once")
+				}
+				return nil
+			}
+			counter := &claimCounter{Store: st}
+			startDispatcher(t, counter, pub, fast(dispatcher.Config{
+				PollInterval: 10 * time.Millisecond, SweepAfter: time.Minute, RetryInitial: 300 * time.Millisecond, RetryMax: 300 * time.Millisecond,
+			}))
+			writeN(t, db, st, "a", 10)
+			waitPublished(t, pub, "log", 10)
+			before := counter.calls.Load()
+			time.Sleep(2500 * time.Millisecond)
+			idle := counter.calls.Load() - before
+			t.Logf("%d sweep claims in 2.5 s idle", idle)
+			require.LessOrEqual(t, idle, int64(1), "one sweep in 15 s, not one per poll interval")
+
+			// b-0 fails once, and its key waits: the sweep delivers them after its retry.
+			writeN(t, db, st, "b", 10)
+			require.Eventually(t, func() bool { d, _ := distinctPublished(pub, "log"); return d == 20 }, 5*time.Second, 10*time.Millisecond,
+				"the failed message is delivered when its retry is due, not at the next idle sweep")
+			requireKeyOrder(t, pub.Messages("log"))
 		})
 	}
 }

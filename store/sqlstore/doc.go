@@ -1,0 +1,29 @@
+// Package sqlstore is the outbox store shared by the SQL databases: one [Store] type whose
+// queries differ by [Dialect] (SQLite, Postgres, MySQL/MariaDB). Applications use it through
+// the database packages, pgstore, mysqlstore and sqlitestore, which open the database with
+// the settings it needs and pass the [Hooks] of what only that database can do: wake-ups
+// from other processes, extra migration steps, and reading its change log.
+//
+// # Schema
+//
+// [Store.Migrate] applies the dialect's migrations, for the configured table name, under a
+// lock so that instances starting together apply each step once; the same SQL is in each
+// database package's migrations folder for your own migration tool. [Store.Check] names
+// what is missing: the database, the table ([store.ErrNotMigrated]) or a right
+// ([store.ErrPermission]).
+//
+// # Claims
+//
+// Claims take due messages by state, not by an id cursor, with a lease (claimed_until), and
+// skip a key while an earlier message of it is pending elsewhere, so that several
+// dispatchers keep each key's order. On Postgres and MySQL they use FOR UPDATE SKIP LOCKED
+// and take turns through a lock held for the claim alone; on SQLite the database lock does
+// that.
+//
+// # Change log readers
+//
+// [Store.PublishLog] and [LogBatch.Record] are the two halves of delivering messages read
+// from a change log: publishing skips what polling delivered or holds, and hands a key over
+// to polling behind a message it holds; recording marks the outcome, with the reader's
+// position when it keeps one, in one transaction.
+package sqlstore

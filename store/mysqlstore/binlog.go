@@ -194,9 +194,9 @@ func (r *reader) identify(ctx context.Context) error {
 		return unavailable("the DSN names no database and the table %s is not qualified", r.s.Table())
 	}
 	r.posTable = positionTable(r.schema, r.s.TableName())
-	// The lock is named after the resolved database and table, not the configured name
-	// (s.LockName): unqualified tables in different databases are different outboxes, and
-	// "app.outbox" and "outbox" in database app are the same one.
+	// The lock is named after the resolved database and table, not the configured name:
+	// unqualified tables in different databases are different outboxes, and "app.outbox"
+	// and "outbox" in database app are the same one.
 	id := r.schema + "." + r.s.TableName()
 	if r.fold {
 		id = strings.ToLower(id)

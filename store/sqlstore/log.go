@@ -279,9 +279,6 @@ func inChunks[T any](vs []T, size int, f func([]T) error) error {
 	return nil
 }
 
-// LockName is the MySQL named lock (GET_LOCK) for purpose, one per outbox table.
-func (s *Store) LockName(purpose string) string { return s.t.lockName(purpose) }
-
 // LockKey is the Postgres advisory lock key for purpose, one per outbox table.
 func (s *Store) LockKey(purpose string) int64 { return s.t.lockKey(purpose) }
 

@@ -121,13 +121,13 @@ func (s *Store) tryLockSession(ctx context.Context, conn *sql.Conn, purpose stri
 			}
 		}, true, nil
 	case claimNamedLock:
-		name := s.t.lockName(purpose)
+		expr, name := s.t.lockName(purpose)
 		var got sql.NullInt64
-		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", name).Scan(&got); err != nil || got.Int64 != 1 {
+		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK("+expr+", 0)", name).Scan(&got); err != nil || got.Int64 != 1 {
 			return nil, false, err
 		}
 		return func() {
-			if _, err := conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK(?)", name); err != nil {
+			if _, err := conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK("+expr+")", name); err != nil {
 				discard(conn)
 			}
 		}, true, nil

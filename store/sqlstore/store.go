@@ -267,9 +267,9 @@ func (s *Store) lockSession(ctx context.Context, conn *sql.Conn, purpose string,
 			}
 		}, nil
 	case claimNamedLock:
-		name := s.t.lockName(purpose)
+		expr, name := s.t.lockName(purpose)
 		var got sql.NullInt64
-		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, ?)", name, int(wait.Seconds())).Scan(&got); err != nil {
+		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK("+expr+", ?)", name, int(wait.Seconds())).Scan(&got); err != nil {
 			return nil, fmt.Errorf("take lock %s: %w", name, err)
 		}
 		if got.Int64 != 1 {
@@ -278,7 +278,7 @@ func (s *Store) lockSession(ctx context.Context, conn *sql.Conn, purpose string,
 		return func() {
 			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
-			if _, err := conn.ExecContext(uctx, "SELECT RELEASE_LOCK(?)", name); err != nil {
+			if _, err := conn.ExecContext(uctx, "SELECT RELEASE_LOCK("+expr+")", name); err != nil {
 				discard(conn)
 			}
 		}, nil

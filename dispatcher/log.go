@@ -54,8 +54,8 @@ type logState struct {
 }
 
 // sweepEvery is how often the sweep claims when nothing calls for it sooner: a quarter of
-// SweepAfter, so that a message the log did not carry waits at most about 1.25 SweepAfter,
-// and at most 15 s.
+// SweepAfter, at most 15 s. A message the log did not carry waits SweepAfter and at most
+// that much more.
 func (d *Dispatcher) sweepEvery() time.Duration {
 	return min(d.cfg.SweepAfter/4, 15*time.Second)
 }

@@ -126,11 +126,15 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	r := &run{stop: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
 	d.run = r
 	var workers sync.WaitGroup
+	lr := d.logReader()
+	if lr != nil {
+		// Before the workers start: until the reader reports, their claims would race it.
+		d.logs.mode.Store(int32(ModeStandby))
+	}
 	for range d.cfg.Workers {
 		workers.Go(func() { d.loop(ctx, r) })
 	}
-	if lr := d.logReader(); lr != nil {
-		d.logs.mode.Store(int32(ModeStandby)) // until the reader reports: claims would race it
+	if lr != nil {
 		workers.Go(func() { d.readLog(ctx, r, lr) })
 	}
 	if op, ok := d.st.(store.Operator); ok && d.cfg.Retention > 0 {

@@ -293,3 +293,36 @@ func failuresInKeyOrder(t *testing.T, shared sharedDB) {
 	require.GreaterOrEqual(t, failures.Load(), int64(3))
 	outboxtest.RequireNotWritten(t, st, nil, outboxtest.Want{State: store.Pending})
 }
+
+// silentLog is a store whose change log reader never reports: a dispatcher that reads the
+// log must not claim meanwhile, as its claims would race the instance that reads it.
+type silentLog struct {
+	*claimCounter
+}
+
+func (l silentLog) Capabilities() store.Capabilities {
+	c := l.Store.Capabilities()
+	c.ChangeLog = true
+	return c
+}
+
+func (l silentLog) ReadLog(ctx context.Context, _ store.LogConsumer) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// Until its log reader reports, a dispatcher claims nothing, from its very first moment: a
+// claim at start would race the instance that reads the log, and publish a batch twice.
+func TestNoClaimsBeforeTheLogReaderReports(t *testing.T) {
+	_, db, st := sharedSQLite(t).prepare(t)
+	writeN(t, db, st, "a", 10)
+	for range 20 {
+		counter := &claimCounter{Store: st}
+		d, err := dispatcher.New(silentLog{counter}, outboxtest.NewPublisher(), fast(dispatcher.Config{Workers: 64}))
+		require.NoError(t, err)
+		require.NoError(t, d.Start(context.Background()))
+		time.Sleep(20 * time.Millisecond)
+		require.NoError(t, d.Stop(context.Background()))
+		require.Zero(t, counter.calls.Load(), "a dispatcher whose log reader has not reported claimed")
+	}
+}

@@ -45,9 +45,11 @@ func TestInspectLogFollowsTheReader(t *testing.T) {
 	write(t, db, st, store.Message{Topic: "orders", Payload: []byte("1")})
 	require.Eventually(t, func() bool { return len(rec.delivered()) == 1 }, 15*time.Second, 10*time.Millisecond)
 	before := s.Position.UpdatedAt
-	s, err = mysqlstore.InspectLog(ctx, db, database+".outbox")
-	require.NoError(t, err)
-	require.True(t, s.Position.UpdatedAt.After(before), "the batch stored its position")
+	// The batch's outcome and position are recorded while the reader goes on.
+	require.Eventually(t, func() bool {
+		s, err = mysqlstore.InspectLog(ctx, db, database+".outbox")
+		return err == nil && s.Position != nil && s.Position.UpdatedAt.After(before)
+	}, 15*time.Second, 10*time.Millisecond, "the batch stored its position")
 	require.ErrorIs(t, rr.stop(t), context.Canceled)
 
 	s, err = mysqlstore.InspectLog(ctx, db, "")

@@ -190,6 +190,7 @@ type reader struct {
 	// the backlog. taken wakes the receiver when the deliverer takes some.
 	queued atomic.Int64
 	taken  chan struct{}
+	carry  *txn // taken from the queue, and first in the next batch
 }
 
 // check tells why the log cannot be read, as an error wrapping store.ErrLogUnavailable.
@@ -237,9 +238,11 @@ func (r *reader) check(ctx context.Context) error {
 }
 
 // txn is the outbox messages of one committed transaction.
+// A transaction larger than a batch is handed over in parts of at most a batch; only its
+// last part carries end, which is confirmed once every part is recorded.
 type txn struct {
 	msgs []sqlstore.LogMessage
-	end  pglogrepl.LSN
+	end  pglogrepl.LSN // the commit's end; 0 for a part that is not the last
 }
 
 // run streams from the slot until ctx ends or the connection fails. One goroutine owns the
@@ -430,6 +433,13 @@ func (r *reader) receive(ctx context.Context, conn *pgconn.PgConn, txns chan<- t
 					r.mu.Lock()
 					r.inFlight++
 					r.mu.Unlock()
+					for len(cur.msgs) > r.c.Batch() {
+						part := txn{msgs: cur.msgs[:r.c.Batch():r.c.Batch()]}
+						cur.msgs = cur.msgs[r.c.Batch():]
+						if err := r.hand(ctx, conn, txns, part, send); err != nil {
+							return err
+						}
+					}
 					if err := r.hand(ctx, conn, txns, *cur, send); err != nil {
 						return err
 					}
@@ -492,6 +502,13 @@ func (r *reader) deliver(ctx context.Context, txns <-chan txn) (err error) {
 	tick := time.NewTicker(sampleEvery)
 	defer tick.Stop()
 	for {
+		if t := r.carry; t != nil && ctx.Err() == nil {
+			r.carry = nil
+			if err := r.publishBatch(ctx, rec, *t, txns); err != nil {
+				return err
+			}
+			continue
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -515,39 +532,63 @@ func (r *reader) deliver(ctx context.Context, txns <-chan txn) (err error) {
 				r.c.Status(store.LogStatus{Reading: true, CaughtUp: caughtUp, LagBytes: lag})
 			}
 		case t := <-txns:
-			batch := []txn{t}
-			n := len(t.msgs)
-		more:
-			for n < r.c.Batch() {
-				select {
-				case t := <-txns:
-					batch = append(batch, t)
-					n += len(t.msgs)
-				default:
-					break more
-				}
-			}
-			r.queued.Add(-int64(n))
-			select {
-			case r.taken <- struct{}{}:
-			default:
-			}
-			msgs := make([]sqlstore.LogMessage, 0, n)
-			for _, t := range batch {
-				msgs = append(msgs, t.msgs...)
-			}
-			if rec.holdsKeys {
-				if err := rec.wait(); err != nil {
-					return err
-				}
-			}
-			published, err := r.s.PublishLog(ctx, r.c, msgs)
-			if err != nil {
+			if err := r.publishBatch(ctx, rec, t, txns); err != nil {
 				return err
 			}
-			rec.add(published, len(batch), batch[len(batch)-1].end)
 		}
 	}
+}
+
+// publishBatch publishes first and what else is at hand, up to a batch, and queues the
+// outcome for recording with the transactions it completes.
+func (r *reader) publishBatch(ctx context.Context, rec *recorder, first txn, txns <-chan txn) error {
+	batch := []txn{first}
+	n := len(first.msgs)
+	taken := n
+	defer func() {
+		r.queued.Add(-int64(taken))
+		select {
+		case r.taken <- struct{}{}:
+		default:
+		}
+	}()
+more:
+	for n < r.c.Batch() {
+		select {
+		case t := <-txns:
+			taken += len(t.msgs)
+			if n+len(t.msgs) > r.c.Batch() {
+				r.carry = &t // the next batch starts with it
+				break more
+			}
+			batch = append(batch, t)
+			n += len(t.msgs)
+		default:
+			break more
+		}
+	}
+	msgs := make([]sqlstore.LogMessage, 0, n)
+	var (
+		whole int           // transactions this batch completes
+		end   pglogrepl.LSN // the last one's end
+	)
+	for _, t := range batch {
+		msgs = append(msgs, t.msgs...)
+		if t.end != 0 {
+			whole, end = whole+1, t.end
+		}
+	}
+	if rec.holdsKeys {
+		if err := rec.wait(); err != nil {
+			return err
+		}
+	}
+	published, err := r.s.PublishLog(ctx, r.c, msgs)
+	if err != nil {
+		return err
+	}
+	rec.add(published, whole, end)
+	return nil
 }
 
 // cmpErr returns the first non-nil error.

@@ -29,8 +29,10 @@
 // missing, and dispatchers poll. One reader per outbox holds the slot; other instances wait on
 // an advisory lock and take over within about a second. The reader confirms to the server the
 // commit position of transactions whose messages are all recorded, and, when idle, the end of
-// the WAL, so that the slot does not keep WAL on a quiet outbox. A batch is recorded while the
-// next is published: after a crash at most those two batches are published again. A slot that
+// the WAL, so that the slot does not keep WAL on a quiet outbox. A batch holds at most the
+// consumer's batch size (a larger transaction is cut, and read again from its start after a
+// crash, skipping what was marked), and is recorded while the next is published: after a
+// crash at most those two batches are published again. A slot that
 // no reader consumes keeps WAL on the server: drop it (pg_drop_replication_slot) if the
 // outbox is retired, or set max_slot_wal_keep_size, past which the server invalidates it:
 // dispatchers then poll (the sweep delivers what the log lost) until the slot is dropped and

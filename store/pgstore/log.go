@@ -544,21 +544,12 @@ func (r *reader) deliver(ctx context.Context, txns <-chan txn) (err error) {
 func (r *reader) publishBatch(ctx context.Context, rec *recorder, first txn, txns <-chan txn) error {
 	batch := []txn{first}
 	n := len(first.msgs)
-	taken := n
-	defer func() {
-		r.queued.Add(-int64(taken))
-		select {
-		case r.taken <- struct{}{}:
-		default:
-		}
-	}()
 more:
 	for n < r.c.Batch() {
 		select {
 		case t := <-txns:
-			taken += len(t.msgs)
 			if n+len(t.msgs) > r.c.Batch() {
-				r.carry = &t // the next batch starts with it
+				r.carry = &t // the next batch starts with it, and counts it as taken
 				break more
 			}
 			batch = append(batch, t)
@@ -566,6 +557,11 @@ more:
 		default:
 			break more
 		}
+	}
+	r.queued.Add(-int64(n))
+	select {
+	case r.taken <- struct{}{}:
+	default:
 	}
 	msgs := make([]sqlstore.LogMessage, 0, n)
 	var (

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -11,6 +13,17 @@ import (
 // replication slot or a purged log position. Dispatchers then poll, and try the log again
 // later.
 var ErrLogUnavailable = errors.New("outbox: change log unavailable")
+
+// LogUnavailable returns an error wrapping ErrLogUnavailable that says why.
+func LogUnavailable(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrLogUnavailable, fmt.Sprintf(format, args...))
+}
+
+// LogUnavailableReason is the reason an error from LogUnavailable gives, without the
+// sentinel's own words.
+func LogUnavailableReason(err error) string {
+	return strings.TrimPrefix(err.Error(), ErrLogUnavailable.Error()+": ")
+}
 
 // LogReader is implemented by stores that read written messages from the database's change
 // log (Postgres logical replication, the MySQL binlog) as their transactions commit, so that

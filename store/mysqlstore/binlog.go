@@ -50,11 +50,6 @@ const (
 	maxSamples = 32
 )
 
-// unavailable returns an error wrapping store.ErrLogUnavailable with the reason.
-func unavailable(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", store.ErrLogUnavailable, fmt.Sprintf(format, args...))
-}
-
 const privilegesNeeded = "the user needs the REPLICATION SLAVE and REPLICATION CLIENT privileges (on MariaDB: REPLICATION SLAVE and BINLOG MONITOR), e.g. GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO <user>"
 
 // MySQL error numbers the reader tells apart.
@@ -88,12 +83,12 @@ type querier interface {
 // the position stored with the last batch, while it holds the outbox's log lock.
 func readLog(ctx context.Context, s *sqlstore.Store, c store.LogConsumer, conn *mysql.Config) error {
 	if conn == nil {
-		return unavailable("the binlog connection needs the database handle's connection settings: open the database with mysqlstore.Open")
+		return store.LogUnavailable("the binlog connection needs the database handle's connection settings: open the database with mysqlstore.Open")
 	}
 	switch conn.Net {
 	case "tcp", "tcp4", "tcp6", "unix":
 	default:
-		return unavailable("the binlog connection dials tcp or unix sockets only, not %q", conn.Net)
+		return store.LogUnavailable("the binlog connection dials tcp or unix sockets only, not %q", conn.Net)
 	}
 	lockConn, err := s.DB().Conn(ctx)
 	if err != nil {
@@ -191,7 +186,7 @@ func (r *reader) identify(ctx context.Context) error {
 		r.schema = db.String
 	}
 	if r.schema == "" {
-		return unavailable("the DSN names no database and the table %s is not qualified", r.s.Table())
+		return store.LogUnavailable("the DSN names no database and the table %s is not qualified", r.s.Table())
 	}
 	r.posTable = positionTable(r.schema, r.s.TableName())
 	// The lock is named after the resolved database and table, not the configured name:
@@ -277,13 +272,13 @@ func (r *reader) check(ctx context.Context) error {
 	}
 	switch {
 	case logBin.Int64 != 1:
-		return unavailable("the server writes no binlog: start it with log_bin, binlog_format=ROW and binlog_row_image=FULL")
+		return store.LogUnavailable("the server writes no binlog: start it with log_bin, binlog_format=ROW and binlog_row_image=FULL")
 	case serverID.Int64 == 0:
-		return unavailable("server_id is 0: the server serves replicas only with a server_id")
+		return store.LogUnavailable("server_id is 0: the server serves replicas only with a server_id")
 	case !strings.EqualFold(format.String, "ROW"):
-		return unavailable("binlog_format is %s; the reader needs ROW", format.String)
+		return store.LogUnavailable("binlog_format is %s; the reader needs ROW", format.String)
 	case !strings.EqualFold(rowImag.String, "FULL"):
-		return unavailable("binlog_row_image is %s; the reader needs FULL", rowImag.String)
+		return store.LogUnavailable("binlog_row_image is %s; the reader needs FULL", rowImag.String)
 	}
 	for _, t := range []string{r.s.Table(), r.posTable} {
 		_, err := r.lockConn.ExecContext(ctx, "SELECT 1 FROM "+t+" WHERE 1 = 0")
@@ -293,16 +288,16 @@ func (r *reader) check(ctx context.Context) error {
 				return fmt.Errorf("outbox: log reader: %w", err)
 			}
 		case errNoSuchTable:
-			return unavailable("table %s does not exist: run Migrate, or the migration files", t)
+			return store.LogUnavailable("table %s does not exist: run Migrate, or the migration files", t)
 		case errTableDenied, errDBDenied:
-			return unavailable("cannot read table %s: %v", t, err)
+			return store.LogUnavailable("cannot read table %s: %v", t, err)
 		default:
 			return fmt.Errorf("outbox: log reader: %w", err)
 		}
 	}
 	if _, _, err := masterStatus(ctx, r.lockConn); err != nil {
 		if sqlErrNumber(err) == errSpecificDenied {
-			return unavailable("%s: %v", privilegesNeeded, err)
+			return store.LogUnavailable("%s: %v", privilegesNeeded, err)
 		}
 		return fmt.Errorf("outbox: log reader: %w", err)
 	}
@@ -642,7 +637,7 @@ func (r *reader) syncerConfig() (replication.BinlogSyncerConfig, error) {
 	if r.conn.Net != "unix" {
 		h, p, err := net.SplitHostPort(r.conn.Addr)
 		if err != nil {
-			return replication.BinlogSyncerConfig{}, unavailable("address %q: %v", r.conn.Addr, err)
+			return replication.BinlogSyncerConfig{}, store.LogUnavailable("address %q: %v", r.conn.Addr, err)
 		}
 		host = h
 		port, _ = strconv.Atoi(p)
@@ -724,7 +719,7 @@ func (r *reader) startStream(syncer *replication.BinlogSyncer, start position) (
 		switch me.Code {
 		case errAccessDenied, errSpecificDenied, errDBDenied, errTableDenied:
 			// Without REPLICATION SLAVE, registering as a replica fails with "access denied".
-			return nil, unavailable("cannot read the binlog (%s): %v", privilegesNeeded, err)
+			return nil, store.LogUnavailable("cannot read the binlog (%s): %v", privilegesNeeded, err)
 		case errFatalBinlogRead:
 			return nil, r.lostPosition(start, err)
 		}
@@ -738,7 +733,7 @@ func (r *reader) lostPosition(p position, err error) error {
 	if r.mariadb && len(p.gtids) > 0 {
 		at = "GTID " + formatGTIDs(p.gtids)
 	}
-	return unavailable("the binlog no longer holds the reader's position %s (purged, or the log was reset): %v; "+
+	return store.LogUnavailable("the binlog no longer holds the reader's position %s (purged, or the log was reset): %v; "+
 		"delete the row of %s to restart from the current position (the sweep delivers what was written meanwhile)", at, err, r.posTable)
 }
 
@@ -1206,7 +1201,7 @@ func (r *reader) sample(ctx context.Context) error {
 	s.file, s.pos, err = masterStatus(ctx, r.lockConn)
 	if err != nil {
 		if sqlErrNumber(err) == errSpecificDenied {
-			return unavailable("%s: %v", privilegesNeeded, err)
+			return store.LogUnavailable("%s: %v", privilegesNeeded, err)
 		}
 		return fmt.Errorf("outbox: log reader: read the binlog end: %w", err)
 	}

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/outboxgo/outbox/store"
@@ -70,7 +69,7 @@ func InspectLog(ctx context.Context, db *sql.DB, table string) (*LogState, error
 	// binlog cannot be read, so that they stay the reader's.
 	r := &reader{s: s, lockConn: conn}
 	if err := r.identify(ctx); errors.Is(err, store.ErrLogUnavailable) {
-		return &LogState{LagBytes: -1, Problem: unavailableReason(err)}, nil
+		return &LogState{LagBytes: -1, Problem: store.LogUnavailableReason(err)}, nil
 	} else if err != nil {
 		return nil, err
 	}
@@ -108,7 +107,7 @@ func InspectLog(ctx context.Context, db *sql.DB, table string) (*LogState, error
 		}
 	}
 	if err := r.check(ctx); errors.Is(err, store.ErrLogUnavailable) {
-		st.Problem = unavailableReason(err)
+		st.Problem = store.LogUnavailableReason(err)
 	} else if err != nil {
 		return nil, err
 	}
@@ -116,6 +115,3 @@ func InspectLog(ctx context.Context, db *sql.DB, table string) (*LogState, error
 }
 
 // unavailableReason is the reason in an error wrapping store.ErrLogUnavailable.
-func unavailableReason(err error) string {
-	return strings.TrimPrefix(err.Error(), store.ErrLogUnavailable.Error()+": ")
-}

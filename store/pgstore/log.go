@@ -214,9 +214,7 @@ func (r *reader) check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	unavailable := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", store.ErrLogUnavailable, fmt.Sprintf(format, args...))
-	}
+	unavailable := store.LogUnavailable
 	switch {
 	case walLevel != "logical":
 		return unavailable("wal_level is %s; set wal_level = logical and restart Postgres, then run Migrate to create the replication slot", walLevel)

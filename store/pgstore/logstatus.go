@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/outboxgo/outbox/store"
 )
@@ -88,7 +87,7 @@ func InspectLog(ctx context.Context, db *sql.DB, table string) (*LogState, error
 	// The reader's own check, so that the reason is the one ReadLog gives.
 	r := &reader{s: s, lockConn: conn, slot: st.Slot, pub: st.Publication}
 	if err := r.check(ctx); errors.Is(err, store.ErrLogUnavailable) {
-		st.Problem = strings.TrimPrefix(err.Error(), store.ErrLogUnavailable.Error()+": ")
+		st.Problem = store.LogUnavailableReason(err)
 	} else if err != nil {
 		return nil, fmt.Errorf("outbox: inspect the log of %s: %w", s.QualifiedName(), err)
 	}

@@ -74,18 +74,17 @@ func setUpLog(ctx context.Context, s *sqlstore.Store, conn *sql.Conn) error {
 		}
 	}
 	var (
-		walLevel string
-		slotDB   sql.NullString
+		walLevel, currentDB string
+		slotDB              sql.NullString // NULL without a slot
 	)
-	if err := conn.QueryRowContext(ctx, `SELECT current_setting('wal_level'), EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
-		(SELECT database FROM pg_replication_slots WHERE slot_name = $1 AND database <> current_database())`, slot).Scan(&walLevel, &exists, &slotDB); err != nil {
+	if err := conn.QueryRowContext(ctx, `SELECT current_setting('wal_level'), current_database(),
+		(SELECT database FROM pg_replication_slots WHERE slot_name = $1)`, slot).Scan(&walLevel, &currentDB, &slotDB); err != nil {
 		return err
 	}
-	if slotDB.Valid {
+	if slotDB.Valid && slotDB.String != currentDB {
 		s.Logger().Warn(slotElsewhere(slot, slotDB.String)+"; dispatchers will poll", "slot", slot)
-		return nil
 	}
-	if exists {
+	if slotDB.Valid {
 		return nil
 	}
 	if walLevel != "logical" {
@@ -196,21 +195,16 @@ type reader struct {
 // check tells why the log cannot be read, as an error wrapping store.ErrLogUnavailable.
 func (r *reader) check(ctx context.Context) error {
 	var (
-		walLevel  string
-		pubExists bool
-		slot      sql.NullString
-		plugin    sql.NullString
-		walStatus sql.NullString
-		relID     sql.NullInt64
-		slotDB    sql.NullString
+		walLevel, currentDB       string
+		pubExists                 bool
+		slotDB, plugin, walStatus sql.NullString // slotDB is NULL without a slot
+		relID                     sql.NullInt64
 	)
-	err := r.lockConn.QueryRowContext(ctx, `SELECT current_setting('wal_level'),
+	err := r.lockConn.QueryRowContext(ctx, `SELECT current_setting('wal_level'), current_database(),
 		EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2),
-		(SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()),
-		(SELECT plugin FROM pg_replication_slots WHERE slot_name = $1),
-		(SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1),
-		to_regclass($3)::oid::bigint,
-		(SELECT database FROM pg_replication_slots WHERE slot_name = $1)`, r.slot, r.pub, r.s.Table()).Scan(&walLevel, &pubExists, &slot, &plugin, &walStatus, &relID, &slotDB)
+		s.database, s.plugin, s.wal_status, to_regclass($3)::oid::bigint
+		FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, r.slot, r.pub, r.s.Table()).
+		Scan(&walLevel, &currentDB, &pubExists, &slotDB, &plugin, &walStatus, &relID)
 	if err != nil {
 		return err
 	}
@@ -218,13 +212,13 @@ func (r *reader) check(ctx context.Context) error {
 	switch {
 	case walLevel != "logical":
 		return unavailable("wal_level is %s; set wal_level = logical and restart Postgres, then run Migrate to create the replication slot", walLevel)
-	case !slot.Valid && slotDB.Valid:
+	case slotDB.Valid && slotDB.String != currentDB:
 		return unavailable("%s", slotElsewhere(r.slot, slotDB.String))
 	case !relID.Valid:
 		return unavailable("table %s does not exist; run Migrate", r.s.Table())
 	case !pubExists:
 		return unavailable("publication %s does not exist; run Migrate", r.pub)
-	case !slot.Valid:
+	case !slotDB.Valid:
 		return unavailable("replication slot %s does not exist; run Migrate to create it", r.slot)
 	case plugin.String != "pgoutput":
 		return unavailable("replication slot %s uses the %s plugin, not pgoutput", r.slot, plugin.String)

@@ -755,6 +755,8 @@ func decodeRow(rel *pglogrepl.RelationMessage, tuple *pglogrepl.TupleData) (sqls
 		case "created_at":
 			m.CreatedAt, err = decodeTimestamptz(v.Data, binary)
 			seen |= 16
+		case "state":
+			m.LogOnly = string(v.Data) == sqlstore.LogOnlyState
 		}
 		if err != nil {
 			return m, fmt.Errorf("column %s: %w", col.Name, err)

@@ -80,7 +80,7 @@ func (c *consumer) waitFor(t *testing.T, n int, within time.Duration) {
 
 // startReader runs ReadLog in the background; the returned function stops it and returns
 // its error.
-func startReader(st *sqlstore.Store, c *consumer) (stop func() error) {
+func startReader(st *sqlstore.Store, c interface{ LogConsumer() store.LogConsumer }) (stop func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- st.ReadLog(ctx, c.LogConsumer()) }()

@@ -82,7 +82,19 @@ func New(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if _, ok := db.Driver().(*stdlib.Driver); !ok {
 		return nil, fmt.Errorf("outbox: pgstore.New: db uses %T; open it with pgstore.Open or pgx's stdlib driver", db.Driver())
 	}
-	return sqlstore.New(db, sqlstore.Postgres(), cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, ReadLog: readLog})
+	return sqlstore.New(db, sqlstore.Postgres(), cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, ReadLog: readLog, LogOnly: logOnly})
+}
+
+// logOnly is ready while the outbox's slot and publication exist: then the WAL keeps what is
+// written, for its reader, until the reader confirms it.
+func logOnly(s *sqlstore.Store) sqlstore.LogOnlyHook {
+	slot, pub := Names(s.QualifiedName())
+	return sqlstore.LogOnlyHook{
+		// Names are lower-case letters, digits and underscores: safe as literals.
+		Ready: "EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '" + slot + "' AND database = current_database() AND restart_lsn IS NOT NULL)" +
+			" AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '" + pub + "')",
+		NotReady: fmt.Sprintf("replication slot %s (of this database, and not invalidated) and publication %s are needed: run Migrate on a server with wal_level = logical", slot, pub),
+	}
 }
 
 // listen holds one connection in LISTEN and wakes on every notification. The connection is

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -18,6 +19,10 @@ var _ store.LogReader = (*Store)(nil)
 // LogMessage is a message read from the change log, with the seq of its row.
 type LogMessage struct {
 	Seq int64
+	// LogOnly is true for a row that a log-only store wrote and deleted at once ([Config].LogOnly):
+	// it is not in the table, so its outcome is recorded by inserting it (failed, or handed
+	// over to polling), or not at all (delivered).
+	LogOnly bool
 	store.Message
 }
 
@@ -50,6 +55,9 @@ type LogBatch struct {
 	delivered []int64
 	failures  []store.Failure
 	handOver  []int64
+	// logOnly are the batch's log-only messages by id, and their seqs: those failed or handed
+	// over are inserted into the table for polling.
+	logOnly map[string]LogMessage
 }
 
 // HoldsKeys reports whether recording the batch will hold back keys (failed or handed-over
@@ -61,6 +69,16 @@ func (b *LogBatch) Merge(o *LogBatch) {
 	b.delivered = append(b.delivered, o.delivered...)
 	b.failures = append(b.failures, o.failures...)
 	b.handOver = append(b.handOver, o.handOver...)
+	for _, m := range o.logOnly {
+		b.keepLogOnly(m)
+	}
+}
+
+func (b *LogBatch) keepLogOnly(m LogMessage) {
+	if b.logOnly == nil {
+		b.logOnly = map[string]LogMessage{}
+	}
+	b.logOnly[m.ID] = m
 }
 
 // PublishLog hands msgs, read from the change log in commit order, to c.Deliver, and
@@ -86,6 +104,9 @@ func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogM
 			continue
 		}
 		seqOf[m.ID] = m.Seq
+		if m.LogOnly {
+			batch.keepLogOnly(m)
+		}
 		if m.Key != "" {
 			if from, ok := heldFrom[m.Key]; (ok && from < m.Seq) || blocked[m.Key] {
 				blocked[m.Key] = true
@@ -102,7 +123,11 @@ func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogM
 	seen := make(map[string]bool, len(deliver))
 	for _, id := range out.Delivered {
 		if seq, ok := seqOf[id]; ok && !seen[id] {
-			batch.delivered = append(batch.delivered, seq)
+			if _, logOnly := batch.logOnly[id]; logOnly {
+				delete(batch.logOnly, id) // no row to mark
+			} else {
+				batch.delivered = append(batch.delivered, seq)
+			}
 		}
 		seen[id] = true
 	}
@@ -129,7 +154,7 @@ func (b *LogBatch) Record(ctx context.Context, checkpoint func(context.Context, 
 	bo := backoff.WithContext(backoff.WithMaxRetries(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxElapsedTime(0)), 4), rctx)
 	return backoff.Retry(func() error {
-		return b.s.recordLog(rctx, b.delivered, b.failures, b.handOver, checkpoint)
+		return b.s.recordLog(rctx, b, checkpoint)
 	}, bo)
 }
 
@@ -144,8 +169,12 @@ const visibleWithin = 200 * time.Millisecond
 // key with held messages the lowest held seq. Rows are looked up by seq, the primary key.
 func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int64]bool, heldFrom map[string]int64, err error) {
 	missing := make([]int64, len(msgs))
+	logOnly := map[int64]bool{}
 	for i, m := range msgs {
 		missing[i] = m.Seq
+		if m.LogOnly {
+			logOnly[m.Seq] = true
+		}
 	}
 	ready = make(map[int64]bool, len(msgs))
 	deadline := time.Now().Add(visibleWithin)
@@ -153,7 +182,7 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int
 		found := make(map[int64]bool, len(missing))
 		err = inChunks(missing, s.d.maxParams-8, func(seqs []int64) error {
 			b := builder{d: s.d}
-			rows, err := s.db.QueryContext(ctx, "SELECT seq, CASE WHEN state = 'pending' AND held = 0 THEN 1 ELSE 0 END FROM "+s.t.String()+
+			rows, err := s.db.QueryContext(ctx, "SELECT seq, CASE WHEN (state = 'pending' AND held = 0) OR state = '"+LogOnlyState+"' THEN 1 ELSE 0 END FROM "+s.t.String()+
 				" WHERE "+b.inSeqs("seq", seqs), b.args...)
 			if err != nil {
 				return err
@@ -175,7 +204,15 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int
 		if err != nil {
 			return nil, nil, err
 		}
-		missing = slices.DeleteFunc(missing, func(seq int64) bool { return found[seq] })
+		// A log-only row is not in the table, unless its outcome was recorded there (it
+		// failed, or was handed over, before a crash): then polling owns it.
+		missing = slices.DeleteFunc(missing, func(seq int64) bool {
+			if logOnly[seq] && !found[seq] {
+				ready[seq] = true
+				return true
+			}
+			return found[seq]
+		})
 		if len(missing) == 0 || time.Now().Add(wait).After(deadline) {
 			break
 		}
@@ -211,7 +248,8 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int
 // recordLog records a log batch's outcome, and the reader's checkpoint, in one transaction.
 // Rows a sweep claimed meanwhile are left to it, except that an acknowledged message is
 // marked delivered whoever holds it.
-func (s *Store) recordLog(ctx context.Context, delivered []int64, failures []store.Failure, handOver []int64, checkpoint func(context.Context, *sql.Tx) error) error {
+func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(context.Context, *sql.Tx) error) error {
+	delivered, failures, handOver := batch.delivered, batch.failures, batch.handOver
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("outbox: record logged messages in %s: %w", s.t, err)
@@ -240,6 +278,13 @@ func (s *Store) recordLog(ctx context.Context, delivered []int64, failures []sto
 		if f.Park {
 			state = store.Parked
 		}
+		if m, ok := batch.logOnly[f.ID]; ok {
+			err := s.insertLogOnly(ctx, tx, m, string(state), 1, f.Error, now.Add(f.RetryAfter), time.Time{})
+			if err != nil {
+				return fmt.Errorf("outbox: record failure of log-only message %s in %s: %w", f.ID, s.t, err)
+			}
+			continue
+		}
 		q := "UPDATE " + t + " SET attempts = attempts + 1, state = " + b.arg(string(state)) +
 			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.arg(s.d.timeArg(now.Add(f.RetryAfter))) +
 			" WHERE state = 'pending' AND claimed_until = " + s.d.epoch + " AND id = " + b.arg(f.ID)
@@ -249,6 +294,24 @@ func (s *Store) recordLog(ctx context.Context, delivered []int64, failures []sto
 	}
 	// A handed-over message gets an expired claim: that makes it held, which a sweep claims
 	// at once and which holds back the later messages of its key.
+	if len(batch.logOnly) > 0 {
+		rest := handOver[:0:0]
+		bySeq := make(map[int64]LogMessage, len(batch.logOnly))
+		for _, m := range batch.logOnly {
+			bySeq[m.Seq] = m
+		}
+		for _, seq := range handOver {
+			m, ok := bySeq[seq]
+			if !ok {
+				rest = append(rest, seq)
+				continue
+			}
+			if err := s.insertLogOnly(ctx, tx, m, string(store.Pending), 0, "", now, now); err != nil {
+				return fmt.Errorf("outbox: hand log-only message %s over to polling in %s: %w", m.ID, s.t, err)
+			}
+		}
+		handOver = rest
+	}
 	err = inChunks(handOver, s.d.maxParams-8, func(seqs []int64) error {
 		b := builder{d: s.d}
 		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET claimed_until = "+b.arg(s.d.timeArg(now))+
@@ -267,6 +330,30 @@ func (s *Store) recordLog(ctx context.Context, delivered []int64, failures []sto
 		return fmt.Errorf("outbox: record logged messages in %s: %w", s.t, err)
 	}
 	return nil
+}
+
+// insertLogOnly puts a log-only message into the table, under the seq it was written with,
+// so that polling retries it in its place; a row already there (recorded before a crash)
+// stays as it is. Postgres only, like log-only writes.
+func (s *Store) insertLogOnly(ctx context.Context, tx *sql.Tx, m LogMessage, state string, attempts int, lastError string, nextAttempt, claimedUntil time.Time) error {
+	headers, err := store.EncodeHeaders(m.Headers)
+	if err != nil {
+		return err
+	}
+	b := builder{d: s.d}
+	claimed := s.d.epoch
+	if !claimedUntil.IsZero() {
+		claimed = b.arg(s.d.timeArg(claimedUntil))
+	}
+	var lastErr any
+	if lastError != "" {
+		lastErr = lastError
+	}
+	_, err = tx.ExecContext(ctx, "INSERT INTO "+s.t.String()+" (seq, id, topic, message_key, payload, headers, created_at, state, attempts, last_error, next_attempt_at, claimed_until) OVERRIDING SYSTEM VALUE VALUES ("+
+		strings.Join([]string{b.arg(m.Seq), b.arg(m.ID), b.arg(m.Topic), b.arg(m.Key), b.arg(payloadArg(m.Payload)), b.arg(headers),
+			b.arg(s.d.timeArg(m.CreatedAt)), b.arg(state), b.arg(attempts), b.arg(lastErr), b.arg(s.d.timeArg(nextAttempt)), claimed}, ",")+
+		") ON CONFLICT DO NOTHING", b.args...)
+	return err
 }
 
 // inChunks calls f with consecutive parts of vs, each at most size long.

@@ -35,6 +35,13 @@ type Config struct {
 	// Logger receives the store's logs (a lost notification listener). Defaults to
 	// slog.Default().
 	Logger *slog.Logger
+	// LogOnly makes Write insert each message and delete it again in the same transaction,
+	// so that the table stays empty and the change log alone carries the message: no table
+	// growth, no row to mark delivered. Only stores whose change log can be checked at write
+	// time allow it (Postgres; see pgstore). There is no polling fallback for such messages:
+	// Write refuses them, with an error wrapping store.ErrLogUnavailable, while the log
+	// cannot carry them.
+	LogOnly bool
 }
 
 // Listener waits for notifications that messages were written, from any process, and calls
@@ -59,6 +66,18 @@ type Hooks struct {
 	Migrate func(ctx context.Context, s *Store, conn *sql.Conn) error
 	// ReadLog reads the database's change log; see [store.LogReader].
 	ReadLog func(ctx context.Context, s *Store, c store.LogConsumer) error
+	// LogOnly lets [Config].LogOnly be set: it says how Write of s knows that the log will
+	// carry what it writes.
+	LogOnly func(s *Store) LogOnlyHook
+}
+
+// LogOnlyHook tells Write of a log-only store whether the change log will carry its messages.
+type LogOnlyHook struct {
+	// Ready is a SQL condition, true while the log will carry a message written now (Postgres:
+	// the outbox's replication slot exists and is valid). Write inserts only where it holds.
+	Ready string
+	// NotReady says what is missing when Ready is false.
+	NotReady string
 }
 
 // Store is an outbox table in a SQL database. It implements [store.Store] and
@@ -72,6 +91,7 @@ type Store struct {
 	log      *slog.Logger
 	listener Listener
 	hooks    Hooks
+	logOnly  *LogOnlyHook // set when Config.LogOnly
 
 	mu           sync.Mutex
 	subs         map[chan struct{}]struct{}
@@ -108,7 +128,10 @@ func New(db *sql.DB, d Dialect, cfg Config, hooks Hooks) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Store{
+	if cfg.LogOnly && (hooks.LogOnly == nil || hooks.ReadLog == nil) {
+		return nil, fmt.Errorf("outbox: Config.LogOnly: the %s store cannot check at write time that its change log carries messages (use Postgres)", d.name)
+	}
+	s := &Store{
 		db:       db,
 		d:        d,
 		t:        t,
@@ -118,7 +141,12 @@ func New(db *sql.DB, d Dialect, cfg Config, hooks Hooks) (*Store, error) {
 		listener: hooks.Listen,
 		hooks:    hooks,
 		subs:     make(map[chan struct{}]struct{}),
-	}, nil
+	}
+	if cfg.LogOnly {
+		h := hooks.LogOnly(s)
+		s.logOnly = &h
+	}
+	return s, nil
 }
 
 // DB is the database handle the store was made with.
@@ -163,6 +191,24 @@ func (s *Store) Check(ctx context.Context) error {
 			}
 			return fmt.Errorf("outbox: check table %s: %w", s.t, err)
 		}
+	}
+	return s.checkLogOnly(ctx, tx)
+}
+
+// checkLogOnly returns an error wrapping store.ErrLogUnavailable when the store is log-only
+// and its change log would not carry a message written now.
+func (s *Store) checkLogOnly(ctx context.Context, db interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) error {
+	if s.logOnly == nil {
+		return nil
+	}
+	var ready bool
+	if err := db.QueryRowContext(ctx, "SELECT "+s.logOnly.Ready).Scan(&ready); err != nil {
+		return fmt.Errorf("outbox: check the change log of log-only table %s: %w", s.t, err)
+	}
+	if !ready {
+		return store.LogUnavailable("log-only table %s: %s", s.t, s.logOnly.NotReady)
 	}
 	return nil
 }
@@ -223,6 +269,9 @@ func (s *Store) Migrate(ctx context.Context) error {
 		if err := s.hooks.Migrate(ctx, s, conn); err != nil {
 			return fmt.Errorf("outbox: migrate: %w", err)
 		}
+	}
+	if err := s.checkLogOnly(ctx, conn); err != nil {
+		return fmt.Errorf("outbox: migrate: %w", err)
 	}
 	return nil
 }
@@ -384,6 +433,12 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 	now := s.d.timeArg(s.now())
 	for start, end := 0, 0; start < len(msgs); start = end {
 		end = s.statementEnd(msgs, start)
+		if s.logOnly != nil {
+			if err := s.writeLogOnly(ctx, db, msgs[start:end], ids[start:end], headers[start:end], now); err != nil {
+				return err
+			}
+			continue
+		}
 		b := builder{d: s.d, args: make([]any, 0, (end-start)*writeColumns)}
 		var q strings.Builder
 		q.WriteString("INSERT INTO " + s.t.String() + " (id, topic, message_key, payload, headers, created_at, next_attempt_at) VALUES ")
@@ -391,12 +446,8 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 			if i > start {
 				q.WriteByte(',')
 			}
-			payload := msgs[i].Payload
-			if payload == nil {
-				payload = []byte{}
-			}
 			fmt.Fprintf(&q, "(%s,%s,%s,%s,%s,%s,%s)", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
-				b.arg(payload), b.arg(headers[i]), b.arg(now), b.arg(now))
+				b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), b.arg(now), b.arg(now))
 		}
 		stmt := q.String()
 		if s.d.notify {
@@ -408,9 +459,52 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 			return fmt.Errorf("outbox: write %d messages to %s: %w", end-start, s.t, err)
 		}
 	}
-	s.signal()
+	if s.logOnly == nil {
+		s.signal()
+	}
 	return nil
 }
+
+func payloadArg(p []byte) []byte {
+	if p == nil {
+		return []byte{}
+	}
+	return p
+}
+
+// writeLogOnly inserts msgs in the log-only state, where the change log will carry them, and
+// deletes them again: the log keeps the inserted rows, the table does not. The reader tells
+// them by their state. The casts are Postgres's, the one database that allows log-only
+// writes.
+func (s *Store) writeLogOnly(ctx context.Context, db store.Execer, msgs []store.Message, ids, headers []string, now any) error {
+	b := builder{d: s.d, args: make([]any, 0, len(msgs)*writeColumns)}
+	var q strings.Builder
+	q.WriteString("INSERT INTO " + s.t.String() + " (id, topic, message_key, payload, headers, created_at, next_attempt_at, state) SELECT * FROM (VALUES ")
+	for i := range msgs {
+		if i > 0 {
+			q.WriteByte(',')
+		}
+		fmt.Fprintf(&q, "(%s::text,%s::text,%s::text,%s::bytea,%s::text,%s::timestamptz,%s::timestamptz,'%s')", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
+			b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), b.arg(now), b.arg(now), LogOnlyState)
+	}
+	q.WriteString(") AS written WHERE " + s.logOnly.Ready)
+	res, err := db.ExecContext(ctx, q.String(), b.args...)
+	if err != nil {
+		return fmt.Errorf("outbox: write %d log-only messages to %s: %w", len(msgs), s.t, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n != int64(len(msgs)) {
+		return store.LogUnavailable("log-only write of %d messages to %s refused, as the log would not carry them: %s", len(msgs), s.t, s.logOnly.NotReady)
+	}
+	d := builder{d: s.d, args: make([]any, 0, len(msgs))}
+	if _, err := db.ExecContext(ctx, "DELETE FROM "+s.t.String()+" WHERE "+d.in("id", ids), d.args...); err != nil {
+		return fmt.Errorf("outbox: write %d log-only messages to %s: delete the rows: %w", len(msgs), s.t, err)
+	}
+	return nil
+}
+
+// LogOnlyState is the state of a row that Write of a log-only store inserts and deletes at
+// once: only the change log sees it, and the log reader tells log-only messages by it.
+const LogOnlyState = "logged"
 
 // statementEnd is where the INSERT that starts at msgs[start] ends: within the database's
 // parameter limit, and within maxStatementBytes of payload unless one message is larger alone.

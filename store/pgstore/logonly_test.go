@@ -1,0 +1,226 @@
+package pgstore_test
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/outboxgo/outbox/internal/dbtest"
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/sqlitestore"
+	"github.com/outboxgo/outbox/store/sqlstore"
+)
+
+func newLogOnlyStore(t *testing.T) (*sqlstore.Store, string) {
+	t.Helper()
+	db, schema := dbtest.Postgres(t)
+	st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox", LogOnly: true})
+	require.NoError(t, err)
+	require.NoError(t, st.Migrate(context.Background()))
+	return st, schema
+}
+
+func rowCount(t *testing.T, st *sqlstore.Store) int {
+	t.Helper()
+	var n int
+	require.NoError(t, st.DB().QueryRow("SELECT count(*) FROM "+st.Table()).Scan(&n))
+	return n
+}
+
+// Log-only writes leave no row behind, and the reader hands over every message as written:
+// ids, keys, headers, and payloads large enough for Postgres to keep them out of line (TOAST).
+func TestLogOnlyWritesReachTheReaderAndLeaveTheTableEmpty(t *testing.T) {
+	st, _ := newLogOnlyStore(t)
+	db := st.DB()
+	big := make([]byte, 300<<10) // random, so that compression cannot keep it inline
+	_, _ = rand.Read(big)
+	var want []store.Message
+	for i := range 3 {
+		msgs := messages(fmt.Sprint("tx", i), 100)
+		msgs[0].ID = fmt.Sprintf("own-id-%d", i)
+		msgs[1].Headers = map[string]string{"tenant": "acme", "n": fmt.Sprint(i)}
+		msgs[2].Payload = big
+		write(t, st, db, msgs...)
+		want = append(want, msgs...)
+	}
+	require.Zero(t, rowCount(t, st), "log-only rows are deleted in the writing transaction")
+
+	c := newConsumer()
+	stop := startReader(st, c)
+	defer func() { require.ErrorIs(t, stop(), context.Canceled) }()
+	c.waitFor(t, len(want), 15*time.Second)
+
+	c.mu.Lock()
+	got := c.got
+	c.mu.Unlock()
+	require.Len(t, got, len(want), "each message once")
+	for i, m := range got {
+		require.Equal(t, want[i].Topic, m.Topic)
+		require.Equal(t, want[i].Key, m.Key)
+		require.Equal(t, want[i].Payload, m.Payload, "payload of message %d", i)
+		for k, v := range want[i].Headers {
+			require.Equal(t, v, m.Headers[k])
+		}
+	}
+	require.Equal(t, "own-id-0", got[0].ID)
+	require.Zero(t, rowCount(t, st), "a delivered log-only message leaves no row to mark")
+}
+
+// outcomeConsumer fails one message, parks another and leaves the rest of the failed one's
+// key unattempted, as the dispatcher does.
+type outcomeConsumer struct {
+	fail, park string // payloads
+	mu         sync.Mutex
+	delivered  map[string]int // by payload
+	handed     map[string]int // by payload, whatever became of it
+}
+
+func (c *outcomeConsumer) LogConsumer() store.LogConsumer {
+	return store.LogConsumer{Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		out := &store.LogOutcome{}
+		blocked := map[string]bool{}
+		for _, m := range msgs {
+			c.handed[string(m.Payload)]++
+			switch p := string(m.Payload); {
+			case blocked[m.Key]:
+				out.Unattempted = append(out.Unattempted, m.ID)
+			case p == c.fail:
+				out.Failures = append(out.Failures, store.Failure{ID: m.ID, Error: "broker hiccup", RetryAfter: time.Minute})
+				blocked[m.Key] = true
+			case p == c.park:
+				out.Failures = append(out.Failures, store.Failure{ID: m.ID, Error: "message too large", Park: true})
+			default:
+				c.delivered[p]++
+				out.Delivered = append(out.Delivered, m.ID)
+			}
+		}
+		return out
+	}}
+}
+
+// A log-only message that fails is put into the table for polling to retry, with the later
+// messages of its key behind it; a parked one waits there for an operator. The reader, which
+// sees those inserts in the log too, does not hand them over again.
+func TestLogOnlyFailuresMoveToTheTable(t *testing.T) {
+	st, _ := newLogOnlyStore(t)
+	msgs := messages("m", 14) // keys k0..k6, two messages each
+	c := &outcomeConsumer{fail: "m-0", park: "m-1", delivered: map[string]int{}, handed: map[string]int{}}
+	stop := startReader(st, c)
+	defer func() { require.ErrorIs(t, stop(), context.Canceled) }()
+	write(t, st, st.DB(), msgs...)
+	// After the outcome, one more transaction: once it is delivered, the reader has also
+	// read past the inserts that recorded the outcome.
+	write(t, st, st.DB(), store.Message{Topic: "payments", Key: "later", Payload: []byte("last")})
+	require.Eventually(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.delivered["last"] == 1
+	}, 15*time.Second, 10*time.Millisecond)
+
+	ctx := context.Background()
+	pending, err := st.List(ctx, &store.ListParams{State: store.Pending, Limit: 10})
+	require.NoError(t, err)
+	require.Len(t, pending.Messages, 2, "the failed message and the later one of its key")
+	require.Equal(t, []byte("m-0"), pending.Messages[0].Payload)
+	require.Equal(t, 1, pending.Messages[0].Attempts)
+	require.Equal(t, "broker hiccup", pending.Messages[0].LastError)
+	require.Equal(t, []byte("m-7"), pending.Messages[1].Payload)
+	require.Equal(t, msgs[0].Key, pending.Messages[1].Key)
+	parked, err := st.List(ctx, &store.ListParams{State: store.Parked, Limit: 10})
+	require.NoError(t, err)
+	require.Len(t, parked.Messages, 1)
+	require.Equal(t, []byte("m-1"), parked.Messages[0].Payload)
+	require.Equal(t, "message too large", parked.Messages[0].LastError)
+
+	c.mu.Lock()
+	require.Len(t, c.delivered, 12, "m-2..m-6, m-8..m-13 and last, each once")
+	for p, n := range c.delivered {
+		require.Equal(t, 1, n, p)
+	}
+	require.Equal(t, 1, c.handed["m-0"], "the reader saw the failed message's insert into the table, and left it to polling")
+	require.Equal(t, 1, c.handed["m-1"])
+	c.mu.Unlock()
+
+	// Polling takes over the failed message once it is due, with m-7 behind it.
+	st2, err := pgstore.New(st.DB(), pgstore.Config{Table: st.QualifiedName()})
+	require.NoError(t, err)
+	res, err := st2.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute, WrittenBefore: time.Now()})
+	require.NoError(t, err)
+	require.Empty(t, res.Messages, "the failed message waits for its retry time")
+	_, err = st.DB().Exec("UPDATE " + st.Table() + " SET next_attempt_at = now() - interval '1 second'")
+	require.NoError(t, err)
+	res, err = st2.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute, WrittenBefore: time.Now()})
+	require.NoError(t, err)
+	require.Len(t, res.Messages, 2)
+	require.Equal(t, []byte("m-0"), res.Messages[0].Payload)
+	require.Equal(t, []byte("m-7"), res.Messages[1].Payload)
+}
+
+// Without its slot, a log-only write would be lost: Write refuses it, writes nothing, and
+// says what is missing; Check says so too. Migrate brings the slot back.
+func TestLogOnlyWriteRefusedWithoutTheSlot(t *testing.T) {
+	st, _ := newLogOnlyStore(t)
+	ctx := context.Background()
+	slot, _ := pgstore.Names(st.QualifiedName())
+	_, err := st.DB().Exec("SELECT pg_drop_replication_slot($1)", slot)
+	require.NoError(t, err)
+
+	tx, err := st.DB().Begin()
+	require.NoError(t, err)
+	err = st.Write(ctx, tx, messages("lost", 3)...)
+	require.ErrorIs(t, err, store.ErrLogUnavailable)
+	require.ErrorContains(t, err, "replication slot "+slot)
+	require.NoError(t, tx.Rollback())
+	require.Zero(t, rowCount(t, st))
+
+	err = st.Check(ctx)
+	require.ErrorIs(t, err, store.ErrLogUnavailable)
+	require.ErrorContains(t, err, slot)
+
+	require.NoError(t, st.Migrate(ctx))
+	require.NoError(t, st.Check(ctx))
+	write(t, st, st.DB(), messages("kept", 3)...)
+	c := newConsumer()
+	stop := startReader(st, c)
+	defer func() { require.ErrorIs(t, stop(), context.Canceled) }()
+	c.waitFor(t, 3, 15*time.Second)
+}
+
+// Migrate of a log-only outbox fails where the log cannot carry its messages (here, its
+// slot's name is taken by another database's); stores whose log cannot be checked at write
+// time refuse log-only writes outright.
+func TestLogOnlyNeedsTheLog(t *testing.T) {
+	db, schema := dbtest.Postgres(t)
+	st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox", LogOnly: true})
+	require.NoError(t, err)
+	slot, _ := pgstore.Names(st.QualifiedName())
+	u, err := url.Parse(dbtest.PostgresDSN())
+	require.NoError(t, err)
+	u.Path = "/postgres"
+	other, err := pgstore.Open(u.String())
+	require.NoError(t, err)
+	defer other.Close()
+	_, err = other.Exec("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+	require.NoError(t, err)
+	t.Cleanup(func() { other.Exec("SELECT pg_drop_replication_slot($1)", slot) }) // in its own database
+
+	err = st.Migrate(context.Background())
+	require.ErrorIs(t, err, store.ErrLogUnavailable)
+	require.ErrorContains(t, err, "replication slot "+slot)
+
+	sdb, err := sqlitestore.Open(filepath.Join(t.TempDir(), "outbox.db"))
+	require.NoError(t, err)
+	defer sdb.Close()
+	_, err = sqlitestore.New(sdb, sqlitestore.Config{LogOnly: true})
+	require.ErrorContains(t, err, "Config.LogOnly: the sqlite store cannot check")
+}

@@ -34,7 +34,7 @@ func sharedSQLite(t *testing.T) sharedDB {
 func TestKilledDispatchersLoseNothing(t *testing.T) {
 	n, kills := envInt("OUTBOX_SOAK_MESSAGES", 4000), envInt("OUTBOX_SOAK_KILLS", 10)
 	const batch = 100
-	for _, newDB := range allDBs {
+	for _, newDB := range append(allDBs, logOnlyPostgres) {
 		shared := newDB(t)
 		t.Run(shared.name, func(t *testing.T) {
 			seed := uint64(time.Now().UnixNano())
@@ -54,11 +54,19 @@ func TestKilledDispatchersLoseNothing(t *testing.T) {
 				_ = cmd.Wait()
 			}
 			require.NoError(t, <-written)
-			final, log := startDispatcherProcess(t, shared, brokers, "empty", batch)
-			waitAllDelivered(t, st, n)
-			require.NoError(t, final.Wait(), "final dispatcher, log in %s", log)
-
-			dups, inversions := readBack(t, brokers, n)
+			var dups, inversions int
+			if shared.logOnly {
+				// The table holds nothing to wait for: Kafka shows that every message arrived.
+				final, _ := startDispatcherProcess(t, shared, brokers, "killed", batch)
+				dups, inversions = readBack(t, brokers, n)
+				require.NoError(t, final.Process.Kill())
+				_ = final.Wait()
+			} else {
+				final, log := startDispatcherProcess(t, shared, brokers, "empty", batch)
+				waitAllDelivered(t, st, n)
+				require.NoError(t, final.Wait(), "final dispatcher, log in %s", log)
+				dups, inversions = readBack(t, brokers, n)
+			}
 			t.Logf("%s: %d messages, %d kills: 0 lost, %d duplicates (%.1f per kill), %d order inversions",
 				shared.name, n, kills, dups, float64(dups)/float64(kills), inversions)
 			require.Zero(t, inversions, "first deliveries of a key out of write order")

@@ -36,6 +36,8 @@ type sharedDB struct {
 	open  func(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store)
 	// pollOnly keeps its dispatchers polling where the database has a change log.
 	pollOnly bool
+	// logOnly is a Postgres outbox whose messages only the WAL carries (Config.LogOnly).
+	logOnly bool
 }
 
 // config is cfg for a dispatcher on the database.
@@ -77,6 +79,14 @@ func openPostgres(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
 	return db, st
 }
 
+func openPostgresLogOnly(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
+	db, err := pgstore.Open(dsn)
+	require.NoError(t, err)
+	st, err := pgstore.New(db, pgstore.Config{Table: table, Logger: quiet(), LogOnly: true})
+	require.NoError(t, err)
+	return db, st
+}
+
 func openMySQL(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
 	db, err := mysqlstore.Open(dsn)
 	require.NoError(t, err)
@@ -101,6 +111,14 @@ func (shared sharedDB) prepare(t *testing.T) (brokers []string, db *sql.DB, st *
 func sharedPostgres(t *testing.T) sharedDB {
 	_, schema := dbtest.Postgres(t)
 	return sharedDB{name: "postgres", kind: "postgres", dsn: dbtest.PostgresDSN(), table: schema + ".outbox", open: openPostgres}
+}
+
+// logOnlyPostgres is Postgres with log-only writes: the table stays empty but for failed
+// messages.
+func logOnlyPostgres(t *testing.T) sharedDB {
+	shared := sharedPostgres(t)
+	shared.name, shared.logOnly, shared.open = "postgres-logonly", true, openPostgresLogOnly
+	return shared
 }
 
 func sharedMySQL(t *testing.T) sharedDB {
@@ -262,7 +280,7 @@ func startDispatcherProcess(t *testing.T, shared sharedDB, brokers []string, unt
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestDispatcherProcess$", "-test.v")
 	cmd.Env = append(os.Environ(),
-		"OUTBOX_PROCESS_DB="+shared.kind, "OUTBOX_PROCESS_POLL_ONLY="+strconv.FormatBool(shared.pollOnly), "OUTBOX_PROCESS_DSN="+shared.dsn, "OUTBOX_PROCESS_TABLE="+shared.table,
+		"OUTBOX_PROCESS_DB="+shared.kind, "OUTBOX_PROCESS_POLL_ONLY="+strconv.FormatBool(shared.pollOnly), "OUTBOX_PROCESS_LOG_ONLY="+strconv.FormatBool(shared.logOnly), "OUTBOX_PROCESS_DSN="+shared.dsn, "OUTBOX_PROCESS_TABLE="+shared.table,
 		"OUTBOX_PROCESS_BROKERS="+strings.Join(brokers, ","), "OUTBOX_PROCESS_UNTIL="+until,
 		"OUTBOX_PROCESS_BATCH="+strconv.Itoa(batch))
 	log, err := os.CreateTemp(t.TempDir(), "dispatcher-*.log")
@@ -280,7 +298,11 @@ func TestDispatcherProcess(t *testing.T) {
 	if kind == "" {
 		t.Skip("run as a child process by the multi-process tests")
 	}
-	db, st := openers[kind](t, os.Getenv("OUTBOX_PROCESS_DSN"), os.Getenv("OUTBOX_PROCESS_TABLE"))
+	open := openers[kind]
+	if logOnly, _ := strconv.ParseBool(os.Getenv("OUTBOX_PROCESS_LOG_ONLY")); logOnly {
+		open = openPostgresLogOnly
+	}
+	db, st := open(t, os.Getenv("OUTBOX_PROCESS_DSN"), os.Getenv("OUTBOX_PROCESS_TABLE"))
 	defer db.Close()
 	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: strings.Split(os.Getenv("OUTBOX_PROCESS_BROKERS"), ",")})
 	require.NoError(t, err)

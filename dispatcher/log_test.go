@@ -20,7 +20,7 @@ import (
 )
 
 // logDatabases are the databases whose stores read a change log.
-var logDatabases = []func(*testing.T) sharedDB{sharedPostgres, sharedMySQL}
+var logDatabases = []func(*testing.T) sharedDB{sharedPostgres, logOnlyPostgres, sharedMySQL}
 
 // claimCounter counts the messages a store hands out through claims.
 type claimCounter struct {

@@ -148,6 +148,8 @@ func TestLogLagMetricsAndWarning(t *testing.T) {
 	require.Len(t, delay, 1)
 	require.InDelta(t, 3, delay[0].Value, 1, "seconds since the reader last caught up")
 	require.EqualValues(t, 5<<20, d.Status(context.Background(), time.Minute).LogLagBytes)
+	// The warning follows the status that changed the mode, a moment later; once a minute.
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "falling behind") }, 5*time.Second, 5*time.Millisecond)
 	require.Equal(t, 1, strings.Count(logs.String(), "falling behind"), "%s", logs.String())
 }
 

@@ -183,6 +183,11 @@ type reader struct {
 	mu        sync.Mutex
 	confirmed pglogrepl.LSN // every message before it is recorded
 	inFlight  int           // transactions handed to the deliverer and not yet recorded
+	// confirmNow asks the receiver to confirm at once, and interrupt ends its wait for the
+	// stream: a recorded batch is confirmed within moments, so that a crash sends little
+	// again, and nothing at all of log-only messages, which have no row to tell by.
+	confirmNow bool
+	interrupt  context.CancelFunc
 
 	// queued counts the messages handed to the deliverer and not yet taken into a batch;
 	// the receiver reads ahead while it is below two batches, which bounds memory whatever
@@ -341,20 +346,33 @@ func (r *reader) receive(ctx context.Context, conn *pgconn.PgConn, txns chan<- t
 		return nil
 	}
 	for {
-		if !time.Now().Before(nextSend) {
+		r.mu.Lock()
+		now := r.confirmNow
+		r.confirmNow = false
+		r.mu.Unlock()
+		if now || !time.Now().Before(nextSend) {
 			if err := send(); err != nil {
 				return err
 			}
 		}
 		rctx, cancel := context.WithDeadline(ctx, nextSend)
+		r.mu.Lock()
+		r.interrupt = cancel
+		if r.confirmNow {
+			cancel()
+		}
+		r.mu.Unlock()
 		raw, err := conn.ReceiveMessage(rctx)
+		r.mu.Lock()
+		r.interrupt = nil
+		r.mu.Unlock()
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if pgconn.Timeout(err) {
-				continue
+			if pgconn.Timeout(err) || rctx.Err() != nil {
+				continue // the connection survives a deadline: pgconn reads on where it stopped
 			}
 			return fmt.Errorf("outbox: read replication stream: %w", err)
 		}
@@ -675,6 +693,10 @@ func (rec *recorder) run() {
 				r.inFlight -= job.txns
 				if job.end > r.confirmed {
 					r.confirmed = job.end
+					r.confirmNow = true
+					if r.interrupt != nil {
+						r.interrupt()
+					}
 				}
 				r.mu.Unlock()
 			}

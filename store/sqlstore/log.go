@@ -250,6 +250,9 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int
 // marked delivered whoever holds it.
 func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(context.Context, *sql.Tx) error) error {
 	delivered, failures, handOver := batch.delivered, batch.failures, batch.handOver
+	if len(delivered)+len(failures)+len(handOver) == 0 && checkpoint == nil {
+		return nil // log-only messages, all delivered: nothing to write
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("outbox: record logged messages in %s: %w", s.t, err)

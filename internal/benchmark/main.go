@@ -3,7 +3,7 @@
 // what `make bench` runs.
 //
 //	go run ./internal/benchmark [-cases drain,idle,forwarder,live,memory] [-dbs sqlite,postgres,mariadb]
-//	    [-modes poll,log] [-n 50000] [-idle 20s] [-live-rate 1000] [-live-for 20s] [-memory-n 1000000]
+//	    [-modes poll,log,logonly] [-n 50000] [-idle 20s] [-live-rate 1000] [-live-for 20s] [-memory-n 1000000]
 //	    [-batch N] [-concurrency N] [-workers N]
 //
 // It prints one line per case:
@@ -66,7 +66,7 @@ func main() {
 	concurrency := flag.Int("concurrency", 0, "dispatcher Concurrency (0: default)")
 	workers := flag.Int("workers", 0, "dispatcher Workers (0: default)")
 	cases := flag.String("cases", "broker,drain,idle,forwarder,live,memory", "cases to run")
-	modes := flag.String("modes", "poll,log", "how dispatchers find messages in the drain, idle and live cases: poll, and log where the database has a change log")
+	modes := flag.String("modes", "poll,log,logonly", "how dispatchers find messages in the drain, idle and live cases: poll; log where the database has a change log; logonly (Postgres) for log-only writes")
 	liveRate := flag.Int("live-rate", 1000, "messages per second written in the live cases")
 	liveFor := flag.Duration("live-for", 20*time.Second, "how long the live cases write")
 	memoryN := flag.Int("memory-n", 1000000, "backlog size for the memory case")
@@ -104,13 +104,17 @@ func main() {
 	each := func(what string, f func(name, label string, cfg dispatcher.Config) error) {
 		for _, name := range strings.Split(*dbs, ",") {
 			for _, mode := range strings.Split(*modes, ",") {
-				if mode == "log" && name == "sqlite" {
-					continue // SQLite has no change log
+				if (mode == "log" && name == "sqlite") || (mode == "logonly" && name != "postgres") {
+					continue // SQLite has no change log; only Postgres has log-only writes
 				}
 				cfg := cfg
-				cfg.PollOnly = mode != "log"
+				cfg.PollOnly = mode == "poll"
 				label := name + "-" + mode
-				if err := f(name, label, cfg); err != nil {
+				db := name
+				if mode == "logonly" {
+					db = label
+				}
+				if err := f(db, label, cfg); err != nil {
 					fmt.Fprintf(os.Stderr, "case=%s-%s: %v\n", label, what, err)
 					failed = true
 				}
@@ -185,7 +189,7 @@ func newDatabase(name string) (*database, error) {
 			return nil, err
 		}
 		return &database{st: st, open: open, cleanup: func() { os.RemoveAll(dir) }}, st.Migrate(ctx)
-	case "postgres":
+	case "postgres", "postgres-logonly":
 		pg, err := newPostgres()
 		if err != nil {
 			return nil, err
@@ -195,7 +199,7 @@ func newDatabase(name string) (*database, error) {
 			if err != nil {
 				return nil, err
 			}
-			return pgstore.New(db, pgstore.Config{})
+			return pgstore.New(db, pgstore.Config{LogOnly: name == "postgres-logonly"})
 		}
 		st, err := open()
 		if err != nil {

@@ -37,6 +37,19 @@
 // outbox is retired, or set max_slot_wal_keep_size, past which the server invalidates it:
 // dispatchers then poll (the sweep delivers what the log lost) until the slot is dropped and
 // Migrate creates it again.
+//
+// # Log-only writes
+//
+// With Config.LogOnly, Write inserts each message and deletes it again in the caller's
+// transaction, so that the table stays empty and only the WAL carries the message; the
+// reader publishes it with nothing to mark. A message that fails moves into the table, where
+// polling retries or parks it in its key's order. There is no polling fallback for the rest:
+// Migrate, Check and Write fail (Write writing nothing, with an error wrapping
+// store.ErrLogUnavailable) unless the slot and the publication exist and the slot is valid,
+// and a slot dropped or invalidated (max_slot_wal_keep_size) loses what it had not
+// confirmed. While no reader runs, messages wait in the WAL. After a crash, the two batches
+// in flight are published again, and so is every part of a transaction larger than the
+// consumer's batch that was being read.
 package pgstore
 
 import (

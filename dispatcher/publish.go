@@ -15,7 +15,9 @@ import (
 type BatchPublisher interface {
 	message.Publisher
 	// PublishBatch publishes msgs, all to topic, keeping the order of messages with the same
-	// key. It returns nil when every message was acknowledged, a *BatchError naming the
+	// key: once one fails, the later messages of its key must fail too (Kafka fails the rest
+	// of a partition's batch; a publisher that checks messages before sending must skip
+	// them). It returns nil when every message was acknowledged, a *BatchError naming the
 	// failed ones when only some were, and any other error when none was.
 	PublishBatch(topic string, msgs []*message.Message) error
 }

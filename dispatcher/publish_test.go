@@ -26,9 +26,16 @@ type batchPublisher struct {
 func (b *batchPublisher) PublishBatch(topic string, msgs []*message.Message) error {
 	b.calls.Add(1)
 	failed := map[string]error{}
+	failedKeys := map[string]bool{}
 	for _, m := range msgs {
+		key := m.Metadata.Get(dispatcher.MetadataKey)
+		if key != "" && failedKeys[key] {
+			failed[m.UUID] = errors.New("not sent: an earlier message of its key failed")
+			continue
+		}
 		if err := b.Publisher.Publish(topic, m); err != nil {
 			failed[m.UUID] = err
+			failedKeys[key] = key != ""
 		}
 	}
 	if len(failed) > 0 {

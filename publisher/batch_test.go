@@ -91,13 +91,17 @@ func TestKafkaReportsWhichMessagesFailed(t *testing.T) {
 	cluster := newCluster(t)
 	pub := newKafka(t, cluster.ListenAddrs())
 	big := message.NewMessage("too-big", []byte(strings.Repeat("x", 1_100_000)))
-	batch := []*message.Message{keyed(1, "a"), big, keyed(2, "b")}
+	big.Metadata.Set(dispatcher.MetadataKey, "c")
+	batch := []*message.Message{keyed(1, "a"), big, keyed(2, "b"), keyed(3, "c")}
 	err := pub.PublishBatch("orders", batch)
 	var be *dispatcher.BatchError
 	require.ErrorAs(t, err, &be)
-	require.Len(t, be.Failed, 1)
+	require.Len(t, be.Failed, 2)
 	require.Contains(t, be.Failed, "too-big")
 	require.True(t, dispatcher.IsPermanent(be.Failed["too-big"]), "%v", be.Failed["too-big"])
+	// Sent, the next message of its key would overtake it: it is not sent, and may be retried.
+	require.Contains(t, be.Failed, "id-3")
+	require.False(t, dispatcher.IsPermanent(be.Failed["id-3"]))
 
 	consumer, err := kafkatest.NewConsumer(cluster.ListenAddrs(), "orders")
 	require.NoError(t, err)
@@ -126,9 +130,11 @@ func TestKafkaMarshalErrorIsPermanent(t *testing.T) {
 	pub := newKafka(t, cluster.ListenAddrs())
 	bad := keyed(1, "a")
 	bad.Metadata.Set("_watermill_message_uuid", "reserved by watermill-kafka")
-	err := pub.PublishBatch("orders", []*message.Message{bad, keyed(2, "b")})
+	err := pub.PublishBatch("orders", []*message.Message{bad, keyed(2, "b"), keyed(3, "a")})
 	require.True(t, dispatcher.IsPermanent(failureFor(err, "id-1")), "%v", err)
 	require.NoError(t, failureFor(err, "id-2"))
+	require.ErrorContains(t, failureFor(err, "id-3"), `an earlier message of key "a" failed`)
+	require.False(t, dispatcher.IsPermanent(failureFor(err, "id-3")))
 }
 
 func TestKafkaClosed(t *testing.T) {

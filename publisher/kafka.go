@@ -50,6 +50,9 @@ func SaramaConfig() *sarama.Config {
 type Kafka struct {
 	producer  sarama.SyncProducer
 	marshaler kafka.Marshaler
+	// The producer's own size check, made before sending so that a message it would refuse
+	// holds back the later messages of its key.
+	maxBytes, recordVersion int
 
 	mu     sync.RWMutex
 	closed bool
@@ -72,7 +75,11 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outbox: kafka producer: %w", err)
 	}
-	return &Kafka{producer: producer, marshaler: cfg.Marshaler}, nil
+	k := &Kafka{producer: producer, marshaler: cfg.Marshaler, maxBytes: cfg.Sarama.Producer.MaxMessageBytes, recordVersion: 1}
+	if cfg.Sarama.Version.IsAtLeast(sarama.V0_11_0_0) {
+		k.recordVersion = 2
+	}
+	return k, nil
 }
 
 // Publish implements message.Publisher: it publishes msgs as one batch (see PublishBatch).
@@ -81,7 +88,8 @@ func (k *Kafka) Publish(topic string, msgs ...*message.Message) error {
 }
 
 // PublishBatch implements [dispatcher.BatchPublisher]. Messages with the same key go to one
-// partition in the order given. When some messages fail it returns a
+// partition in the order given; after a message that cannot be marshaled or is too large,
+// the later messages of its key are not sent. When some messages fail it returns a
 // [*dispatcher.BatchError] naming them; errors that retrying cannot fix (a message over the
 // broker's size limit, an unknown or invalid topic, a message that cannot be marshaled) are
 // marked with [dispatcher.Permanent].
@@ -93,10 +101,28 @@ func (k *Kafka) PublishBatch(topic string, msgs []*message.Message) error {
 	}
 	failed := map[string]error{}
 	records := make([]*sarama.ProducerMessage, 0, len(msgs))
+	var failedKeys map[string]bool
 	for _, msg := range msgs {
+		key := msg.Metadata.Get(dispatcher.MetadataKey)
+		if key != "" && failedKeys[key] {
+			// Sent, it would overtake the message before it.
+			failed[msg.UUID] = fmt.Errorf("not sent: an earlier message of key %q failed", key)
+			continue
+		}
 		rec, err := k.marshaler.Marshal(topic, msg)
 		if err != nil {
-			failed[msg.UUID] = dispatcher.Permanent(fmt.Errorf("marshal message %s: %w", msg.UUID, err))
+			err = fmt.Errorf("marshal message %s: %w", msg.UUID, err)
+		} else if size := rec.ByteSize(k.recordVersion); size > k.maxBytes {
+			err = fmt.Errorf("message %s is larger than Producer.MaxMessageBytes: %d > %d", msg.UUID, size, k.maxBytes)
+		}
+		if err != nil {
+			failed[msg.UUID] = dispatcher.Permanent(err)
+			if key != "" {
+				if failedKeys == nil {
+					failedKeys = map[string]bool{}
+				}
+				failedKeys[key] = true
+			}
 			continue
 		}
 		rec.Metadata = msg.UUID

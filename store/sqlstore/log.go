@@ -166,7 +166,9 @@ func (b *LogBatch) Record(ctx context.Context, checkpoint func(context.Context, 
 const visibleWithin = 200 * time.Millisecond
 
 // logFilter returns the seqs of msgs that are pending and not held by polling, and for each
-// key with held messages the lowest held seq. Rows are looked up by seq, the primary key.
+// key with held messages the lowest held seq. Rows are looked up by seq, the primary key,
+// and held keys in the same statement: held messages are few (failed or claimed ones), and
+// the "held" index covers them.
 func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int64]bool, heldFrom map[string]int64, err error) {
 	missing := make([]int64, len(msgs))
 	logOnly := map[int64]bool{}
@@ -177,13 +179,20 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int
 		}
 	}
 	ready = make(map[int64]bool, len(msgs))
+	heldFrom = map[string]int64{}
+	withHeld := true
 	deadline := time.Now().Add(visibleWithin)
 	for wait := time.Millisecond; ; wait *= 2 {
 		found := make(map[int64]bool, len(missing))
 		err = inChunks(missing, s.d.maxParams-8, func(seqs []int64) error {
 			b := builder{d: s.d}
-			rows, err := s.db.QueryContext(ctx, "SELECT seq, CASE WHEN (state = 'pending' AND held = 0) OR state = '"+LogOnlyState+"' THEN 1 ELSE 0 END FROM "+s.t.String()+
-				" WHERE "+b.inSeqs("seq", seqs), b.args...)
+			q := "SELECT seq, CASE WHEN (state = 'pending' AND held = 0) OR state = '" + LogOnlyState + "' THEN 1 ELSE 0 END, '' FROM " + s.t.String() +
+				" WHERE " + b.inSeqs("seq", seqs)
+			if withHeld {
+				q += " UNION ALL SELECT MIN(seq), -1, message_key FROM " + s.t.String() + " WHERE held = 1 AND message_key <> '' GROUP BY message_key"
+				withHeld = false
+			}
+			rows, err := s.db.QueryContext(ctx, q, b.args...)
 			if err != nil {
 				return err
 			}
@@ -192,9 +201,14 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int
 				var (
 					seq int64
 					ok  int
+					key string
 				)
-				if err := rows.Scan(&seq, &ok); err != nil {
+				if err := rows.Scan(&seq, &ok, &key); err != nil {
 					return err
+				}
+				if ok == -1 {
+					heldFrom[key] = seq
+					continue
 				}
 				found[seq] = true
 				ready[seq] = ok == 1
@@ -225,24 +239,7 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int
 	if len(missing) > 0 {
 		s.log.Warn("logged outbox rows not found in the table: deleted, so not published", slog.Int("count", len(missing)))
 	}
-	// Held messages are few (failed or claimed ones), and the "held" index covers them.
-	rows, err := s.db.QueryContext(ctx, "SELECT message_key, MIN(seq) FROM "+s.t.String()+" WHERE held = 1 AND message_key <> '' GROUP BY message_key")
-	if err != nil {
-		return nil, nil, err
-	}
-	defer rows.Close()
-	heldFrom = map[string]int64{}
-	for rows.Next() {
-		var (
-			key string
-			seq int64
-		)
-		if err := rows.Scan(&key, &seq); err != nil {
-			return nil, nil, err
-		}
-		heldFrom[key] = seq
-	}
-	return ready, heldFrom, rows.Err()
+	return ready, heldFrom, nil
 }
 
 // recordLog records a log batch's outcome, and the reader's checkpoint, in one transaction.
@@ -250,8 +247,23 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int
 // marked delivered whoever holds it.
 func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(context.Context, *sql.Tx) error) error {
 	delivered, failures, handOver := batch.delivered, batch.failures, batch.handOver
-	if len(delivered)+len(failures)+len(handOver) == 0 && checkpoint == nil {
-		return nil // log-only messages, all delivered: nothing to write
+	now := s.now()
+	t := s.t.String()
+	markDelivered := func(db store.Execer, seqs []int64, asyncCommit string) error {
+		b := builder{d: s.d}
+		_, err := db.ExecContext(ctx, "UPDATE "+t+" SET state = 'delivered', delivered_at = "+b.arg(s.d.timeArg(now))+
+			", claim_token = NULL, claimed_until = "+s.d.epoch+asyncCommit+" WHERE state = 'pending' AND "+b.inSeqs("seq", seqs), b.args...)
+		return err
+	}
+	if checkpoint == nil && len(failures)+len(handOver) == 0 && len(delivered) <= s.d.maxParams-8 {
+		// The usual outcome, all delivered, is one statement in a transaction of its own.
+		if len(delivered) == 0 {
+			return nil // log-only messages: nothing to write
+		}
+		if err := markDelivered(s.db, delivered, s.d.asyncCommit); err != nil {
+			return fmt.Errorf("outbox: mark %d logged messages delivered in %s: %w", len(delivered), s.t, err)
+		}
+		return nil
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -264,14 +276,7 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 			return err
 		}
 	}
-	now := s.now()
-	t := s.t.String()
-	err = inChunks(delivered, s.d.maxParams-8, func(seqs []int64) error {
-		b := builder{d: s.d}
-		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET state = 'delivered', delivered_at = "+b.arg(s.d.timeArg(now))+
-			", claim_token = NULL, claimed_until = "+s.d.epoch+" WHERE state = 'pending' AND "+b.inSeqs("seq", seqs), b.args...)
-		return err
-	})
+	err = inChunks(delivered, s.d.maxParams-8, func(seqs []int64) error { return markDelivered(tx, seqs, "") })
 	if err != nil {
 		return fmt.Errorf("outbox: mark %d logged messages delivered in %s: %w", len(delivered), s.t, err)
 	}

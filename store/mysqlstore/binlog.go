@@ -30,10 +30,10 @@ import (
 const (
 	// A batch holds up to LogConsumer.Batch() messages; it also ends when the stream has
 	// nothing more at hand, or logBatchWait after its first message.
-	logBatchWait = 5 * time.Millisecond
+	logBatchWait = 1 * time.Millisecond
 	// idleWait is how long the reader waits for more events before it takes the stream for
 	// idle and hands over a batch that is not full.
-	idleWait = 2 * time.Millisecond
+	idleWait = 200 * time.Microsecond
 	// heartbeatPeriod is how often the server sends a heartbeat on an idle stream; after
 	// silenceLimit without any event the connection is taken for dead.
 	heartbeatPeriod = time.Second
@@ -95,7 +95,16 @@ func readLog(ctx context.Context, s *sqlstore.Store, c store.LogConsumer, conn *
 		return fmt.Errorf("outbox: log reader: %w", err)
 	}
 	defer lockConn.Close()
-	r := &reader{s: s, c: c, conn: conn, lockConn: lockConn, log: s.Logger().With(slog.String("component", "outbox.binlog")), lag: -1}
+	lookup, err := lookupConn(ctx, s.DB())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Its session setting must not reach the pool.
+		lookup.Raw(func(any) error { return driver.ErrBadConn })
+		lookup.Close()
+	}()
+	r := &reader{s: s, c: c, conn: conn, lockConn: lockConn, lookup: lookup, log: s.Logger().With(slog.String("component", "outbox.binlog")), lag: -1}
 	if err := r.identify(ctx); err != nil {
 		return err
 	}
@@ -121,6 +130,7 @@ type reader struct {
 	c        store.LogConsumer
 	conn     *mysql.Config
 	lockConn *sql.Conn
+	lookup   *sql.Conn // in READ COMMITTED: where logged rows are looked up (see lookupConn)
 	log      *slog.Logger
 
 	mariadb  bool
@@ -1041,23 +1051,16 @@ func (r *reader) flush(ctx context.Context, n int) error {
 	}
 	chunk := r.batch[:n]
 	p, whole := r.queued, 0
-	seqs := []int64{chunk[0].Seq} // a message of each of its transactions
 	for _, tx := range r.batchTxs {
 		if tx.end > n {
 			break
 		}
 		p, whole = tx.pos, whole+1
-		if tx.end < n {
-			seqs = append(seqs, chunk[tx.end].Seq)
-		}
 	}
 	if n == len(r.batch) {
 		p = r.read.clone() // also past other tables' changes read since
 	}
-	if err := r.awaitCommits(ctx, seqs); err != nil {
-		return err
-	}
-	lb, err := r.s.PublishLog(ctx, r.c, chunk)
+	lb, err := r.s.PublishLog(ctx, r.c, chunk, r.lookup)
 	if err != nil {
 		return err
 	}
@@ -1109,38 +1112,22 @@ func (r *reader) recorded(err error) error {
 	return nil
 }
 
-// awaitCommits waits until the transactions that wrote seqs are visible to other sessions.
-// The server sends a transaction once it is in the binlog, which is before the storage
-// engine commits it: until then a query does not see its rows, and DeliverLog would take
-// them for messages that polling delivered already. A locking read of a row waits for the
-// transaction that wrote it to commit (READ COMMITTED: no gap locks for rows deleted since).
-func (r *reader) awaitCommits(ctx context.Context, seqs []int64) error {
-	tx, err := r.s.DB().BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+// lookupConn is a session for looking logged rows up. The server sends a transaction once it
+// is in the binlog, which is before the storage engine commits it: until then a query does
+// not see its rows, and the reader would take them for messages that polling delivered
+// already. A locking read waits for the transaction that wrote a row to commit; in READ
+// COMMITTED it takes no gap locks, which would hold up writers.
+func lookupConn(ctx context.Context, db *sql.DB) (*sql.Conn, error) {
+	conn, err := db.Conn(ctx)
 	if err != nil {
-		return fmt.Errorf("outbox: log reader: wait for commits: %w", err)
+		return nil, fmt.Errorf("outbox: log reader: %w", err)
 	}
-	defer tx.Rollback()
-	for chunk := range slices.Chunk(seqs, 1000) {
-		var q strings.Builder
-		q.WriteString("SELECT seq FROM " + r.s.Table() + " WHERE seq IN (")
-		for i, seq := range chunk {
-			if i > 0 {
-				q.WriteByte(',')
-			}
-			q.WriteString(strconv.FormatInt(seq, 10))
-		}
-		q.WriteString(") LOCK IN SHARE MODE")
-		rows, err := tx.QueryContext(ctx, q.String())
-		if err != nil {
-			return fmt.Errorf("outbox: log reader: wait for commits: %w", err)
-		}
-		for rows.Next() {
-		}
-		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-			return fmt.Errorf("outbox: log reader: wait for commits: %w", err)
-		}
+	if _, err := conn.ExecContext(ctx, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"); err != nil {
+		conn.Raw(func(any) error { return driver.ErrBadConn })
+		conn.Close()
+		return nil, fmt.Errorf("outbox: log reader: %w", err)
 	}
-	return tx.Commit()
+	return conn, nil
 }
 
 // done is the position up to which every message read is recorded.

@@ -589,7 +589,7 @@ more:
 			return err
 		}
 	}
-	published, err := r.s.PublishLog(ctx, r.c, msgs)
+	published, err := r.s.PublishLog(ctx, r.c, msgs, nil)
 	if err != nil {
 		return err
 	}

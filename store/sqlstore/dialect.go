@@ -36,7 +36,10 @@ type Dialect struct {
 	// asyncCommit, appended to an UPDATE's SET list, lets the statement's own transaction
 	// commit without waiting for the WAL flush. Marking messages delivered can: a mark lost in
 	// a server crash only publishes them again, which at-least-once allows.
-	asyncCommit   string
+	asyncCommit string
+	// shareLock, appended to a SELECT, makes it a locking read, which waits for the
+	// transactions that wrote the rows to commit.
+	shareLock     string
 	migrationsDir string
 	// classify maps a driver error to store.ErrNotMigrated or store.ErrPermission, or nil.
 	classify func(error) error
@@ -111,6 +114,7 @@ func MySQL() Dialect {
 		maxParams:     65535,
 		epoch:         "'1970-01-01 00:00:00'",
 		claim:         claimNamedLock,
+		shareLock:     " LOCK IN SHARE MODE",
 		migrationsDir: "migrations/mysql",
 		classify: func(err error) error {
 			// go-sql-driver/mysql formats its errors as "Error <number> (<sqlstate>): ...".

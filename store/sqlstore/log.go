@@ -42,7 +42,7 @@ func (s *Store) ReadLog(ctx context.Context, c store.LogConsumer) error {
 // position, stored with the outcome it covers). It is [Store.PublishLog] then
 // [LogBatch.Record].
 func (s *Store) DeliverLog(ctx context.Context, c store.LogConsumer, msgs []LogMessage, checkpoint func(context.Context, *sql.Tx) error) error {
-	b, err := s.PublishLog(ctx, c, msgs)
+	b, err := s.PublishLog(ctx, c, msgs, nil)
 	if err != nil {
 		return err
 	}
@@ -82,14 +82,16 @@ func (b *LogBatch) keepLogOnly(m LogMessage) {
 }
 
 // PublishLog hands msgs, read from the change log in commit order, to c.Deliver, and
-// returns the outcome to record.
+// returns the outcome to record. Their rows are looked up through lookup when it is set: a
+// MySQL session in READ COMMITTED, whose locking reads wait for the writers' commits (the
+// binlog carries a transaction before InnoDB commits it), without gap locks.
 //
 // Messages that are no longer pending, or that polling holds (claimed, or waiting for a
 // retry), are skipped: polling delivered them before the log reached them, or owns them now.
 // A message whose key has an earlier message held by polling is handed over to polling, with
 // the later messages of its key, so that the key stays in order.
-func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogMessage) (*LogBatch, error) {
-	ready, heldFrom, err := s.logFilter(ctx, msgs)
+func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogMessage, lookup *sql.Conn) (*LogBatch, error) {
+	ready, heldFrom, err := s.logFilter(ctx, msgs, lookup)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: look up logged messages in %s: %w", s.t, err)
 	}
@@ -169,7 +171,12 @@ const visibleWithin = 200 * time.Millisecond
 // key with held messages the lowest held seq. Rows are looked up by seq, the primary key,
 // and held keys in the same statement: held messages are few (failed or claimed ones), and
 // the "held" index covers them.
-func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int64]bool, heldFrom map[string]int64, err error) {
+func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Conn) (ready map[int64]bool, heldFrom map[string]int64, err error) {
+	var db store.Querier = s.db
+	lock := ""
+	if lookup != nil {
+		db, lock = lookup, s.d.shareLock
+	}
 	missing := make([]int64, len(msgs))
 	logOnly := map[int64]bool{}
 	for i, m := range msgs {
@@ -187,12 +194,12 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage) (ready map[int
 		err = inChunks(missing, s.d.maxParams-8, func(seqs []int64) error {
 			b := builder{d: s.d}
 			q := "SELECT seq, CASE WHEN (state = 'pending' AND held = 0) OR state = '" + LogOnlyState + "' THEN 1 ELSE 0 END, '' FROM " + s.t.String() +
-				" WHERE " + b.inSeqs("seq", seqs)
+				" WHERE " + b.inSeqs("seq", seqs) + lock
 			if withHeld {
-				q += " UNION ALL SELECT MIN(seq), -1, message_key FROM " + s.t.String() + " WHERE held = 1 AND message_key <> '' GROUP BY message_key"
+				q = "(" + q + ") UNION ALL (SELECT MIN(seq), -1, message_key FROM " + s.t.String() + " WHERE held = 1 AND message_key <> '' GROUP BY message_key)"
 				withHeld = false
 			}
-			rows, err := s.db.QueryContext(ctx, q, b.args...)
+			rows, err := db.QueryContext(ctx, q, b.args...)
 			if err != nil {
 				return err
 			}

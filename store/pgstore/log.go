@@ -46,7 +46,8 @@ func Names(table string) (slot, publication string) {
 
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
-// statusEvery is how often the reader confirms its position to the server.
+// statusEvery is how often the reader confirms its position to the server when no recorded
+// batch made it confirm sooner.
 const statusEvery = time.Second
 
 // sampleEvery is how often the reader samples the server's WAL end, which tells when it has
@@ -320,9 +321,9 @@ func (r *reader) connect(ctx context.Context) (*pgconn.PgConn, error) {
 }
 
 // receive reads the stream, hands each committed transaction with outbox messages to the
-// deliverer in commit order, and confirms positions every statusEvery. When nothing is in
-// flight, the server's keepalive position is confirmed too, so that a quiet outbox does not
-// pin WAL.
+// deliverer in commit order, and confirms positions as batches are recorded, and at least
+// every statusEvery. When nothing is in flight, the server's keepalive position is confirmed
+// too, so that a quiet outbox does not pin WAL.
 func (r *reader) receive(ctx context.Context, conn *pgconn.PgConn, txns chan<- txn) error {
 	var (
 		relations = map[uint32]*pglogrepl.RelationMessage{}

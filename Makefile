@@ -17,7 +17,7 @@ test: ## start the test services (.ci/services), run every test with the race de
 	$(GO) test -race -count=1 -timeout 30m ./...
 	OUTBOX_TEST_RESTART=$(CURDIR)/.ci/services $(GO) test -race -count=1 -timeout 10m -run '^TestDatabaseRestartLosesNothing$$' -v ./dispatcher
 
-soak: ## kill a dispatcher process 100 times while 200,000 messages flow, on SQLite, and Postgres and MariaDB in log and polling mode (1M messages; about 7 minutes here)
+soak: ## kill a dispatcher process 100 times while 200,000 messages flow, on SQLite, Postgres and MariaDB in log and polling mode, and Postgres log-only (1.2M messages; about 8 minutes here)
 	./.ci/services
 	OUTBOX_SOAK_MESSAGES=200000 OUTBOX_SOAK_KILLS=100 $(GO) test -count=1 -timeout 90m -run 'TestKilledDispatchersLoseNothing' -v ./dispatcher
 

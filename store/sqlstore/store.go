@@ -701,13 +701,14 @@ func scanClaimed(rows *sql.Rows) ([]claimedRow, error) {
 // turns through a lock named after the table, held for the few milliseconds a claim takes:
 // each claim then sees every earlier claim committed, which keeps the messages of a key in
 // order across dispatchers. FOR UPDATE SKIP LOCKED keeps a claim from waiting on rows that
-// other dispatchers are marking. A cheap look first keeps an idle outbox at one query per poll.
+// other dispatchers are marking. A cheap look first keeps an idle outbox at one query per poll;
+// its ORDER BY has the planner read the pending index from its head, not all of it.
 func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
 	b := builder{d: s.d}
 	nowV := s.d.timeArg(s.now())
 	var one int
 	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" o WHERE o.state = 'pending' AND o.next_attempt_at <= "+
-		b.arg(nowV)+" AND o.claimed_until <= "+b.arg(nowV)+s.sweepOnly(&b, p)+" LIMIT 1", b.args...).Scan(&one)
+		b.arg(nowV)+" AND o.claimed_until <= "+b.arg(nowV)+s.sweepOnly(&b, p)+" ORDER BY o.seq LIMIT 1", b.args...).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -728,8 +729,12 @@ func (s *Store) claimAdvisory(ctx context.Context, token string, p *store.ClaimP
 	defer tx.Rollback()
 	// The lock is released at commit; the UPDATE below takes its snapshot after it is granted.
 	// The commit need not wait for the WAL flush: a claim lost in a server crash only makes
-	// its messages claimable again.
-	if _, err := tx.ExecContext(ctx, "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock($1)", s.t.lockKey("claim")); err != nil {
+	// its messages claimable again. The claim walks the pending index in seq order and stops
+	// at its LIMIT; statistics taken while few messages were pending (a backlog grows faster
+	// than autovacuum analyzes) would have the planner read every pending row and sort them,
+	// on every claim: so bitmap and sequential scans are off for this transaction.
+	if _, err := tx.ExecContext(ctx, "SELECT set_config('synchronous_commit', 'off', true), set_config('enable_bitmapscan', 'off', true), "+
+		"set_config('enable_seqscan', 'off', true), pg_advisory_xact_lock($1)", s.t.lockKey("claim")); err != nil {
 		return nil, err
 	}
 	got, err := s.claimOnce(ctx, tx, token, p)

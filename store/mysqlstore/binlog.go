@@ -95,16 +95,7 @@ func readLog(ctx context.Context, s *sqlstore.Store, c store.LogConsumer, conn *
 		return fmt.Errorf("outbox: log reader: %w", err)
 	}
 	defer lockConn.Close()
-	lookup, err := lookupConn(ctx, s.DB())
-	if err != nil {
-		return err
-	}
-	defer func() {
-		// Its session setting must not reach the pool.
-		lookup.Raw(func(any) error { return driver.ErrBadConn })
-		lookup.Close()
-	}()
-	r := &reader{s: s, c: c, conn: conn, lockConn: lockConn, lookup: lookup, log: s.Logger().With(slog.String("component", "outbox.binlog")), lag: -1}
+	r := &reader{s: s, c: c, conn: conn, lockConn: lockConn, log: s.Logger().With(slog.String("component", "outbox.binlog")), lag: -1}
 	if err := r.identify(ctx); err != nil {
 		return err
 	}
@@ -119,6 +110,15 @@ func readLog(ctx context.Context, s *sqlstore.Store, c store.LogConsumer, conn *
 	if err != nil {
 		return err
 	}
+	// A standby holds no second connection: the lookup session is the leader's.
+	if r.lookup, err = lookupConn(ctx, s.DB()); err != nil {
+		return err
+	}
+	defer func() {
+		// Its session setting must not reach the pool.
+		r.lookup.Raw(func(any) error { return driver.ErrBadConn })
+		r.lookup.Close()
+	}()
 	return r.run(ctx, start)
 }
 

@@ -40,7 +40,8 @@ type Config struct {
 	// growth, no row to mark delivered. Only stores whose change log can be checked at write
 	// time allow it (Postgres; see pgstore). There is no polling fallback for such messages:
 	// Write refuses them, with an error wrapping store.ErrLogUnavailable, while the log
-	// cannot carry them.
+	// cannot carry them. Nor is a message id checked against earlier messages, whose rows
+	// are gone: an id written twice is published twice, for consumers to drop.
 	LogOnly bool
 }
 
@@ -496,7 +497,7 @@ func (s *Store) writeLogOnly(ctx context.Context, db store.Execer, msgs []store.
 		return store.LogUnavailable("log-only write of %d messages to %s refused, as the log would not carry them: %s", len(msgs), s.t, s.logOnly.NotReady)
 	}
 	d := builder{d: s.d, args: make([]any, 0, len(msgs))}
-	if _, err := db.ExecContext(ctx, "DELETE FROM "+s.t.String()+" WHERE "+d.in("id", ids), d.args...); err != nil {
+	if _, err := db.ExecContext(ctx, "DELETE FROM "+s.t.String()+" WHERE "+d.in("id", ids)+" AND state = '"+LogOnlyState+"'", d.args...); err != nil {
 		return fmt.Errorf("outbox: write %d log-only messages to %s: delete the rows: %w", len(msgs), s.t, err)
 	}
 	return nil

@@ -55,8 +55,8 @@ type LogBatch struct {
 	delivered []int64
 	failures  []store.Failure
 	handOver  []int64
-	// logOnly are the batch's log-only messages by id, and their seqs: those failed or handed
-	// over are inserted into the table for polling.
+	// logOnly are the batch's log-only messages that were not delivered, by id: recording
+	// inserts them into the table, failed or handed over, for polling.
 	logOnly map[string]LogMessage
 }
 

@@ -817,3 +817,34 @@ func TestReadLogMapsColumns(t *testing.T) {
 		})
 	}
 }
+
+// The reader looks rows up on a session in READ COMMITTED of its own. When it stops, that
+// setting does not reach the application's pool.
+func TestReadLogLeavesThePoolsIsolationAlone(t *testing.T) {
+	t.Parallel()
+	db, _ := dbtest.MySQL(t)
+	st := newLogStore(t, db, "")
+	rec := &logRecorder{}
+	reader := startReader(t, st, rec)
+	require.Eventually(t, rec.reading, 20*time.Second, 10*time.Millisecond)
+	write(t, db, st, store.Message{Topic: "orders", Payload: []byte("x")})
+	require.Eventually(t, func() bool { return len(rec.delivered()) == 1 }, 20*time.Second, 10*time.Millisecond)
+	var lookups int
+	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE()").Scan(&lookups))
+	require.ErrorIs(t, reader.stop(t), context.Canceled)
+
+	// Take every connection the pool holds at once, and a few more.
+	ctx := context.Background()
+	var conns []*sql.Conn
+	for range lookups + 2 {
+		c, err := db.Conn(ctx)
+		require.NoError(t, err)
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		var isolation string
+		require.NoError(t, c.QueryRowContext(ctx, "SELECT @@SESSION.tx_isolation").Scan(&isolation))
+		require.Equal(t, "REPEATABLE-READ", isolation)
+		c.Close()
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"net/url"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -152,14 +151,12 @@ func TestLogOnlyFailuresMoveToTheTable(t *testing.T) {
 	c.mu.Unlock()
 
 	// Polling takes over the failed message once it is due, with m-7 behind it.
-	st2, err := pgstore.New(st.DB(), pgstore.Config{Table: st.QualifiedName()})
-	require.NoError(t, err)
-	res, err := st2.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute, WrittenBefore: time.Now()})
+	res, err := st.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute, WrittenBefore: time.Now()})
 	require.NoError(t, err)
 	require.Empty(t, res.Messages, "the failed message waits for its retry time")
 	_, err = st.DB().Exec("UPDATE " + st.Table() + " SET next_attempt_at = now() - interval '1 second'")
 	require.NoError(t, err)
-	res, err = st2.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute, WrittenBefore: time.Now()})
+	res, err = st.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute, WrittenBefore: time.Now()})
 	require.NoError(t, err)
 	require.Len(t, res.Messages, 2)
 	require.Equal(t, []byte("m-0"), res.Messages[0].Payload)
@@ -204,15 +201,7 @@ func TestLogOnlyNeedsTheLog(t *testing.T) {
 	st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox", LogOnly: true})
 	require.NoError(t, err)
 	slot, _ := pgstore.Names(st.QualifiedName())
-	u, err := url.Parse(dbtest.PostgresDSN())
-	require.NoError(t, err)
-	u.Path = "/postgres"
-	other, err := pgstore.Open(u.String())
-	require.NoError(t, err)
-	defer other.Close()
-	_, err = other.Exec("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
-	require.NoError(t, err)
-	t.Cleanup(func() { other.Exec("SELECT pg_drop_replication_slot($1)", slot) }) // in its own database
+	takeSlotInAnotherDatabase(t, slot)
 
 	err = st.Migrate(context.Background())
 	require.ErrorIs(t, err, store.ErrLogUnavailable)

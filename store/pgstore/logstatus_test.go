@@ -65,15 +65,7 @@ func TestInspectLogNamesTheSlotOfAnotherDatabase(t *testing.T) {
 	table := schema + ".outbox"
 	slot, _ := pgstore.Names(table)
 
-	u, err := url.Parse(dbtest.PostgresDSN())
-	require.NoError(t, err)
-	u.Path = "/postgres"
-	other, err := pgstore.Open(u.String())
-	require.NoError(t, err)
-	defer other.Close()
-	_, err = other.Exec("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
-	require.NoError(t, err)
-	t.Cleanup(func() { other.Exec("SELECT pg_drop_replication_slot($1)", slot) }) // in its own database
+	takeSlotInAnotherDatabase(t, slot)
 
 	s, err := pgstore.InspectLog(ctx, db, table)
 	require.NoError(t, err)
@@ -87,4 +79,21 @@ func TestInspectLogNamesTheSlotOfAnotherDatabase(t *testing.T) {
 	err = st.ReadLog(ctx, store.LogConsumer{Deliver: func(context.Context, []store.ClaimedMessage) *store.LogOutcome { return nil }})
 	require.ErrorIs(t, err, store.ErrLogUnavailable)
 	require.ErrorContains(t, err, "replication slot "+slot+" belongs to database postgres")
+}
+
+// takeSlotInAnotherDatabase creates a logical replication slot named slot in the database
+// "postgres", as an outbox of the same name there would have, until the test ends.
+func takeSlotInAnotherDatabase(t *testing.T, slot string) {
+	t.Helper()
+	u, err := url.Parse(dbtest.PostgresDSN())
+	require.NoError(t, err)
+	u.Path = "/postgres"
+	other, err := pgstore.Open(u.String())
+	require.NoError(t, err)
+	_, err = other.Exec("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		other.Exec("SELECT pg_drop_replication_slot($1)", slot) // in its own database
+		other.Close()
+	})
 }

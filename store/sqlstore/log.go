@@ -37,18 +37,6 @@ func (s *Store) ReadLog(ctx context.Context, c store.LogConsumer) error {
 	return s.hooks.ReadLog(ctx, s, c)
 }
 
-// DeliverLog hands msgs, read from the change log in commit order, to c.Deliver and records
-// the outcome in one transaction, with checkpoint(tx) when it is not nil (the reader's log
-// position, stored with the outcome it covers). It is [Store.PublishLog] then
-// [LogBatch.Record].
-func (s *Store) DeliverLog(ctx context.Context, c store.LogConsumer, msgs []LogMessage, checkpoint func(context.Context, *sql.Tx) error) error {
-	b, err := s.PublishLog(ctx, c, msgs, nil)
-	if err != nil {
-		return err
-	}
-	return b.Record(ctx, checkpoint)
-}
-
 // LogBatch is a published log batch whose outcome is not recorded yet.
 type LogBatch struct {
 	s         *Store
@@ -287,6 +275,8 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 	if err != nil {
 		return fmt.Errorf("outbox: mark %d logged messages delivered in %s: %w", len(delivered), s.t, err)
 	}
+	// A log-only message has no row to update: it is inserted, failed or handed over.
+	var logOnly []logOnlyRow
 	for _, f := range failures {
 		b := builder{d: s.d}
 		state := store.Pending
@@ -294,10 +284,7 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 			state = store.Parked
 		}
 		if m, ok := batch.logOnly[f.ID]; ok {
-			err := s.insertLogOnly(ctx, tx, m, string(state), 1, f.Error, now.Add(f.RetryAfter), time.Time{})
-			if err != nil {
-				return fmt.Errorf("outbox: record failure of log-only message %s in %s: %w", f.ID, s.t, err)
-			}
+			logOnly = append(logOnly, logOnlyRow{m: m, state: state, attempts: 1, lastError: f.Error, nextAttempt: now.Add(f.RetryAfter)})
 			continue
 		}
 		q := "UPDATE " + t + " SET attempts = attempts + 1, state = " + b.arg(string(state)) +
@@ -310,22 +297,20 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 	// A handed-over message gets an expired claim: that makes it held, which a sweep claims
 	// at once and which holds back the later messages of its key.
 	if len(batch.logOnly) > 0 {
-		rest := handOver[:0:0]
 		bySeq := make(map[int64]LogMessage, len(batch.logOnly))
 		for _, m := range batch.logOnly {
 			bySeq[m.Seq] = m
 		}
-		for _, seq := range handOver {
+		handOver = slices.DeleteFunc(slices.Clone(handOver), func(seq int64) bool {
 			m, ok := bySeq[seq]
-			if !ok {
-				rest = append(rest, seq)
-				continue
+			if ok {
+				logOnly = append(logOnly, logOnlyRow{m: m, state: store.Pending, nextAttempt: now, claimedUntil: now})
 			}
-			if err := s.insertLogOnly(ctx, tx, m, string(store.Pending), 0, "", now, now); err != nil {
-				return fmt.Errorf("outbox: hand log-only message %s over to polling in %s: %w", m.ID, s.t, err)
-			}
-		}
-		handOver = rest
+			return ok
+		})
+	}
+	if err := s.insertLogOnly(ctx, tx, logOnly); err != nil {
+		return fmt.Errorf("outbox: put %d failed or handed-over log-only messages into %s: %w", len(logOnly), s.t, err)
 	}
 	err = inChunks(handOver, s.d.maxParams-8, func(seqs []int64) error {
 		b := builder{d: s.d}
@@ -347,28 +332,46 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 	return nil
 }
 
-// insertLogOnly puts a log-only message into the table, under the seq it was written with,
-// so that polling retries it in its place; a row already there (recorded before a crash)
+// logOnlyRow is a log-only message as recording puts it into the table.
+type logOnlyRow struct {
+	m            LogMessage
+	state        store.State
+	attempts     int
+	lastError    string
+	nextAttempt  time.Time
+	claimedUntil time.Time // zero: not claimed
+}
+
+const logOnlyColumns = 12
+
+// insertLogOnly puts log-only messages into the table, under the seqs they were written with,
+// so that polling retries them in their place; a row already there (recorded before a crash)
 // stays as it is. Postgres only, like log-only writes.
-func (s *Store) insertLogOnly(ctx context.Context, tx *sql.Tx, m LogMessage, state string, attempts int, lastError string, nextAttempt, claimedUntil time.Time) error {
-	headers, err := store.EncodeHeaders(m.Headers)
-	if err != nil {
+func (s *Store) insertLogOnly(ctx context.Context, tx *sql.Tx, rows []logOnlyRow) error {
+	return inChunks(rows, (s.d.maxParams-8)/logOnlyColumns, func(rows []logOnlyRow) error {
+		b := builder{d: s.d, args: make([]any, 0, len(rows)*logOnlyColumns)}
+		values := make([]string, len(rows))
+		for i, r := range rows {
+			headers, err := store.EncodeHeaders(r.m.Headers)
+			if err != nil {
+				return fmt.Errorf("message %s: %w", r.m.ID, err)
+			}
+			claimed := s.d.epoch
+			if !r.claimedUntil.IsZero() {
+				claimed = b.arg(s.d.timeArg(r.claimedUntil))
+			}
+			var lastError any
+			if r.lastError != "" {
+				lastError = r.lastError
+			}
+			values[i] = "(" + strings.Join([]string{b.arg(r.m.Seq), b.arg(r.m.ID), b.arg(r.m.Topic), b.arg(r.m.Key), b.arg(payloadArg(r.m.Payload)),
+				b.arg(headers), b.arg(s.d.timeArg(r.m.CreatedAt)), b.arg(string(r.state)), b.arg(r.attempts), b.arg(lastError),
+				b.arg(s.d.timeArg(r.nextAttempt)), claimed}, ",") + ")"
+		}
+		_, err := tx.ExecContext(ctx, "INSERT INTO "+s.t.String()+" (seq, id, topic, message_key, payload, headers, created_at, state, attempts, last_error, next_attempt_at, claimed_until)"+
+			" OVERRIDING SYSTEM VALUE VALUES "+strings.Join(values, ",")+" ON CONFLICT DO NOTHING", b.args...)
 		return err
-	}
-	b := builder{d: s.d}
-	claimed := s.d.epoch
-	if !claimedUntil.IsZero() {
-		claimed = b.arg(s.d.timeArg(claimedUntil))
-	}
-	var lastErr any
-	if lastError != "" {
-		lastErr = lastError
-	}
-	_, err = tx.ExecContext(ctx, "INSERT INTO "+s.t.String()+" (seq, id, topic, message_key, payload, headers, created_at, state, attempts, last_error, next_attempt_at, claimed_until) OVERRIDING SYSTEM VALUE VALUES ("+
-		strings.Join([]string{b.arg(m.Seq), b.arg(m.ID), b.arg(m.Topic), b.arg(m.Key), b.arg(payloadArg(m.Payload)), b.arg(headers),
-			b.arg(s.d.timeArg(m.CreatedAt)), b.arg(state), b.arg(attempts), b.arg(lastErr), b.arg(s.d.timeArg(nextAttempt)), claimed}, ",")+
-		") ON CONFLICT DO NOTHING", b.args...)
-	return err
+	})
 }
 
 // inChunks calls f with consecutive parts of vs, each at most size long.

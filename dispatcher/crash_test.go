@@ -46,8 +46,10 @@ func TestKilledDispatchersLoseNothing(t *testing.T) {
 			// Spread the writes over the kills (about 650 ms each).
 			perTx := max(20, n/(kills*30))
 			go func() { written <- writeSteadily(db, st, n, perTx, 20*time.Millisecond) }()
+			var logs []string
 			for range kills {
-				cmd, _ := startDispatcherProcess(t, shared, brokers, "killed", batch)
+				cmd, log := startDispatcherProcess(t, shared, brokers, "killed", batch)
+				logs = append(logs, log)
 				// The fault itself: kill at a random moment of the dispatcher's work.
 				time.Sleep(time.Duration(300+rng.IntN(700)) * time.Millisecond)
 				require.NoError(t, cmd.Process.Kill())
@@ -57,20 +59,23 @@ func TestKilledDispatchersLoseNothing(t *testing.T) {
 			var dups, inversions int
 			if shared.logOnly {
 				// The table holds nothing to wait for: Kafka shows that every message arrived.
-				final, _ := startDispatcherProcess(t, shared, brokers, "killed", batch)
+				final, log := startDispatcherProcess(t, shared, brokers, "killed", batch)
+				logs = append(logs, log)
 				dups, inversions = readBack(t, brokers, n)
 				require.NoError(t, final.Process.Kill())
 				_ = final.Wait()
 			} else {
 				final, log := startDispatcherProcess(t, shared, brokers, "empty", batch)
+				logs = append(logs, log)
 				waitAllDelivered(t, st, n)
 				require.NoError(t, final.Wait(), "final dispatcher, log in %s", log)
 				dups, inversions = readBack(t, brokers, n)
 			}
-			t.Logf("%s: %d messages, %d kills: 0 lost, %d duplicates (%.1f per kill), %d order inversions",
-				shared.name, n, kills, dups, float64(dups)/float64(kills), inversions)
+			overrun := overrunIn(t, logs...)
+			t.Logf("%s: %d messages, %d kills: 0 lost, %d duplicates (%.1f per kill), %d order inversions, %d overrun a lease",
+				shared.name, n, kills, dups, float64(dups)/float64(kills), inversions, overrun)
 			require.Zero(t, inversions, "first deliveries of a key out of write order")
-			require.LessOrEqual(t, dups, kills*shared.crashBound(batch), "more duplicates per kill than a crash may leave")
+			require.LessOrEqual(t, dups, kills*shared.crashBound(batch)+overrun, "more duplicates per kill than a crash may leave")
 		})
 	}
 }
@@ -168,7 +173,7 @@ func TestOneOfThreeDispatcherProcessesKilled(t *testing.T) {
 		t.Run(shared.name, func(t *testing.T) {
 			brokers, db, st := shared.prepare(t)
 			fill(t, db, st, instanceMessages)
-			victim, _ := startDispatcherProcess(t, shared, brokers, "killed", batch)
+			victim, victimLog := startDispatcherProcess(t, shared, brokers, "killed", batch)
 			var survivors []*exec.Cmd
 			var logs []string
 			for range 2 {
@@ -193,9 +198,40 @@ func TestOneOfThreeDispatcherProcessesKilled(t *testing.T) {
 				}
 			}
 			dups, inversions := readBack(t, brokers, instanceMessages)
-			t.Logf("%s: one of three killed: 0 lost, %d duplicates, %d inversions", shared.name, dups, inversions)
+			overrun := overrunIn(t, append(logs, victimLog)...)
+			t.Logf("%s: one of three killed: 0 lost, %d duplicates, %d inversions, %d overrun a lease", shared.name, dups, inversions, overrun)
 			require.Zero(t, inversions)
-			require.LessOrEqual(t, dups, shared.crashBound(batch), "at most what the killed process had in flight")
+			// A loaded machine may stall a batch past its lease; its dispatcher says so.
+			require.LessOrEqual(t, dups, shared.crashBound(batch)+overrun, "at most what the killed process had in flight")
 		})
 	}
+}
+
+// overrunIn logs what went wrong in the logs of dispatcher processes, and sums the messages
+// they say they recorded after their lease ran out: other dispatchers may have published those
+// too.
+func overrunIn(t *testing.T, logs ...string) int {
+	t.Helper()
+	n := 0
+	for _, path := range logs {
+		out, err := os.ReadFile(path)
+		require.NoError(t, err)
+		for _, line := range strings.Split(string(out), "\n") {
+			if !strings.Contains(line, " WARN ") && !strings.Contains(line, " ERROR ") {
+				continue
+			}
+			t.Logf("%s: %s", filepath.Base(path), strings.TrimSpace(line))
+			if !strings.Contains(line, "after its lease ran out") {
+				continue
+			}
+			for _, f := range strings.Fields(line) {
+				if v, ok := strings.CutPrefix(f, "messages="); ok {
+					m, err := strconv.Atoi(v)
+					require.NoError(t, err)
+					n += m
+				}
+			}
+		}
+	}
+	return n
 }

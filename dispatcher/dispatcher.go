@@ -51,8 +51,8 @@ type Dispatcher struct {
 	mu  sync.Mutex
 	run *run
 
-	published, failed, parked atomic.Int64
-	logs                      logState
+	published, failed, parked, overrun atomic.Int64
+	logs                               logState
 }
 
 // run is one Start..Stop lifetime.
@@ -71,6 +71,10 @@ type Stats struct {
 	Failed int64
 	// Parked is the number of messages parked after their last attempt.
 	Parked int64
+	// Overrun is the number of claimed messages whose outcome was recorded after their
+	// lease had run out: another dispatcher may have claimed and published them too. A
+	// growing count asks for a longer [Config.Lease] or smaller batches.
+	Overrun int64
 }
 
 // New returns a dispatcher that delivers the messages of st through pub.
@@ -99,7 +103,7 @@ func New(st store.Store, pub message.Publisher, cfg Config) (*Dispatcher, error)
 
 // Stats returns the dispatcher's counters.
 func (d *Dispatcher) Stats() Stats {
-	return Stats{Published: d.published.Load(), Failed: d.failed.Load(), Parked: d.parked.Load()}
+	return Stats{Published: d.published.Load(), Failed: d.failed.Load(), Parked: d.parked.Load(), Overrun: d.overrun.Load()}
 }
 
 // Start checks the store and starts dispatching in the background. It returns nil at once if
@@ -315,6 +319,7 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 	if p == nil {
 		return 0, 0, nil
 	}
+	start := time.Now()
 	res, err := d.st.Claim(ctx, p)
 	if err != nil {
 		return 0, 0, err
@@ -349,6 +354,12 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 		errs = append(errs, retry(rctx, func() error {
 			return d.st.Release(rctx, &store.ReleaseParams{Token: res.Token, IDs: out.unattempted})
 		}))
+	}
+	if took := time.Since(start); took > d.cfg.Lease {
+		d.overrun.Add(int64(len(res.Messages)))
+		d.metrics.overrun.Add(ctx, int64(len(res.Messages)))
+		d.log.Warn("a batch was recorded after its lease ran out: other dispatchers may have published its messages too",
+			slog.Int("messages", len(res.Messages)), slog.Duration("took", took), slog.Duration("lease", d.cfg.Lease))
 	}
 	return len(res.Messages), len(out.delivered), errors.Join(errs...)
 }

@@ -49,7 +49,8 @@
 //
 // The dispatcher reports through the OpenTelemetry metric API (Config.MeterProvider):
 // outbox.messages.published, outbox.publish.failures and outbox.messages.parked (counters by
-// topic), outbox.publish.duration, outbox.delivery.latency (from write to acknowledgement) and
+// topic), outbox.lease.overrun (claimed messages recorded after their lease ran out, which other
+// dispatchers may have published too), outbox.publish.duration, outbox.delivery.latency (from write to acknowledgement) and
 // outbox.batch.size (histograms), and, for stores that implement store.Operator,
 // outbox.pending, outbox.parked and outbox.lag (gauges with the store's name and mode), and, while
 // reading the change log, outbox.log.lag (bytes of log not yet recorded as read) and

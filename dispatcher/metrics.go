@@ -20,6 +20,7 @@ const meterName = "github.com/outboxgo/outbox/dispatcher"
 //	outbox.messages.published   counter    messages the publisher acknowledged, by topic
 //	outbox.publish.failures     counter    failed publish attempts, by topic
 //	outbox.messages.parked      counter    messages parked, by topic
+//	outbox.lease.overrun        counter    claimed messages recorded after their lease ran out
 //	outbox.publish.duration     histogram  seconds per publisher call
 //	outbox.delivery.latency     histogram  seconds from a message's write to its acknowledgement
 //	outbox.batch.size           histogram  messages per claimed batch
@@ -32,12 +33,12 @@ const meterName = "github.com/outboxgo/outbox/dispatcher"
 // The log gauges are reported in log mode only. The gauges carry the store's name and the mode ("log", "standby" or "polling"); they read the store once per
 // collection, and only for stores that implement store.Operator.
 type instruments struct {
-	published, failures, parkedN metric.Int64Counter
-	publishDuration, latency     metric.Float64Histogram
-	batchSize                    metric.Int64Histogram
-	meter                        metric.Meter
-	pending, parked, logLag      metric.Int64ObservableGauge
-	lag, logDelay                metric.Float64ObservableGauge
+	published, failures, parkedN, overrun metric.Int64Counter
+	publishDuration, latency              metric.Float64Histogram
+	batchSize                             metric.Int64Histogram
+	meter                                 metric.Meter
+	pending, parked, logLag               metric.Int64ObservableGauge
+	lag, logDelay                         metric.Float64ObservableGauge
 }
 
 func newInstruments(mp metric.MeterProvider) (*instruments, error) {
@@ -61,6 +62,8 @@ func newInstruments(mp metric.MeterProvider) (*instruments, error) {
 	in.failures, err = m.Int64Counter("outbox.publish.failures", metric.WithDescription("Failed publish attempts."))
 	keep(err)
 	in.parkedN, err = m.Int64Counter("outbox.messages.parked", messages, metric.WithDescription("Messages parked after their last attempt or a permanent error."))
+	keep(err)
+	in.overrun, err = m.Int64Counter("outbox.lease.overrun", messages, metric.WithDescription("Claimed messages recorded after their lease ran out; other dispatchers may have published them too."))
 	keep(err)
 	in.publishDuration, err = m.Float64Histogram("outbox.publish.duration", append(seconds, metric.WithDescription("Time per publisher call."))...)
 	keep(err)

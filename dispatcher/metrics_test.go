@@ -170,3 +170,32 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// A batch whose publishing outlasts its lease is claimed and published by another dispatcher
+// too; the slow one says so when it records the batch, in its stats, metrics and log.
+func TestABatchRecordedAfterItsLeaseIsCountedAsOverrun(t *testing.T) {
+	f := setup(t)
+	slow := &blockingPublisher{release: make(chan struct{}), Publisher: f.pub}
+	f.write(t, store.Message{Topic: "t", Key: "a", Payload: []byte("1")}, store.Message{Topic: "t", Key: "b", Payload: []byte("2")})
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer mp.Shutdown(context.Background())
+	var logs syncBuffer
+	cfg := fast(dispatcher.Config{Lease: 200 * time.Millisecond, MeterProvider: mp})
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	d := f.start(t, slow, cfg)
+	require.Eventually(t, func() bool { return slow.inFlight.Load() > 0 }, 10*time.Second, time.Millisecond)
+
+	// Once the lease runs out, a second dispatcher takes the batch and publishes it.
+	other := f.start(t, f.pub, fast(dispatcher.Config{}))
+	f.waitDelivered(t, 2)
+	require.NoError(t, other.Stop(f.ctx))
+	require.Zero(t, other.Stats().Overrun)
+
+	close(slow.release)
+	require.Eventually(t, func() bool { return d.Stats().Overrun == 2 }, 10*time.Second, time.Millisecond)
+	require.NoError(t, d.Stop(f.ctx))
+	require.Len(t, f.pub.Messages("t"), 4, "both dispatchers published both messages")
+	require.Equal(t, map[string]int64{"": 2}, sumByTopic(t, collect(t, reader)["outbox.lease.overrun"]))
+	require.Contains(t, logs.String(), "after its lease ran out")
+}

@@ -13,7 +13,7 @@ import (
 const (
 	DefaultBatchSize       = 500
 	DefaultConcurrency     = 64
-	DefaultWorkers         = 1
+	DefaultWorkers         = 2
 	DefaultLease           = 30 * time.Second
 	DefaultMaxAttempts     = 10
 	DefaultRetryInitial    = time.Second
@@ -33,12 +33,14 @@ type Config struct {
 	// Concurrency is how many keys are published in parallel within a batch. Defaults to
 	// DefaultConcurrency.
 	Concurrency int
-	// Workers is how many batches are in flight at once: each worker claims, publishes and
-	// marks its own batch, so one's database work overlaps another's publishing. Claims keep
-	// each key's messages in order across workers as across dispatchers. More workers pay off
-	// only while the batches in flight cover fewer keys than the backlog has: a claim skips the
-	// messages of keys held by other batches, and skipping costs a scan. Memory is bounded by
-	// Workers x BatchSize messages. Defaults to DefaultWorkers.
+	// Workers is how many batches can be in flight at once: each worker claims, publishes and
+	// marks its own batch, so one's database work overlaps another's publishing. Only one
+	// worker polls while the outbox is idle; the others join when a claim comes back full (a
+	// backlog). Claims keep each key's messages in order across workers as across
+	// dispatchers. More workers pay off only while the batches in flight cover fewer keys than
+	// the backlog has: a claim skips the messages of keys held by other batches, and skipping
+	// costs a scan. Memory, and the messages a crash may leave to be published again, are
+	// bounded by Workers x BatchSize. Defaults to DefaultWorkers.
 	Workers int
 	// Lease is how long a claim holds its messages. If the dispatcher dies, other dispatchers
 	// take its messages after the lease; if publishing a batch takes longer than the lease,

@@ -61,6 +61,7 @@ type run struct {
 	stopOnce sync.Once
 	cancel   context.CancelFunc // abandons in-flight work
 	done     chan struct{}      // closed when every worker has returned
+	more     chan struct{}      // a worker claimed a full batch: a resting one may join
 }
 
 // Stats counts what a dispatcher did since it was created.
@@ -127,7 +128,7 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 		return fmt.Errorf("outbox: dispatcher metrics: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	r := &run{stop: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
+	r := &run{stop: make(chan struct{}), cancel: cancel, done: make(chan struct{}), more: make(chan struct{}, d.cfg.Workers)}
 	d.run = r
 	var workers sync.WaitGroup
 	lr := d.logReader()
@@ -135,8 +136,8 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 		// Before the workers start: until the reader reports, their claims would race it.
 		d.logs.mode.Store(int32(ModeStandby))
 	}
-	for range d.cfg.Workers {
-		workers.Go(func() { d.loop(ctx, r) })
+	for i := range d.cfg.Workers {
+		workers.Go(func() { d.loop(ctx, r, i == 0) })
 	}
 	if lr != nil {
 		workers.Go(func() { d.readLog(ctx, r, lr) })
@@ -204,10 +205,12 @@ func (d *Dispatcher) Drain(ctx context.Context) (int, error) {
 	}
 }
 
-// loop is one worker: it claims, publishes and records batches until the run stops.
-func (d *Dispatcher) loop(ctx context.Context, r *run) {
+// loop is one worker: it claims, publishes and records batches until the run stops. Only
+// the lead worker polls and listens while the outbox is idle; the others rest until a worker
+// claims a full batch, a sign of a backlog, so idle costs one worker's queries.
+func (d *Dispatcher) loop(ctx context.Context, r *run, lead bool) {
 	var signals <-chan struct{}
-	if n, ok := d.st.(store.Notifier); ok {
+	if n, ok := d.st.(store.Notifier); ok && lead {
 		ch, unsubscribe := n.Subscribe()
 		defer unsubscribe()
 		signals = ch
@@ -236,9 +239,25 @@ func (d *Dispatcher) loop(ctx context.Context, r *run) {
 			wait = errWait.NextBackOff()
 			d.log.Error("dispatch failed; retrying", slog.Any("error", err), slog.Duration("retry_in", wait))
 		case claimed > 0:
+			if claimed >= d.cfg.BatchSize {
+				select {
+				case r.more <- struct{}{}:
+				default:
+				}
+			}
 			errWait.Reset()
 			idle = minPoll
 			continue
+		case !lead:
+			errWait.Reset()
+			select {
+			case <-r.stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-r.more:
+				continue
+			}
 		case d.Mode() != ModePolling:
 			errWait.Reset()
 			wait = d.cfg.PollInterval

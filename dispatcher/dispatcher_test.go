@@ -510,6 +510,49 @@ func TestWorkersKeepOrderPerKey(t *testing.T) {
 	}
 }
 
+// Only one worker polls an idle outbox; the others join when a claim comes back full.
+func TestIdleWorkersRestUntilABacklog(t *testing.T) {
+	f := setup(t)
+	claims := &countingStore{Store: f.st}
+	pub := &overlapPublisher{Publisher: f.pub}
+	const poll, window = 20 * time.Millisecond, 25
+	d, err := dispatcher.New(claims, pub, fast(dispatcher.Config{Workers: 4, BatchSize: 10, Concurrency: 1, PollInterval: poll}))
+	require.NoError(t, err)
+	require.NoError(t, d.Start(f.ctx))
+	defer d.Stop(context.Background())
+	time.Sleep(10 * poll) // the idle waits grow to PollInterval
+	before := claims.n.Load()
+	time.Sleep(window * poll)
+	idle := claims.n.Load() - before
+	t.Logf("%d claims in %d poll intervals", idle, window)
+	// Four polling workers would claim about 4 x window times; late timers only claim less.
+	require.LessOrEqual(t, idle, int64(2*window), "an idle outbox is polled by one worker")
+
+	var in []store.Message
+	for i := range 200 {
+		in = append(in, store.Message{Topic: "t", Key: strconv.Itoa(i), Payload: []byte("x")})
+	}
+	f.write(t, in...)
+	f.waitDelivered(t, len(in))
+	t.Logf("batches published at once: %d", pub.most.Load())
+	require.GreaterOrEqual(t, pub.most.Load(), int32(2), "a backlog brings the resting workers in")
+}
+
+// overlapPublisher records how many publishes run at once.
+type overlapPublisher struct {
+	*outboxtest.Publisher
+	now, most atomic.Int32
+}
+
+func (p *overlapPublisher) Publish(topic string, msgs ...*message.Message) error {
+	n := p.now.Add(1)
+	defer p.now.Add(-1)
+	for m := p.most.Load(); n > m && !p.most.CompareAndSwap(m, n); m = p.most.Load() {
+	}
+	time.Sleep(time.Millisecond)
+	return p.Publisher.Publish(topic, msgs...)
+}
+
 func TestStartPurgesDeliveredPastRetention(t *testing.T) {
 	f := setup(t)
 	f.write(t, store.Message{Topic: "t", Payload: []byte("1")}, store.Message{Topic: "t", Payload: []byte("2")})

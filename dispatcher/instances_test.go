@@ -46,11 +46,12 @@ func (shared sharedDB) config(cfg dispatcher.Config) dispatcher.Config {
 	return cfg
 }
 
-// crashBound is how many messages a crashed dispatcher may leave to be sent again: its claimed
-// batch, or, reading the change log, the batch it records and the one it publishes meanwhile.
+// crashBound is how many messages a crashed dispatcher may leave to be sent again: its
+// workers' claimed batches, or, reading the change log, the batch it records and the one it
+// publishes meanwhile.
 func (shared sharedDB) crashBound(batch int) int {
 	if shared.pollOnly || shared.kind == "sqlite" {
-		return batch
+		return dispatcher.DefaultWorkers * batch
 	}
 	return 2 * batch
 }

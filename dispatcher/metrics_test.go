@@ -181,7 +181,7 @@ func TestABatchRecordedAfterItsLeaseIsCountedAsOverrun(t *testing.T) {
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	defer mp.Shutdown(context.Background())
 	var logs syncBuffer
-	cfg := fast(dispatcher.Config{Lease: 200 * time.Millisecond, MeterProvider: mp})
+	cfg := fast(dispatcher.Config{Workers: 1, Lease: 200 * time.Millisecond, MeterProvider: mp})
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	d := f.start(t, slow, cfg)
 	require.Eventually(t, func() bool { return slow.inFlight.Load() > 0 }, 10*time.Second, time.Millisecond)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"testing"
+	"time"
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/stretchr/testify/require"
@@ -111,4 +112,37 @@ func TestMigrationFilesMatchMigrate(t *testing.T) {
 		files = append(files, dbtest.MigrationFile(m))
 	}
 	dbtest.RequireMigrationFiles(t, "migrations", files, *update)
+}
+
+// A claim does not pass over an earlier message of a key that another session has locked
+// (MySQL locks every row an UPDATE scans) to take a later one: it claims both, in order, once
+// the lock is gone.
+func TestClaimDoesNotPassOverALockedEarlierMessageOfItsKey(t *testing.T) {
+	ctx := context.Background()
+	db, _ := dbtest.MySQL(t)
+	st, err := mysqlstore.New(db, mysqlstore.Config{})
+	require.NoError(t, err)
+	require.NoError(t, st.Migrate(ctx))
+	tx, err := db.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	first := store.Message{ID: "first", Topic: "t", Key: "k", Payload: []byte("1")}
+	later := store.Message{ID: "later", Topic: "t", Key: "k", Payload: []byte("2")}
+	require.NoError(t, st.Write(ctx, tx, first, later))
+	require.NoError(t, tx.Commit())
+
+	locker, err := db.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	var seq int64
+	require.NoError(t, locker.QueryRowContext(ctx, "SELECT seq FROM outbox WHERE id = ? FOR UPDATE", first.ID).Scan(&seq))
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		locker.Commit()
+	}()
+	res, err := st.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute})
+	require.NoError(t, err)
+	var ids []string
+	for _, m := range res.Messages {
+		ids = append(ids, m.ID)
+	}
+	require.Equal(t, []string{first.ID, later.ID}, ids)
 }

@@ -151,8 +151,9 @@ func (b *LogBatch) Record(ctx context.Context, checkpoint func(context.Context, 
 // visibleWithin bounds the wait for logged rows to become visible to queries. The log can
 // carry a commit a moment before other sessions see it (Postgres sends the commit once its
 // WAL is flushed, before the transaction leaves the running set; MySQL writes the binlog
-// before InnoDB commits), so a row the filter does not find is looked up again, briefly. A
-// row still missing was deleted: its message is not handed over.
+// before InnoDB commits), so a row the filter does not find is looked up again, first after
+// 100 µs, as the gap is mostly far shorter than a millisecond, then at doubling waits. A row
+// still missing was deleted: its message is not handed over.
 const visibleWithin = 200 * time.Millisecond
 
 // logFilter returns the seqs of msgs that are pending and not held by polling, and for each
@@ -177,7 +178,7 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Co
 	heldFrom = map[string]int64{}
 	withHeld := true
 	deadline := time.Now().Add(visibleWithin)
-	for wait := time.Millisecond; ; wait *= 2 {
+	for wait := 100 * time.Microsecond; ; wait *= 2 {
 		found := make(map[int64]bool, len(missing))
 		err = inChunks(missing, s.d.maxParams-8, func(seqs []int64) error {
 			b := builder{d: s.d}

@@ -757,6 +757,11 @@ func (s *Store) claimNamed(ctx context.Context, token string, p *store.ClaimPara
 	}
 	defer unlock()
 	// READ COMMITTED: each statement sees the claims committed before the lock was granted.
+	// The messages are chosen by a plain read, not a locking one: SKIP LOCKED would pass over
+	// an earlier message of a key that a statement of another session has locked (MySQL
+	// locks every row an UPDATE scans) and claim a later one, out of order; a locking read
+	// without it would wait for the application's transactions that insert messages. The
+	// UPDATE then claims exactly those rows, if no other session changed one meanwhile.
 	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
 	if err != nil {
 		return nil, err
@@ -765,7 +770,7 @@ func (s *Store) claimNamed(ctx context.Context, token string, p *store.ClaimPara
 	now := s.now()
 	b := builder{d: s.d}
 	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " o WHERE " + s.claimable(&b, now, p) +
-		" ORDER BY o.seq LIMIT " + b.arg(p.Limit) + " FOR UPDATE SKIP LOCKED"
+		" ORDER BY o.seq LIMIT " + b.arg(p.Limit)
 	rows, err := tx.QueryContext(ctx, q, b.args...)
 	if err != nil {
 		return nil, err
@@ -779,9 +784,15 @@ func (s *Store) claimNamed(ctx context.Context, token string, p *store.ClaimPara
 		seqs[i] = strconv.FormatInt(r.seq, 10)
 	}
 	b = builder{d: s.d}
-	upd := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.arg(s.d.timeArg(now.Add(p.Lease))) +
-		" WHERE seq IN (" + strings.Join(seqs, ",") + ")"
-	if _, err := tx.ExecContext(ctx, upd, b.args...); err != nil {
+	upd := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.arg(s.d.timeArg(now.Add(p.Lease)))
+	upd += " WHERE seq IN (" + strings.Join(seqs, ",") + ") AND state = 'pending' AND claimed_until <= " + b.arg(s.d.timeArg(now))
+	res, err := tx.ExecContext(ctx, upd, b.args...)
+	if err != nil {
+		return nil, err
+	}
+	if n, err := res.RowsAffected(); err != nil || n != int64(len(got)) {
+		// A message changed between the read and the UPDATE (an operator, a log reader
+		// marking it): claim nothing this time rather than a batch with a gap.
 		return nil, err
 	}
 	return got, tx.Commit()

@@ -1,10 +1,9 @@
 // Package mysqlstore keeps the outbox in a MySQL (8.0 or later) or MariaDB (10.6 or later)
 // database, through go-sql-driver/mysql.
 //
-// Several dispatchers, in one process or many, can share the outbox: claims use FOR UPDATE
-// SKIP LOCKED with a lease, and take turns through a named lock (GET_LOCK) for the few
-// milliseconds a claim takes, which keeps each key's messages in write order across
-// dispatchers. MySQL has no notifications: without the binlog, dispatchers poll, backing off
+// Several dispatchers, in one process or many, can share the outbox: claims take a lease,
+// and take turns through a named lock (GET_LOCK) for the few milliseconds a claim takes, which
+// keeps each key's messages in write order across dispatchers. MySQL has no notifications: without the binlog, dispatchers poll, backing off
 // when idle, and wake at once for messages written through the same Store value.
 //
 // # Reading the binlog

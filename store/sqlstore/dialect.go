@@ -55,8 +55,9 @@ const (
 	// claimAdvisoryLock: a transaction takes pg_advisory_xact_lock, then UPDATE ... RETURNING
 	// with FOR UPDATE SKIP LOCKED (Postgres).
 	claimAdvisoryLock
-	// claimNamedLock: GET_LOCK on a pinned connection, then SELECT ... FOR UPDATE SKIP LOCKED
-	// and UPDATE in a READ COMMITTED transaction (MySQL, MariaDB: no UPDATE ... RETURNING).
+	// claimNamedLock: GET_LOCK on a pinned connection, then a plain SELECT and an UPDATE of
+	// the rows it chose in a READ COMMITTED transaction (MySQL, MariaDB: no UPDATE ...
+	// RETURNING).
 	claimNamedLock
 )
 
@@ -106,7 +107,7 @@ func Postgres() Dialect {
 	}
 }
 
-// MySQL is the dialect of MySQL 8.0 and MariaDB 10.6 or later (for SKIP LOCKED).
+// MySQL is the dialect of MySQL 8.0 and MariaDB 10.6 or later.
 func MySQL() Dialect {
 	return Dialect{
 		name:          "mysql",

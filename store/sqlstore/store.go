@@ -701,8 +701,9 @@ func scanClaimed(rows *sql.Rows) ([]claimedRow, error) {
 // claimLocked claims where several processes claim at once (Postgres, MySQL). Claims take
 // turns through a lock named after the table, held for the few milliseconds a claim takes:
 // each claim then sees every earlier claim committed, which keeps the messages of a key in
-// order across dispatchers. FOR UPDATE SKIP LOCKED keeps a claim from waiting on rows that
-// other dispatchers are marking. A cheap look first keeps an idle outbox at one query per poll;
+// order across dispatchers. Postgres claims skip locked rows (FOR UPDATE SKIP LOCKED) rather
+// than wait on rows that other dispatchers are marking; MySQL claims read without locks (see
+// claimNamed). A cheap look first keeps an idle outbox at one query per poll;
 // its ORDER BY has the planner read the pending index from its head, not all of it.
 func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
 	b := builder{d: s.d}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/cenkalti/backoff/v4"
+	"github.com/google/uuid"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 
@@ -339,8 +340,16 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 		return 0, 0, nil
 	}
 	start := time.Now()
+	p.Token = uuid.NewString()
 	res, err := d.st.Claim(ctx, p)
 	if err != nil {
+		// The claim may have taken effect all the same (a call cancelled as it committed):
+		// give back whatever it took rather than leave it to the lease.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+		defer cancel()
+		if rerr := d.st.Release(rctx, &store.ReleaseParams{Token: p.Token, All: true}); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
 		return 0, 0, err
 	}
 	if len(res.Messages) == 0 {

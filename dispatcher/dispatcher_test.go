@@ -605,3 +605,32 @@ func TestStartWhileStillStopping(t *testing.T) {
 	f.waitDelivered(t, 1)
 	require.NoError(t, d.Stop(f.ctx))
 }
+
+// lostClaimStore makes its first claim take effect and then fail, as a claim does when its
+// connection drops, or its context ends, as it commits.
+type lostClaimStore struct {
+	*sqlstore.Store
+	lost atomic.Bool
+}
+
+func (s *lostClaimStore) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimResult, error) {
+	res, err := s.Store.Claim(ctx, p)
+	if err == nil && len(res.Messages) > 0 && s.lost.CompareAndSwap(false, true) {
+		return nil, errors.New("connection lost after the claim committed")
+	}
+	return res, err
+}
+
+// A claim that took effect although it failed is given back at once, not after its lease.
+func TestAFailedClaimGivesBackWhatItTook(t *testing.T) {
+	f := setup(t)
+	st := &lostClaimStore{Store: f.st}
+	f.write(t, store.Message{Topic: "t", Key: "k", Payload: []byte("x")})
+	d, err := dispatcher.New(st, f.pub, fast(dispatcher.Config{Lease: time.Hour}))
+	require.NoError(t, err)
+	require.NoError(t, d.Start(f.ctx))
+	defer d.Stop(context.Background())
+	f.waitDelivered(t, 1)
+	require.True(t, st.lost.Load())
+	require.Len(t, f.pub.Messages("t"), 1)
+}

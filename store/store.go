@@ -91,6 +91,11 @@ type ClaimParams struct {
 	// log reader handed over to polling (failed, or waiting behind a failure of their key):
 	// the sweep that runs beside a [LogReader].
 	WrittenBefore time.Time
+	// Token, when set, identifies the claim instead of a token the store makes up. A caller
+	// whose Claim fails cannot tell whether the claim took effect (a cancelled call may have
+	// committed); with its own token it can give back whatever the claim took
+	// ([ReleaseParams.All]) rather than wait for the lease. At most 36 characters (a UUID).
+	Token string
 }
 
 // ClaimResult is the result of [Store.Claim].
@@ -140,6 +145,8 @@ type ReleaseParams struct {
 	// Token of the claim holding the messages.
 	Token string
 	IDs   []string
+	// All releases every message the claim holds, whatever IDs says.
+	All bool
 }
 
 // ListParams are the parameters of [Store.List]. Zero fields do not filter.

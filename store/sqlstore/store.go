@@ -601,8 +601,11 @@ func (s *Store) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimRe
 	if p.Lease <= 0 {
 		return nil, fmt.Errorf("outbox: ClaimParams.Lease must be positive, got %v", p.Lease)
 	}
+	if len(p.Token) > 36 {
+		return nil, fmt.Errorf("outbox: ClaimParams.Token must be at most 36 characters, got %d", len(p.Token))
+	}
 	var (
-		res = &store.ClaimResult{Token: uuid.NewString()}
+		res = &store.ClaimResult{Token: cmp.Or(p.Token, uuid.NewString())}
 		got []claimedRow
 		err error
 	)
@@ -814,6 +817,14 @@ func (s *Store) MarkDelivered(ctx context.Context, p *store.MarkDeliveredParams)
 
 // Release implements [store.Store].
 func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
+	if p.All {
+		b := builder{d: s.d}
+		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token)
+		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
+			return fmt.Errorf("outbox: release the messages of a claim in %s: %w", s.t, err)
+		}
+		return nil
+	}
 	return s.inChunks(p.IDs, func(ids []string) error {
 		b := builder{d: s.d}
 		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE claim_token = " + b.arg(p.Token) +

@@ -55,6 +55,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"FailWithStaleTokenIsIgnored", testStaleToken},
 		{"ParkLetsTheKeyMoveOn", testPark},
 		{"ReleaseMakesDueAtOnce", testRelease},
+		{"ReleaseAllGivesBackWhatAClaimWithItsOwnTokenTook", testReleaseAll},
 		{"OrderPerKey", testOrderPerKey},
 		{"MessagesWithoutKeyAreIndependent", testNoKey},
 		{"ConcurrentClaimersNeverShareOrReorder", testConcurrentClaimers},
@@ -328,6 +329,26 @@ func testRelease(t *testing.T, h Harness) {
 	require.Zero(t, again.Messages[0].Attempts, "a release is not an attempt")
 }
 
+// A caller that names its claim's token can give back all it took without knowing what that
+// was: the claim may have taken effect although Claim returned an error.
+func testReleaseAll(t *testing.T, h Harness) {
+	ctx := ctxFor(t)
+	want := write(t, h, msg("t", "a", "1"), msg("t", "b", "2"), msg("t", "c", "3"))
+	const token = "a-token-of-the-callers"
+	res, err := h.Store.Claim(ctx, &store.ClaimParams{Limit: 2, Lease: lease, Token: token})
+	require.NoError(t, err)
+	require.Equal(t, token, res.Token)
+	require.Equal(t, want[:2], ids(res))
+	other := claim(t, h, 10, lease)
+	require.Equal(t, want[2:], ids(other))
+
+	require.NoError(t, h.Store.Release(ctx, &store.ReleaseParams{Token: token, All: true}))
+	again := claim(t, h, 10, lease)
+	require.Equal(t, want[:2], ids(again), "the token's messages are back; the other claim's are still held")
+	require.Zero(t, again.Messages[0].Attempts, "a release is not an attempt")
+	require.NoError(t, h.Store.Release(ctx, &store.ReleaseParams{Token: "no-such-claim", All: true}), "a token that took nothing releases nothing")
+}
+
 func testOrderPerKey(t *testing.T, h Harness) {
 	ctx := ctxFor(t)
 	a := write(t, h, msg("t", "A", "a1"), msg("t", "B", "b1"), msg("t", "A", "a2"), msg("t", "A", "a3"), msg("t", "B", "b2"))
@@ -503,6 +524,8 @@ func testClaimParams(t *testing.T, h Harness) {
 	require.Error(t, err)
 	_, err = h.Store.Claim(ctx, &store.ClaimParams{Limit: 1, Lease: 0})
 	require.Error(t, err)
+	_, err = h.Store.Claim(ctx, &store.ClaimParams{Limit: 1, Lease: lease, Token: strings.Repeat("t", 37)})
+	require.ErrorContains(t, err, "Token must be at most 36 characters")
 }
 
 func operator(t *testing.T, h Harness) store.Operator {

@@ -192,7 +192,7 @@ func TestOneOfThreeDispatcherProcessesKilled(t *testing.T) {
 				require.NoError(t, s.Wait())
 				out, _ := os.ReadFile(logs[i])
 				for _, line := range strings.Split(string(out), "\n") {
-					if strings.Contains(line, "published") {
+					if strings.Contains(line, ": published ") {
 						t.Logf("survivor %d: %s", i, strings.TrimSpace(line))
 					}
 				}

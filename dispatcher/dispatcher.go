@@ -231,7 +231,10 @@ func (d *Dispatcher) loop(ctx context.Context, r *run, lead bool) {
 		default:
 		}
 		claimed, _, err := d.dispatch(ctx)
-		var wait time.Duration
+		var (
+			wait time.Duration
+			rest bool // until a backlog, without a timer
+		)
 		switch {
 		case err != nil:
 			if ctx.Err() != nil {
@@ -251,14 +254,7 @@ func (d *Dispatcher) loop(ctx context.Context, r *run, lead bool) {
 			continue
 		case !lead:
 			errWait.Reset()
-			select {
-			case <-r.stop:
-				return
-			case <-ctx.Done():
-				return
-			case <-r.more:
-				continue
-			}
+			rest = true
 		case d.Mode() != ModePolling:
 			errWait.Reset()
 			wait = d.cfg.PollInterval
@@ -267,22 +263,27 @@ func (d *Dispatcher) loop(ctx context.Context, r *run, lead bool) {
 			wait = idle
 			idle = min(idle*2, d.cfg.PollInterval)
 		}
-		wakeUps := signals
-		if d.Mode() != ModePolling {
+		var (
+			wakeUps = signals
+			expired <-chan time.Time
+		)
+		switch {
+		case rest:
+			wakeUps = r.more
+		case d.Mode() != ModePolling:
 			wakeUps = nil // the log reader delivers new messages; the sweep keeps its pace
+			fallthrough
+		default:
+			expired = time.After(wait)
 		}
-		timer := time.NewTimer(wait)
 		select {
 		case <-r.stop:
-			timer.Stop()
 			return
 		case <-ctx.Done():
-			timer.Stop()
 			return
 		case <-wakeUps:
-			timer.Stop()
 			idle = minPoll
-		case <-timer.C:
+		case <-expired:
 		}
 	}
 }

@@ -316,10 +316,7 @@ func TestDispatcherProcess(t *testing.T) {
 	if os.Getenv("OUTBOX_PROCESS_UNTIL") == "killed" {
 		select {} // until SIGKILL
 	}
-	require.Eventually(t, func() bool {
-		res, err := st.List(context.Background(), &store.ListParams{State: store.Pending, Limit: 1})
-		return err == nil && len(res.Messages) == 0
-	}, 3*time.Minute, 20*time.Millisecond)
+	waitNonePending(t, st, 3*time.Minute)
 	require.NoError(t, d.Stop(context.Background()))
 	t.Logf("published %d", d.Stats().Published)
 }

@@ -74,14 +74,14 @@ func writeN(t *testing.T, db *sql.DB, st *sqlstore.Store, prefix string, n int) 
 	require.NoError(t, tx.Commit())
 }
 
-// waitNonePending waits until no message is pending: a publisher acknowledges a message a
-// moment before the dispatcher marks it delivered.
-func waitNonePending(t *testing.T, st store.Store) {
+// waitNonePending waits, up to within, until no message is pending: a publisher acknowledges
+// a message a moment before the dispatcher marks it delivered.
+func waitNonePending(t *testing.T, st store.Store, within time.Duration) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		res, err := st.List(context.Background(), &store.ListParams{State: store.Pending, Limit: 1})
 		return err == nil && len(res.Messages) == 0
-	}, 10*time.Second, 10*time.Millisecond, "messages still pending")
+	}, within, 10*time.Millisecond, "messages still pending")
 }
 
 // distinctPublished counts distinct message ids the publisher acknowledged, and all of them.
@@ -220,7 +220,7 @@ func TestDispatcherFallsBackToPollingAndReturnsToTheLog(t *testing.T) {
 	writeN(t, db, st, "c", 50)
 	waitPublished(t, pub, "log", 150)
 	requireKeyOrder(t, pub.Messages("log"))
-	waitNonePending(t, st)
+	waitNonePending(t, st, 10*time.Second)
 	outboxtest.RequireNotWritten(t, st, nil, outboxtest.Want{State: store.Pending})
 }
 
@@ -302,7 +302,7 @@ func failuresInKeyOrder(t *testing.T, shared sharedDB) {
 	waitPublished(t, pub, "log", 100)
 	requireKeyOrder(t, pub.Messages("log"))
 	require.GreaterOrEqual(t, failures.Load(), int64(3))
-	waitNonePending(t, st)
+	waitNonePending(t, st, 10*time.Second)
 	outboxtest.RequireNotWritten(t, st, nil, outboxtest.Want{State: store.Pending})
 }
 

@@ -120,15 +120,10 @@ func TestMigrationFilesMatchMigrate(t *testing.T) {
 func TestClaimDoesNotPassOverALockedEarlierMessageOfItsKey(t *testing.T) {
 	ctx := context.Background()
 	db, _ := dbtest.MySQL(t)
-	st, err := mysqlstore.New(db, mysqlstore.Config{})
-	require.NoError(t, err)
-	require.NoError(t, st.Migrate(ctx))
-	tx, err := db.BeginTx(ctx, nil)
-	require.NoError(t, err)
+	st := newLogStore(t, db, "")
 	first := store.Message{ID: "first", Topic: "t", Key: "k", Payload: []byte("1")}
 	later := store.Message{ID: "later", Topic: "t", Key: "k", Payload: []byte("2")}
-	require.NoError(t, st.Write(ctx, tx, first, later))
-	require.NoError(t, tx.Commit())
+	write(t, db, st, first, later)
 
 	locker, err := db.BeginTx(ctx, nil)
 	require.NoError(t, err)

@@ -36,14 +36,13 @@ func TestClaimReadsOnlyTheHeadOfABacklog(t *testing.T) {
 	}
 	// Statistics reach the view when a backend reports them, within about a second.
 	settled := func() int64 {
-		var last int64 = -1
-		for {
+		for last := int64(-1); ; {
 			time.Sleep(1100 * time.Millisecond)
-			if n := read(); n == last {
+			n := read()
+			if n == last {
 				return n
-			} else {
-				last = n
 			}
+			last = n
 		}
 	}
 	before := settled()

@@ -4,9 +4,10 @@
 // the schema. It works on the three databases of the module's stores (Postgres, MySQL or
 // MariaDB, SQLite), through those stores.
 //
-// Run it from the module, or anywhere with Go installed:
+// Install it, or run it without installing, anywhere with Go installed:
 //
-//	go run github.com/outboxgo/outbox/internal/cmd/outbox@latest [global flags] <command> [flags]
+//	go install github.com/outboxgo/outbox/cmd/outbox@latest
+//	go run github.com/outboxgo/outbox/cmd/outbox@latest [global flags] <command> [flags]
 //
 // # Global flags
 //

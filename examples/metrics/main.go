@@ -48,13 +48,13 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/otlptranslator"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"go.opentelemetry.io/otel/attribute"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/outboxgo/outbox/dispatcher"
-	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
@@ -150,7 +150,7 @@ func run(ctx context.Context, args []string, out io.Writer, serving func(report)
 	defer mp.Shutdown(context.WithoutCancel(ctx))
 
 	// An in-process Kafka broker on loopback.
-	cluster, err := kafkatest.NewCluster()
+	cluster, err := startKafka()
 	if err != nil {
 		return fmt.Errorf("start kafka: %w", err)
 	}
@@ -467,4 +467,15 @@ func formatCounts(counts map[string]int) string {
 		parts = append(parts, fmt.Sprintf("%s %d", topic, counts[topic]))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// startKafka starts an in-process Kafka broker, franz-go's kfake, on a free loopback port, so
+// that the example needs no services. Topics are created on first use with 8 partitions. A
+// real application passes its brokers' addresses to publisher.KafkaConfig instead.
+func startKafka() (*kfake.Cluster, error) {
+	return kfake.NewCluster(
+		kfake.NumBrokers(1),
+		kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(8),
+	)
 }

@@ -27,11 +27,11 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/sqlitedialect"
 
 	"github.com/outboxgo/outbox/dispatcher"
-	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
@@ -83,7 +83,7 @@ func run(ctx context.Context, n, rate int, dbPath string) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 	// An in-process Kafka broker on loopback.
-	cluster, err := kafkatest.NewCluster()
+	cluster, err := startKafka()
 	if err != nil {
 		return fmt.Errorf("start kafka: %w", err)
 	}
@@ -331,4 +331,15 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 		return 0
 	}
 	return sorted[min(len(sorted)-1, len(sorted)*p/100)]
+}
+
+// startKafka starts an in-process Kafka broker, franz-go's kfake, on a free loopback port, so
+// that the example needs no services. Topics are created on first use with 8 partitions. A
+// real application passes its brokers' addresses to publisher.KafkaConfig instead.
+func startKafka() (*kfake.Cluster, error) {
+	return kfake.NewCluster(
+		kfake.NumBrokers(1),
+		kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(8),
+	)
 }

@@ -33,8 +33,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
 )
 
@@ -136,7 +136,7 @@ func run(ctx context.Context, cfg config) (err error) {
 		wlog = watermill.NewSlogLogger(logger)
 	}
 
-	cluster, err := kafkatest.NewCluster()
+	cluster, err := startKafka()
 	if err != nil {
 		return fmt.Errorf("start kafka: %w", err)
 	}
@@ -348,4 +348,15 @@ func printSummary(out io.Writer, r *checkResult, elapsed time.Duration, o, p *se
 			c.restarts.Load(), c.lostAcks.Load(), c.copies.Load(), c.rolledBack.Load())
 	}
 	fmt.Fprintf(out, "  elapsed       %v\n", elapsed.Round(time.Millisecond))
+}
+
+// startKafka starts an in-process Kafka broker, franz-go's kfake, on a free loopback port, so
+// that the example needs no services. Topics are created on first use with 8 partitions. A
+// real application passes its brokers' addresses to publisher.KafkaConfig instead.
+func startKafka() (*kfake.Cluster, error) {
+	return kfake.NewCluster(
+		kfake.NumBrokers(1),
+		kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(8),
+	)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,11 +82,22 @@ type Stats struct {
 
 // New returns a dispatcher that delivers the messages of st through pub.
 func New(st store.Store, pub message.Publisher, cfg Config) (*Dispatcher, error) {
-	if st == nil {
-		return nil, errors.New("outbox: dispatcher.New: store is nil")
+	// A nil pointer in an interface is not == nil: the *T of a constructor whose error was
+	// ignored (pub, _ := publisher.NewKafka(...)) would get through and fail every publish.
+	refuseNil := func(what string, v any) error {
+		if v == nil {
+			return fmt.Errorf("outbox: dispatcher.New: %s is nil", what)
+		}
+		if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && rv.IsNil() {
+			return fmt.Errorf("outbox: dispatcher.New: %s is nil: a nil %T (was its constructor's error checked?)", what, v)
+		}
+		return nil
 	}
-	if pub == nil {
-		return nil, errors.New("outbox: dispatcher.New: publisher is nil")
+	if err := refuseNil("store", st); err != nil {
+		return nil, err
+	}
+	if err := refuseNil("publisher", pub); err != nil {
+		return nil, err
 	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {

@@ -3,7 +3,9 @@ package publisher
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -47,20 +49,38 @@ func SaramaConfig() *sarama.Config {
 // Kafka is a watermill publisher that sends all the messages of a call to Kafka at once (one
 // produce request per broker and round trip, not one per message) and reports which failed.
 // It implements [dispatcher.BatchPublisher].
+//
+// It connects on its first publish, not in [NewKafka], so that an application can start while
+// Kafka is down: until the brokers answer, publishes fail with an error that is not
+// [dispatcher.Permanent], the dispatcher retries them with backoff and holds their keys, and
+// each later publish tries to connect again.
 type Kafka struct {
-	producer  sarama.SyncProducer
+	brokers   []string
+	conf      *sarama.Config
 	marshaler kafka.Marshaler
 	// The producer's own size check, made before sending so that a message it would refuse
 	// holds back the later messages of its key.
 	maxBytes, recordVersion int
 
-	mu     sync.RWMutex
-	closed bool
+	// mu is held for reading by each send and for writing by Close, which thereby waits for
+	// the sends in progress; it guards producer and closed.
+	mu       sync.RWMutex
+	producer sarama.SyncProducer
+	closed   bool
+
+	// connecting is held while one publish creates the producer; Close never takes it, so a
+	// connection attempt that hangs on an unreachable broker does not hold Close up.
+	connecting sync.Mutex
+	attempts   atomic.Uint64 // connection attempts made; written under connecting
+	connectErr error         // the last attempt's error; guarded by connecting
 }
 
 var _ dispatcher.BatchPublisher = (*Kafka)(nil)
 
-// NewKafka connects a [Kafka] publisher to the brokers.
+var errClosed = errors.New("outbox: kafka publisher closed")
+
+// NewKafka returns a [Kafka] publisher for the brokers. It checks the configuration at once
+// but does not connect: the first publish does (see [Kafka]).
 func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	if len(cfg.Brokers) == 0 {
 		return nil, errors.New("outbox: publisher.NewKafka: no brokers")
@@ -71,15 +91,64 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	if cfg.Marshaler == nil {
 		cfg.Marshaler = KafkaMarshaler{}
 	}
-	producer, err := sarama.NewSyncProducer(cfg.Brokers, cfg.Sarama)
-	if err != nil {
-		return nil, fmt.Errorf("outbox: kafka producer: %w", err)
+	// What sarama.NewSyncProducer checks before it dials, so that a bad configuration fails
+	// here and not on every publish.
+	if err := cfg.Sarama.Validate(); err != nil {
+		return nil, fmt.Errorf("outbox: publisher.NewKafka: Sarama: %w", err)
 	}
-	k := &Kafka{producer: producer, marshaler: cfg.Marshaler, maxBytes: cfg.Sarama.Producer.MaxMessageBytes, recordVersion: 1}
+	if !cfg.Sarama.Producer.Return.Successes || !cfg.Sarama.Producer.Return.Errors {
+		return nil, errors.New("outbox: publisher.NewKafka: Sarama: Producer.Return.Successes and Producer.Return.Errors must be true")
+	}
+	k := &Kafka{brokers: slices.Clone(cfg.Brokers), conf: cfg.Sarama, marshaler: cfg.Marshaler,
+		maxBytes: cfg.Sarama.Producer.MaxMessageBytes, recordVersion: 1}
 	if cfg.Sarama.Version.IsAtLeast(sarama.V0_11_0_0) {
 		k.recordVersion = 2
 	}
 	return k, nil
+}
+
+// connect creates the producer if no publish has yet. While the brokers cannot
+// be reached it returns a retryable error; the publishes that waited behind a failed attempt
+// share its error instead of each dialling again in turn.
+func (k *Kafka) connect() error {
+	k.mu.RLock()
+	connected, closed := k.producer != nil, k.closed
+	k.mu.RUnlock()
+	if closed {
+		return errClosed
+	}
+	if connected {
+		return nil
+	}
+	seen := k.attempts.Load()
+	k.connecting.Lock()
+	defer k.connecting.Unlock()
+	k.mu.RLock()
+	connected, closed = k.producer != nil, k.closed
+	k.mu.RUnlock()
+	if closed {
+		return errClosed
+	}
+	if connected {
+		return nil
+	}
+	if k.attempts.Load() != seen {
+		return k.connectErr
+	}
+	producer, err := sarama.NewSyncProducer(k.brokers, k.conf)
+	k.attempts.Add(1)
+	if err != nil {
+		k.connectErr = fmt.Errorf("outbox: kafka not reachable yet (the next publish tries again): %w", err)
+		return k.connectErr
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed { // Close ran meanwhile
+		producer.Close()
+		return errClosed
+	}
+	k.producer = producer
+	return nil
 }
 
 // Publish implements message.Publisher: it publishes msgs as one batch (see PublishBatch).
@@ -94,10 +163,13 @@ func (k *Kafka) Publish(topic string, msgs ...*message.Message) error {
 // broker's size limit, an unknown or invalid topic, a message that cannot be marshaled) are
 // marked with [dispatcher.Permanent].
 func (k *Kafka) PublishBatch(topic string, msgs []*message.Message) error {
+	if err := k.connect(); err != nil {
+		return err
+	}
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.closed {
-		return errors.New("outbox: kafka publisher closed")
+		return errClosed
 	}
 	failed := map[string]error{}
 	records := make([]*sarama.ProducerMessage, 0, len(msgs))
@@ -163,7 +235,8 @@ func classify(err error) error {
 	return err
 }
 
-// Close implements message.Publisher; it waits for the publishes in progress.
+// Close implements message.Publisher; it waits for the sends in progress but not for a
+// connection attempt, which closes what it opened when it ends.
 func (k *Kafka) Close() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -171,6 +244,9 @@ func (k *Kafka) Close() error {
 		return nil
 	}
 	k.closed = true
+	if k.producer == nil {
+		return nil
+	}
 	return k.producer.Close()
 }
 

@@ -1,0 +1,40 @@
+package dispatcher_test
+
+import (
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/require"
+
+	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/sqlstore"
+)
+
+// A constructor's nil result, its error ignored, is refused by New rather than failing every
+// publish later: in an interface a nil pointer is not == nil.
+func TestNewRefusesANilPublisher(t *testing.T) {
+	f := setup(t)
+	d, err := dispatcher.New(f.st, (*publisher.Kafka)(nil), dispatcher.Config{Logger: quiet()})
+	require.EqualError(t, err, "outbox: dispatcher.New: publisher is nil: a nil *publisher.Kafka (was its constructor's error checked?)")
+	require.Nil(t, d)
+
+	for name, tc := range map[string]struct {
+		st  store.Store
+		pub message.Publisher
+		err string
+	}{
+		"nil publisher":                  {f.st, nil, "publisher is nil"},
+		"nil *Kafka as a Publisher":      {f.st, (*publisher.Kafka)(nil), "publisher is nil"},
+		"nil *Kafka as a BatchPublisher": {f.st, dispatcher.BatchPublisher((*publisher.Kafka)(nil)), "publisher is nil"},
+		"nil store":                      {nil, f.pub, "store is nil"},
+		"nil *sqlstore.Store":            {(*sqlstore.Store)(nil), f.pub, "store is nil: a nil *sqlstore.Store"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			d, err := dispatcher.New(tc.st, tc.pub, dispatcher.Config{Logger: quiet()})
+			require.ErrorContains(t, err, tc.err)
+			require.Nil(t, d)
+		})
+	}
+}

@@ -1,0 +1,208 @@
+package publisher_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/internal/kafkatest"
+	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/sqlitestore"
+	"github.com/outboxgo/outbox/store/sqlstore"
+)
+
+// What a deploy meets: Kafka not up yet when the application starts.
+
+// A port nothing listens on, for a broker started later. Another process may take it in
+// between; on loopback that is unlikely enough for a test.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	require.NoError(t, l.Close())
+	return port
+}
+
+// startClusterOn starts a one-broker cluster on port, creating topics on first use.
+func startClusterOn(t *testing.T, port int) *kfake.Cluster {
+	t.Helper()
+	return newCluster(t, kfake.Ports(port), kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(kafkatest.Partitions))
+}
+
+func readOne(t *testing.T, brokers []string, topic string) kafkatest.Record {
+	t.Helper()
+	consumer, err := kafkatest.NewConsumer(brokers, topic)
+	require.NoError(t, err)
+	defer consumer.Close()
+	recs, err := consumer.ReadN(ctxWithTimeout(t, 30*time.Second), 1)
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	return recs[0]
+}
+
+// NewKafka does not need the brokers; publishing fails retryably until they answer, and the
+// publisher connects on the first publish after that.
+func TestKafkaConnectsOnceTheBrokerIsUp(t *testing.T) {
+	t.Parallel()
+	port := freePort(t)
+	brokers := []string{fmt.Sprintf("127.0.0.1:%d", port)}
+	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	require.NoError(t, err, "Kafka down is no reason to refuse to start")
+	defer pub.Close()
+
+	for range 2 { // each publish tries again
+		err = pub.PublishBatch("orders", []*message.Message{keyed(1, "a")})
+		require.ErrorIs(t, err, sarama.ErrOutOfBrokers)
+		require.ErrorContains(t, err, "not reachable")
+		require.False(t, dispatcher.IsPermanent(failureFor(err, "id-1")), "%v", err)
+	}
+
+	startClusterOn(t, port)
+	require.NoError(t, pub.PublishBatch("orders", []*message.Message{keyed(1, "a")}))
+	rec := readOne(t, brokers, "orders")
+	require.Equal(t, "a", rec.Key)
+	require.Equal(t, "1", string(rec.Value))
+}
+
+// A connection attempt that hangs (a broker that accepts and never answers) does not hold
+// Close up; the attempt, when it ends, closes what it opened.
+func TestKafkaCloseDoesNotWaitForAConnection(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	accepted := make(chan net.Conn, 10)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	cfg := publisher.SaramaConfig()
+	cfg.Net.ReadTimeout = time.Second
+	cfg.Metadata.Retry.Max = 0
+	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: []string{l.Addr().String()}, Sarama: cfg})
+	require.NoError(t, err)
+	published := make(chan error, 1)
+	go func() { published <- pub.Publish("orders", keyed(1, "a")) }()
+	conn := <-accepted
+	defer conn.Close()
+
+	require.NoError(t, pub.Close())
+	select {
+	case err := <-published:
+		t.Fatalf("the publish ended before Close: %v", err)
+	default:
+	}
+	err = <-published
+	require.Error(t, err)
+	require.False(t, dispatcher.IsPermanent(err), "%v", err)
+	require.ErrorContains(t, pub.Publish("orders", keyed(2, "a")), "closed")
+}
+
+// A configuration sarama refuses fails at once, not on each publish.
+func TestNewKafkaChecksTheConfig(t *testing.T) {
+	t.Parallel()
+	for name, tc := range map[string]struct {
+		change func(*sarama.Config)
+		want   string
+	}{
+		"no successes": {func(c *sarama.Config) { c.Producer.Return.Successes = false }, "Producer.Return.Successes"},
+		"idempotent without acks from all": {func(c *sarama.Config) { c.Producer.RequiredAcks = sarama.WaitForLocal },
+			"Idempotent producer requires Producer.RequiredAcks to be WaitForAll"},
+		"negative dial timeout": {func(c *sarama.Config) { c.Net.DialTimeout = -1 }, "Net.DialTimeout"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := publisher.SaramaConfig()
+			tc.change(cfg)
+			_, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: []string{"127.0.0.1:1"}, Sarama: cfg})
+			require.ErrorContains(t, err, "publisher.NewKafka")
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}
+
+// The dispatcher started while Kafka is down: its messages wait, are neither parked nor
+// reordered, and go out once Kafka is up.
+func TestDispatcherWaitsForKafka(t *testing.T) {
+	t.Parallel()
+	port := freePort(t)
+	brokers := []string{fmt.Sprintf("127.0.0.1:%d", port)}
+	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	require.NoError(t, err)
+	defer pub.Close()
+	f := startDispatcher(t, pub)
+
+	f.write(t, "payments", 10)
+	require.Eventually(t, func() bool { return f.d.Stats().Failed > 0 }, 30*time.Second, 10*time.Millisecond)
+	startClusterOn(t, port)
+	f.requireDelivered(t, brokers, "payments", 10)
+}
+
+type dispatcherFixture struct {
+	st  *sqlstore.Store
+	d   *dispatcher.Dispatcher
+	ctx context.Context
+}
+
+func startDispatcher(t *testing.T, pub *publisher.Kafka) *dispatcherFixture {
+	t.Helper()
+	ctx := ctxWithTimeout(t, 2*time.Minute)
+	db, err := sqlitestore.Open(filepath.Join(t.TempDir(), "outbox.db"))
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	st, err := sqlitestore.New(db, sqlitestore.Config{})
+	require.NoError(t, err)
+	require.NoError(t, st.Migrate(ctx))
+	// Short waits between attempts, and enough of them that none is parked meanwhile.
+	d, err := dispatcher.New(st, pub, dispatcher.Config{Logger: slog.New(slog.DiscardHandler), PollInterval: 20 * time.Millisecond,
+		RetryInitial: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, MaxAttempts: 1000})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	t.Cleanup(func() { require.NoError(t, d.Stop(context.Background())) })
+	return &dispatcherFixture{st: st, d: d, ctx: ctx}
+}
+
+// write writes n messages to topic, all of key "k", one transaction each.
+func (f *dispatcherFixture) write(t *testing.T, topic string, n int) {
+	t.Helper()
+	for i := range n {
+		tx, err := f.st.DB().BeginTx(f.ctx, nil)
+		require.NoError(t, err)
+		require.NoError(t, f.st.Write(f.ctx, tx, store.Message{ID: store.NewID(), Topic: topic, Key: "k", Payload: []byte(strconv.Itoa(i))}))
+		require.NoError(t, tx.Commit())
+	}
+}
+
+func (f *dispatcherFixture) requireDelivered(t *testing.T, brokers []string, topic string, n int) {
+	t.Helper()
+	consumer, err := kafkatest.NewConsumer(brokers, topic)
+	require.NoError(t, err)
+	defer consumer.Close()
+	recs, err := consumer.ReadN(ctxWithTimeout(t, time.Minute), n)
+	require.NoError(t, err)
+	require.Len(t, recs, n)
+	for i, r := range recs {
+		require.Equal(t, strconv.Itoa(i), string(r.Value), "in write order, once each")
+	}
+	require.Zero(t, f.d.Stats().Parked)
+	require.Positive(t, f.d.Stats().Failed)
+}

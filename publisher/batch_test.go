@@ -111,20 +111,6 @@ func TestKafkaReportsWhichMessagesFailed(t *testing.T) {
 	require.Len(t, recs, 2)
 }
 
-func TestKafkaUnknownTopicIsPermanent(t *testing.T) {
-	cluster := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "exists")) // no auto-creation
-	cfg := publisher.SaramaConfig()
-	cfg.Producer.Retry.Max = 1
-	cfg.Metadata.Retry.Max = 1
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: cluster.ListenAddrs(), Sarama: cfg})
-	require.NoError(t, err)
-	defer pub.Close()
-	require.NoError(t, pub.PublishBatch("exists", []*message.Message{keyed(1, "a")}))
-	err = pub.PublishBatch("missing", []*message.Message{keyed(2, "a")})
-	require.Error(t, err)
-	require.True(t, dispatcher.IsPermanent(failureFor(err, "id-2")), "%v", err)
-}
-
 func TestKafkaMarshalErrorIsPermanent(t *testing.T) {
 	cluster := newCluster(t)
 	pub := newKafka(t, cluster.ListenAddrs())

@@ -11,6 +11,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/eapache/go-resiliency/breaker"
 
 	"github.com/outboxgo/outbox/dispatcher"
 )
@@ -63,8 +64,9 @@ type Kafka struct {
 	maxBytes, recordVersion int
 
 	// mu is held for reading by each send and for writing by Close, which thereby waits for
-	// the sends in progress; it guards producer and closed.
+	// the sends in progress; it guards client, producer and closed.
 	mu       sync.RWMutex
+	client   sarama.Client
 	producer sarama.SyncProducer
 	closed   bool
 
@@ -73,6 +75,10 @@ type Kafka struct {
 	connecting sync.Mutex
 	attempts   atomic.Uint64 // connection attempts made; written under connecting
 	connectErr error         // the last attempt's error; guarded by connecting
+
+	// The last error of each topic, reported with the circuit breaker's (see explain).
+	lastMu  sync.Mutex
+	lastErr map[string]error
 }
 
 var _ dispatcher.BatchPublisher = (*Kafka)(nil)
@@ -107,7 +113,7 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	return k, nil
 }
 
-// connect creates the producer if no publish has yet. While the brokers cannot
+// connect creates the producer and its client if no publish has yet. While the brokers cannot
 // be reached it returns a retryable error; the publishes that waited behind a failed attempt
 // share its error instead of each dialling again in turn.
 func (k *Kafka) connect() error {
@@ -135,7 +141,7 @@ func (k *Kafka) connect() error {
 	if k.attempts.Load() != seen {
 		return k.connectErr
 	}
-	producer, err := sarama.NewSyncProducer(k.brokers, k.conf)
+	client, producer, err := newProducer(k.brokers, k.conf)
 	k.attempts.Add(1)
 	if err != nil {
 		k.connectErr = fmt.Errorf("outbox: kafka not reachable yet (the next publish tries again): %w", err)
@@ -145,10 +151,26 @@ func (k *Kafka) connect() error {
 	defer k.mu.Unlock()
 	if k.closed { // Close ran meanwhile
 		producer.Close()
+		client.Close()
 		return errClosed
 	}
-	k.producer = producer
+	k.client, k.producer = client, producer
 	return nil
+}
+
+// newProducer connects to the brokers. The client is kept to look up topics (see
+// PublishBatch); closing the producer leaves it open.
+func newProducer(brokers []string, conf *sarama.Config) (sarama.Client, sarama.SyncProducer, error) {
+	client, err := sarama.NewClient(brokers, conf)
+	if err != nil {
+		return nil, nil, err
+	}
+	producer, err := sarama.NewSyncProducerFromClient(client)
+	if err != nil {
+		client.Close()
+		return nil, nil, err
+	}
+	return client, producer, nil
 }
 
 // Publish implements message.Publisher: it publishes msgs as one batch (see PublishBatch).
@@ -160,8 +182,10 @@ func (k *Kafka) Publish(topic string, msgs ...*message.Message) error {
 // partition in the order given; after a message that cannot be marshaled or is too large,
 // the later messages of its key are not sent. When some messages fail it returns a
 // [*dispatcher.BatchError] naming them; errors that retrying cannot fix (a message over the
-// broker's size limit, an unknown or invalid topic, a message that cannot be marshaled) are
-// marked with [dispatcher.Permanent].
+// broker's size limit, an invalid topic name, a message that cannot be marshaled) are marked
+// with [dispatcher.Permanent]. Errors Kafka calls retriable are not, a topic that does not
+// exist yet among them: topics are often created just after the deploy that starts writing
+// to them.
 func (k *Kafka) PublishBatch(topic string, msgs []*message.Message) error {
 	if err := k.connect(); err != nil {
 		return err
@@ -170,6 +194,14 @@ func (k *Kafka) PublishBatch(topic string, msgs []*message.Message) error {
 	defer k.mu.RUnlock()
 	if k.closed {
 		return errClosed
+	}
+	// Look the topic up once for the batch before the producer does so for each message: a
+	// topic that does not exist yet then fails the batch with Kafka's own error, and does not
+	// open sarama's circuit breaker (see explain) with three messages of it, which would hold
+	// the topic's messages back for 10 s after it is created. The lookup is served from the
+	// client's metadata once the topic is known.
+	if _, err := k.client.Partitions(topic); err != nil {
+		return classify(fmt.Errorf("topic %s: %w", topic, err))
 	}
 	failed := map[string]error{}
 	records := make([]*sarama.ProducerMessage, 0, len(msgs))
@@ -204,12 +236,14 @@ func (k *Kafka) PublishBatch(topic string, msgs []*message.Message) error {
 		if err := k.producer.SendMessages(records); err != nil {
 			var perrs sarama.ProducerErrors
 			if !errors.As(err, &perrs) {
-				return classify(err)
+				return classify(k.explain(topic, err))
 			}
 			for _, pe := range perrs {
 				id, _ := pe.Msg.Metadata.(string)
-				failed[id] = classify(pe.Err)
+				failed[id] = classify(k.explain(topic, pe.Err))
 			}
+		} else {
+			k.explain(topic, nil)
 		}
 	}
 	if len(failed) == 0 {
@@ -218,21 +252,63 @@ func (k *Kafka) PublishBatch(topic string, msgs []*message.Message) error {
 	return &dispatcher.BatchError{Failed: failed}
 }
 
-// classify marks the errors that retrying cannot fix: the broker's, and the producer's
-// refusal of a message over Producer.MaxMessageBytes (a ConfigurationError).
+// explain returns err, adding to sarama's "circuit breaker is open" the error that opened it,
+// and remembers the last other error of topic (nil after a success) for that purpose.
+//
+// Sarama's producer guards each topic and each partition with a breaker that, after 3 failed
+// metadata lookups in a row (a topic not created yet, brokers gone), fails every message of
+// it at once for 10 s with only "circuit breaker is open". It can be neither turned off nor
+// tuned (sarama hard-codes breaker.New(3, 1, 10*time.Second)), and it does no harm in itself:
+// the messages fail retryably and the dispatcher retries them after its own backoff. What it
+// hides is the cause, which the operator needs; the errors that opened it came back to this
+// topic's publishes just before, so the last one is at hand.
+func (k *Kafka) explain(topic string, err error) error {
+	const breakerPause = "sarama holds a topic or partition back for 10 s after 3 failures in a row"
+	k.lastMu.Lock()
+	defer k.lastMu.Unlock()
+	switch {
+	case err == nil:
+		delete(k.lastErr, topic)
+	case errors.Is(err, breaker.ErrBreakerOpen):
+		if last := k.lastErr[topic]; last != nil {
+			// %v, not %w: the cause may be a permanent error of another message, while the
+			// breaker's own error is transient.
+			return fmt.Errorf("%w (%s); the last failure for this topic: %v", err, breakerPause, last)
+		}
+		return fmt.Errorf("%w (%s)", err, breakerPause)
+	default:
+		if k.lastErr == nil {
+			k.lastErr = map[string]error{}
+		}
+		k.lastErr[topic] = err
+	}
+	return err
+}
+
+// classify marks the errors that retrying cannot fix: the producer's refusal of a message over
+// Producer.MaxMessageBytes (a ConfigurationError), and the broker's errors about the message
+// itself that Kafka does not call retriable. Every other error is left to be retried, the
+// broker's retriable ones among them (an unknown topic or partition, a leader election, not
+// enough replicas; Kafka's RetriableException set, which TestKafkaErrorClasses checks against
+// franz-go's table, as sarama exports none) and those of a cluster that is misconfigured
+// rather than of a bad message (authorization), which an operator can fix.
 func classify(err error) error {
 	var tooBig sarama.ConfigurationError
 	if errors.As(err, &tooBig) {
 		return dispatcher.Permanent(err)
 	}
-	for _, permanent := range []error{
-		sarama.ErrMessageSizeTooLarge, sarama.ErrInvalidTopic, sarama.ErrUnknownTopicOrPartition, sarama.ErrInvalidRecord,
-	} {
-		if errors.Is(err, permanent) {
-			return dispatcher.Permanent(err)
-		}
+	var code sarama.KError
+	if errors.As(err, &code) && permanentKafkaErrors[code] {
+		return dispatcher.Permanent(err)
 	}
 	return err
+}
+
+// permanentKafkaErrors are the broker's errors about a message that no retry can fix.
+var permanentKafkaErrors = map[sarama.KError]bool{
+	sarama.ErrMessageSizeTooLarge: true,
+	sarama.ErrInvalidTopic:        true,
+	sarama.ErrInvalidRecord:       true,
 }
 
 // Close implements message.Publisher; it waits for the sends in progress but not for a
@@ -247,7 +323,7 @@ func (k *Kafka) Close() error {
 	if k.producer == nil {
 		return nil
 	}
-	return k.producer.Close()
+	return errors.Join(k.producer.Close(), k.client.Close())
 }
 
 // KafkaMarshaler is watermill-kafka's default marshaler plus the record key: the outbox

@@ -19,9 +19,11 @@ import (
 	"github.com/outboxgo/outbox/store/sqlitestore"
 )
 
-// sarama starts one process-wide metrics goroutine that never ends.
+// sarama starts one process-wide metrics goroutine that never ends, and an open circuit
+// breaker sleeps for 10 s in a goroutine of its own, whatever becomes of its producer.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/rcrowley/go-metrics.(*meterArbiter).tick"))
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/rcrowley/go-metrics.(*meterArbiter).tick"),
+		goleak.IgnoreAnyFunction("github.com/eapache/go-resiliency/breaker.(*Breaker).timer"))
 }
 
 // End to end: messages written to a SQLite outbox arrive in Kafka (kfake over TCP), read back

@@ -2,6 +2,7 @@ package publisher_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,8 +13,12 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/eapache/go-resiliency/breaker"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
@@ -23,7 +28,8 @@ import (
 	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
-// What a deploy meets: Kafka not up yet when the application starts.
+// What a deploy meets: Kafka not up yet when the application starts, and topics created just
+// after the application that writes to them.
 
 // A port nothing listens on, for a broker started later. Another process may take it in
 // between; on loopback that is unlikely enough for a test.
@@ -41,6 +47,22 @@ func startClusterOn(t *testing.T, port int) *kfake.Cluster {
 	t.Helper()
 	return newCluster(t, kfake.Ports(port), kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(),
 		kfake.DefaultNumPartitions(kafkatest.Partitions))
+}
+
+// createTopic creates topic as an operator would, with franz-go's admin request.
+func createTopic(t *testing.T, brokers []string, topic string) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	require.NoError(t, err)
+	defer cl.Close()
+	req := kmsg.NewPtrCreateTopicsRequest()
+	rt := kmsg.NewCreateTopicsRequestTopic()
+	rt.Topic, rt.NumPartitions, rt.ReplicationFactor = topic, 4, 1
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctxWithTimeout(t, 10*time.Second), cl)
+	require.NoError(t, err)
+	require.Len(t, resp.Topics, 1)
+	require.NoError(t, kerr.ErrorForCode(resp.Topics[0].ErrorCode))
 }
 
 func readOne(t *testing.T, brokers []string, topic string) kafkatest.Record {
@@ -140,6 +162,53 @@ func TestNewKafkaChecksTheConfig(t *testing.T) {
 	}
 }
 
+// Kafka calls an unknown topic retriable: the message is retried, not parked, and goes out
+// once the topic exists.
+func TestKafkaRetriesATopicNotCreatedYet(t *testing.T) {
+	t.Parallel()
+	cluster := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "exists")) // no auto-creation
+	brokers := cluster.ListenAddrs()
+	pub := newKafka(t, brokers)
+	require.NoError(t, pub.PublishBatch("exists", []*message.Message{keyed(1, "a")}))
+
+	err := pub.PublishBatch("missing", []*message.Message{keyed(2, "a")})
+	require.ErrorIs(t, failureFor(err, "id-2"), sarama.ErrUnknownTopicOrPartition)
+	require.False(t, dispatcher.IsPermanent(failureFor(err, "id-2")), "%v", err)
+
+	createTopic(t, brokers, "missing")
+	require.NoError(t, pub.PublishBatch("missing", []*message.Message{keyed(2, "a")}))
+	require.Equal(t, "2", string(readOne(t, brokers, "missing").Value))
+}
+
+// After 3 failures in a row sarama fails a topic's or partition's messages at once for 10 s
+// with "circuit breaker is open"; the error says what opened it.
+func TestKafkaCircuitBreakerSaysWhy(t *testing.T) {
+	t.Parallel()
+	cluster, err := kafkatest.NewCluster()
+	require.NoError(t, err)
+	cfg := publisher.SaramaConfig()
+	cfg.Metadata.Retry.Max = 0 // fail fast
+	cfg.Producer.Retry.Max = 1
+	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: cluster.ListenAddrs(), Sarama: cfg})
+	require.NoError(t, err)
+	defer pub.Close()
+	require.NoError(t, pub.PublishBatch("orders", []*message.Message{keyed(0, "a")}))
+	cluster.Close()
+	var last error
+	for range 20 {
+		batch := []*message.Message{keyed(1, "a"), keyed(2, "a"), keyed(3, "a")}
+		err := pub.PublishBatch("orders", batch)
+		require.Error(t, err)
+		last = failureFor(err, "id-3")
+		require.False(t, dispatcher.IsPermanent(last), "%v", last)
+		if errors.Is(last, breaker.ErrBreakerOpen) {
+			break
+		}
+	}
+	require.ErrorContains(t, last, "circuit breaker is open")
+	require.ErrorContains(t, last, "the last failure for this topic: ")
+}
+
 // The dispatcher started while Kafka is down: its messages wait, are neither parked nor
 // reordered, and go out once Kafka is up.
 func TestDispatcherWaitsForKafka(t *testing.T) {
@@ -155,6 +224,19 @@ func TestDispatcherWaitsForKafka(t *testing.T) {
 	require.Eventually(t, func() bool { return f.d.Stats().Failed > 0 }, 30*time.Second, 10*time.Millisecond)
 	startClusterOn(t, port)
 	f.requireDelivered(t, brokers, "payments", 10)
+}
+
+// The dispatcher writing to a topic that is created a moment later: the same.
+func TestDispatcherWaitsForATopic(t *testing.T) {
+	t.Parallel()
+	cluster := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "exists"))
+	brokers := cluster.ListenAddrs()
+	f := startDispatcher(t, newKafka(t, brokers))
+
+	f.write(t, "refunds", 10)
+	require.Eventually(t, func() bool { return f.d.Stats().Failed > 0 }, 30*time.Second, 10*time.Millisecond)
+	createTopic(t, brokers, "refunds")
+	f.requireDelivered(t, brokers, "refunds", 10)
 }
 
 type dispatcherFixture struct {

@@ -121,7 +121,8 @@ func (d *Dispatcher) claimParams() *store.ClaimParams {
 			return nil
 		}
 		d.logs.sweptAt.Store(now.UnixNano())
-		p.WrittenBefore = time.Unix(0, caughtUp).Add(-d.cfg.SweepAfter)
+		// Durations, not times: the store compares them with the database's clock.
+		p.OlderThan = now.Sub(time.Unix(0, caughtUp)) + d.cfg.SweepAfter
 	}
 	return p
 }

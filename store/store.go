@@ -87,10 +87,10 @@ type ClaimParams struct {
 	// Lease is how long the claim holds. After it, the messages can be claimed again, which is
 	// how the messages of a crashed dispatcher come back. Must be positive.
 	Lease time.Duration
-	// WrittenBefore, when set, limits the claim to messages written before it and messages a
-	// log reader handed over to polling (failed, or waiting behind a failure of their key):
-	// the sweep that runs beside a [LogReader].
-	WrittenBefore time.Time
+	// OlderThan, when positive, limits the claim to messages written at least OlderThan ago,
+	// by the database's clock, and messages a log reader handed over to polling (failed, or
+	// waiting behind a failure of their key): the sweep that runs beside a [LogReader].
+	OlderThan time.Duration
 	// Token, when set, identifies the claim instead of a token the store makes up. A caller
 	// whose Claim fails cannot tell whether the claim took effect (a cancelled call may have
 	// committed); with its own token it can give back whatever the claim took

@@ -151,12 +151,12 @@ func TestLogOnlyFailuresMoveToTheTable(t *testing.T) {
 	c.mu.Unlock()
 
 	// Polling takes over the failed message once it is due, with m-7 behind it.
-	res, err := st.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute, WrittenBefore: time.Now()})
+	res, err := st.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute, OlderThan: time.Nanosecond})
 	require.NoError(t, err)
 	require.Empty(t, res.Messages, "the failed message waits for its retry time")
 	_, err = st.DB().Exec("UPDATE " + st.Table() + " SET next_attempt_at = now() - interval '1 second'")
 	require.NoError(t, err)
-	res, err = st.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute, WrittenBefore: time.Now()})
+	res, err = st.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute, OlderThan: time.Nanosecond})
 	require.NoError(t, err)
 	require.Len(t, res.Messages, 2)
 	require.Equal(t, []byte("m-0"), res.Messages[0].Payload)

@@ -31,8 +31,15 @@ type Dialect struct {
 	// claimed_until; it must match the literal in the migrations' "held" column.
 	epoch         string
 	unixMicroTime bool // times stored as integer unix microseconds
-	claim         claimStyle
-	notify        bool // Write sends pg_notify on the table's channel
+	// now is the SQL expression of the database's clock, in the form the table stores times.
+	// Every time the store writes or compares comes from it, so that no writer's or
+	// dispatcher's clock can reorder messages or cut a lease short.
+	now string
+	// interval is the SQL expression of an interval of microseconds given as %s, which adds
+	// to now.
+	interval string
+	claim    claimStyle
+	notify   bool // Write sends pg_notify on the table's channel
 	// asyncCommit, appended to an UPDATE's SET list, lets the statement's own transaction
 	// commit without waiting for the WAL flush. Marking messages delivered can: a mark lost in
 	// a server crash only publishes them again, which at-least-once allows.
@@ -69,6 +76,8 @@ func SQLite() Dialect {
 		maxParams:     32766,
 		epoch:         "0",
 		unixMicroTime: true,
+		now:           "CAST(unixepoch('subsec') * 1000000 AS INTEGER)",
+		interval:      "%s",
 		claim:         claimSingleStatement,
 		migrationsDir: "migrations/sqlite",
 		classify: func(err error) error {
@@ -83,11 +92,15 @@ func SQLite() Dialect {
 // Postgres is the dialect of PostgreSQL 12 or later.
 func Postgres() Dialect {
 	return Dialect{
-		name:          "postgres",
-		quote:         '"',
-		numbered:      true,
-		maxParams:     65535,
-		epoch:         "'1970-01-01 00:00:00+00'",
+		name:      "postgres",
+		quote:     '"',
+		numbered:  true,
+		maxParams: 65535,
+		epoch:     "'1970-01-01 00:00:00+00'",
+		// The start of the statement, not of its transaction (now()): a claim's transaction
+		// may wait for its lock.
+		now:           "statement_timestamp()",
+		interval:      "(%s * interval '1 microsecond')",
 		claim:         claimAdvisoryLock,
 		notify:        true,
 		asyncCommit:   " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit",
@@ -114,6 +127,8 @@ func MySQL() Dialect {
 		quote:         '`',
 		maxParams:     65535,
 		epoch:         "'1970-01-01 00:00:00'",
+		now:           "UTC_TIMESTAMP(6)",
+		interval:      "INTERVAL %s MICROSECOND",
 		claim:         claimNamedLock,
 		shareLock:     " LOCK IN SHARE MODE",
 		migrationsDir: "migrations/mysql",
@@ -186,6 +201,15 @@ func (d Dialect) timeArg(t time.Time) any {
 		return t.UnixMicro()
 	}
 	return t.UTC().Truncate(time.Microsecond)
+}
+
+// nowPlus is the SQL expression of the database's clock plus d, d's microseconds bound as an
+// argument of b.
+func (b *builder) nowPlus(d time.Duration) string {
+	if d == 0 {
+		return b.d.now
+	}
+	return "(" + b.d.now + " + " + fmt.Sprintf(b.d.interval, b.arg(d.Microseconds())) + ")"
 }
 
 // lockKey is a stable 63-bit number for a lock that belongs to the table, for Postgres

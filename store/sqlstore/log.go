@@ -243,11 +243,10 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Co
 // marked delivered whoever holds it.
 func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(context.Context, *sql.Tx) error) error {
 	delivered, failures, handOver := batch.delivered, batch.failures, batch.handOver
-	now := s.now()
 	t := s.t.String()
 	markDelivered := func(db store.Execer, seqs []int64, asyncCommit string) error {
 		b := builder{d: s.d}
-		_, err := db.ExecContext(ctx, "UPDATE "+t+" SET state = 'delivered', delivered_at = "+b.arg(s.d.timeArg(now))+
+		_, err := db.ExecContext(ctx, "UPDATE "+t+" SET state = 'delivered', delivered_at = "+s.d.now+
 			", claim_token = NULL, claimed_until = "+s.d.epoch+asyncCommit+" WHERE state = 'pending' AND "+b.inSeqs("seq", seqs), b.args...)
 		return err
 	}
@@ -285,11 +284,11 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 			state = store.Parked
 		}
 		if m, ok := batch.logOnly[f.ID]; ok {
-			logOnly = append(logOnly, logOnlyRow{m: m, state: state, attempts: 1, lastError: f.Error, nextAttempt: now.Add(f.RetryAfter)})
+			logOnly = append(logOnly, logOnlyRow{m: m, state: state, attempts: 1, lastError: f.Error, retryAfter: f.RetryAfter})
 			continue
 		}
 		q := "UPDATE " + t + " SET attempts = attempts + 1, state = " + b.arg(string(state)) +
-			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.arg(s.d.timeArg(now.Add(f.RetryAfter))) +
+			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.nowPlus(f.RetryAfter) +
 			" WHERE state = 'pending' AND claimed_until = " + s.d.epoch + " AND id = " + b.arg(f.ID)
 		if _, err := tx.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: record failure of logged message %s in %s: %w", f.ID, s.t, err)
@@ -305,7 +304,7 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 		handOver = slices.DeleteFunc(slices.Clone(handOver), func(seq int64) bool {
 			m, ok := bySeq[seq]
 			if ok {
-				logOnly = append(logOnly, logOnlyRow{m: m, state: store.Pending, nextAttempt: now, claimedUntil: now})
+				logOnly = append(logOnly, logOnlyRow{m: m, state: store.Pending, handedOver: true})
 			}
 			return ok
 		})
@@ -315,7 +314,7 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 	}
 	err = inChunks(handOver, s.d.maxParams-8, func(seqs []int64) error {
 		b := builder{d: s.d}
-		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET claimed_until = "+b.arg(s.d.timeArg(now))+
+		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET claimed_until = "+s.d.now+
 			" WHERE state = 'pending' AND claimed_until = "+s.d.epoch+" AND "+b.inSeqs("seq", seqs), b.args...)
 		return err
 	})
@@ -335,12 +334,12 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 
 // logOnlyRow is a log-only message as recording puts it into the table.
 type logOnlyRow struct {
-	m            LogMessage
-	state        store.State
-	attempts     int
-	lastError    string
-	nextAttempt  time.Time
-	claimedUntil time.Time // zero: not claimed
+	m          LogMessage
+	state      store.State
+	attempts   int
+	lastError  string
+	retryAfter time.Duration
+	handedOver bool // given an expired claim, as handed-over rows are
 }
 
 const logOnlyColumns = 12
@@ -358,8 +357,8 @@ func (s *Store) insertLogOnly(ctx context.Context, tx *sql.Tx, rows []logOnlyRow
 				return fmt.Errorf("message %s: %w", r.m.ID, err)
 			}
 			claimed := s.d.epoch
-			if !r.claimedUntil.IsZero() {
-				claimed = b.arg(s.d.timeArg(r.claimedUntil))
+			if r.handedOver {
+				claimed = s.d.now
 			}
 			var lastError any
 			if r.lastError != "" {
@@ -367,7 +366,7 @@ func (s *Store) insertLogOnly(ctx context.Context, tx *sql.Tx, rows []logOnlyRow
 			}
 			values[i] = "(" + strings.Join([]string{b.arg(r.m.Seq), b.arg(r.m.ID), b.arg(r.m.Topic), b.arg(r.m.Key), b.arg(payloadArg(r.m.Payload)),
 				b.arg(headers), b.arg(s.d.timeArg(r.m.CreatedAt)), b.arg(string(r.state)), b.arg(r.attempts), b.arg(lastError),
-				b.arg(s.d.timeArg(r.nextAttempt)), claimed}, ",") + ")"
+				b.nowPlus(r.retryAfter), claimed}, ",") + ")"
 		}
 		_, err := tx.ExecContext(ctx, "INSERT INTO "+s.t.String()+" (seq, id, topic, message_key, payload, headers, created_at, state, attempts, last_error, next_attempt_at, claimed_until)"+
 			" OVERRIDING SYSTEM VALUE VALUES "+strings.Join(values, ",")+" ON CONFLICT DO NOTHING", b.args...)

@@ -23,7 +23,7 @@ func (s *Store) Stats(ctx context.Context) (*store.Stats, error) {
 	err := s.db.QueryRowContext(ctx, "SELECT (SELECT count(*) FROM "+t+" WHERE state = 'pending'),"+
 		" (SELECT min(created_at) FROM "+t+" WHERE state = 'pending'),"+
 		" (SELECT count(*) FROM "+t+" WHERE state = 'parked'),"+
-		" (SELECT count(*) FROM "+t+" WHERE state = 'delivered' AND delivered_at >= "+b.arg(s.d.timeArg(s.now().Add(-time.Minute)))+")",
+		" (SELECT count(*) FROM "+t+" WHERE state = 'delivered' AND delivered_at >= "+b.nowPlus(-time.Minute)+")",
 		b.args...).Scan(&st.Pending, &oldest, &st.Parked, &st.DeliveredLastMinute)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: stats of %s: %w", s.t, err)
@@ -38,7 +38,7 @@ func (s *Store) Requeue(ctx context.Context, p *store.RequeueParams) (int64, err
 		return 0, store.ErrNoSelection
 	}
 	b := builder{d: s.d}
-	q := "UPDATE " + s.t.String() + " SET state = 'pending', attempts = 0, next_attempt_at = " + b.arg(s.d.timeArg(s.now())) +
+	q := "UPDATE " + s.t.String() + " SET state = 'pending', attempts = 0, next_attempt_at = " + s.d.now +
 		", claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'parked'"
 	if len(p.IDs) > 0 {
 		q += " AND " + b.in("id", p.IDs)
@@ -75,7 +75,6 @@ func (s *Store) Purge(ctx context.Context, p *store.PurgeParams) (int64, error) 
 		return 0, err
 	}
 	defer unlock()
-	cutoff := s.d.timeArg(s.now().Add(-p.OlderThan))
 	t := s.t.String()
 	var total int64
 	for {
@@ -83,13 +82,13 @@ func (s *Store) Purge(ctx context.Context, p *store.PurgeParams) (int64, error) 
 		var q string
 		switch s.d.claim {
 		case claimNamedLock: // MySQL: DELETE ... LIMIT, and no LIMIT in an IN subquery
-			q = "DELETE FROM " + t + " WHERE state = 'delivered' AND delivered_at < " + b.arg(cutoff) + " LIMIT " + b.arg(batch)
+			q = "DELETE FROM " + t + " WHERE state = 'delivered' AND delivered_at < " + b.nowPlus(-p.OlderThan) + " LIMIT " + b.arg(batch)
 		case claimAdvisoryLock:
 			q = "DELETE FROM " + t + " WHERE seq = ANY(ARRAY(SELECT seq FROM " + t + " WHERE state = 'delivered' AND delivered_at < " +
-				b.arg(cutoff) + " LIMIT " + b.arg(batch) + "))"
+				b.nowPlus(-p.OlderThan) + " LIMIT " + b.arg(batch) + "))"
 		default:
 			q = "DELETE FROM " + t + " WHERE seq IN (SELECT seq FROM " + t + " WHERE state = 'delivered' AND delivered_at < " +
-				b.arg(cutoff) + " LIMIT " + b.arg(batch) + ")"
+				b.nowPlus(-p.OlderThan) + " LIMIT " + b.arg(batch) + ")"
 		}
 		res, err := conn.ExecContext(ctx, q, b.args...)
 		if err != nil {

@@ -402,7 +402,7 @@ func isNil(v any) bool {
 	return false
 }
 
-const writeColumns = 7
+const writeColumns = 5
 
 // Write implements [store.Store]. When ctx carries a span, each message also stores its trace
 // context (the traceparent and tracestate headers), unless it has a traceparent of its own.
@@ -431,24 +431,25 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 		}
 	}
 	db = unwrap(db)
-	now := s.d.timeArg(s.now())
 	for start, end := 0, 0; start < len(msgs); start = end {
 		end = s.statementEnd(msgs, start)
 		if s.logOnly != nil {
-			if err := s.writeLogOnly(ctx, db, msgs[start:end], ids[start:end], headers[start:end], now); err != nil {
+			if err := s.writeLogOnly(ctx, db, msgs[start:end], ids[start:end], headers[start:end]); err != nil {
 				return err
 			}
 			continue
 		}
 		b := builder{d: s.d, args: make([]any, 0, (end-start)*writeColumns)}
 		var q strings.Builder
-		q.WriteString("INSERT INTO " + s.t.String() + " (id, topic, message_key, payload, headers, created_at, next_attempt_at) VALUES ")
+		// created_at comes from the database's clock, as it does for plain-SQL writers. A new
+		// message is due at once: next_attempt_at keeps its default until a failure sets it.
+		q.WriteString("INSERT INTO " + s.t.String() + " (id, topic, message_key, payload, headers, created_at) VALUES ")
 		for i := start; i < end; i++ {
 			if i > start {
 				q.WriteByte(',')
 			}
-			fmt.Fprintf(&q, "(%s,%s,%s,%s,%s,%s,%s)", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
-				b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), b.arg(now), b.arg(now))
+			fmt.Fprintf(&q, "(%s,%s,%s,%s,%s,%s)", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
+				b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.now)
 		}
 		stmt := q.String()
 		if s.d.notify {
@@ -477,16 +478,16 @@ func payloadArg(p []byte) []byte {
 // deletes them again: the log keeps the inserted rows, the table does not. The reader tells
 // them by their state. The casts are Postgres's, the one database that allows log-only
 // writes.
-func (s *Store) writeLogOnly(ctx context.Context, db store.Execer, msgs []store.Message, ids, headers []string, now any) error {
+func (s *Store) writeLogOnly(ctx context.Context, db store.Execer, msgs []store.Message, ids, headers []string) error {
 	b := builder{d: s.d, args: make([]any, 0, len(msgs)*writeColumns)}
 	var q strings.Builder
-	q.WriteString("INSERT INTO " + s.t.String() + " (id, topic, message_key, payload, headers, created_at, next_attempt_at, state) SELECT * FROM (VALUES ")
+	q.WriteString("INSERT INTO " + s.t.String() + " (id, topic, message_key, payload, headers, created_at, state) SELECT * FROM (VALUES ")
 	for i := range msgs {
 		if i > 0 {
 			q.WriteByte(',')
 		}
-		fmt.Fprintf(&q, "(%s::text,%s::text,%s::text,%s::bytea,%s::text,%s::timestamptz,%s::timestamptz,'%s')", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
-			b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), b.arg(now), b.arg(now), LogOnlyState)
+		fmt.Fprintf(&q, "(%s::text,%s::text,%s::text,%s::bytea,%s::text,%s,'%s')", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
+			b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.now, LogOnlyState)
 	}
 	q.WriteString(") AS written WHERE " + s.logOnly.Ready)
 	res, err := db.ExecContext(ctx, q.String(), b.args...)
@@ -631,27 +632,36 @@ type claimedRow struct {
 	m   store.ClaimedMessage
 }
 
-// sweepOnly is the extra condition of a sweep's claim (ClaimParams.WrittenBefore): messages
-// written before then, and those a log reader handed over, which are held.
+// sweepOnly is the extra condition of a sweep's claim (ClaimParams.OlderThan): messages
+// written at least OlderThan ago by the database's clock, and those a log reader handed
+// over, which are held.
 func (s *Store) sweepOnly(b *builder, p *store.ClaimParams) string {
-	if p.WrittenBefore.IsZero() {
+	if p.OlderThan <= 0 {
 		return ""
 	}
-	return " AND (o.created_at < " + b.arg(s.d.timeArg(p.WrittenBefore)) + " OR o.held = 1)"
+	return " AND (o.created_at < " + b.nowPlus(-p.OlderThan) + " OR o.held = 1)"
 }
 
-// claimable is the condition, on the table aliased o, of a message that may be claimed at
-// now: it is due, no live claim holds it, and no earlier message of its key is held back by
-// a retry time or a live claim. Earlier messages of the key that are claimable themselves
-// have lower seq and so come first within a claim's LIMIT. Held messages are those with
-// held = 1, which the "held" index covers.
-func (s *Store) claimable(b *builder, now time.Time, p *store.ClaimParams) string {
-	nowV := s.d.timeArg(now)
-	t := s.t.String()
-	return "o.state = 'pending' AND o.next_attempt_at <= " + b.arg(nowV) + " AND o.claimed_until <= " + b.arg(nowV) + s.sweepOnly(b, p) +
-		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + t + " e WHERE e.held = 1" +
-		" AND e.message_key = o.message_key AND e.seq < o.seq" +
-		" AND (e.next_attempt_at > " + b.arg(nowV) + " OR e.claimed_until > " + b.arg(nowV) + ")))"
+// due is the condition, on the table aliased o, of a pending message that nothing holds back
+// by itself: no live claim holds it, and it never failed or its retry time has come. A
+// message that never failed is due whatever its next_attempt_at says, so that no writer's
+// clock can make it wait while a later message of its key goes ahead. The times compared
+// are the database's.
+func (s *Store) due(alias string) string {
+	return alias + ".state = 'pending' AND " + alias + ".claimed_until <= " + s.d.now +
+		" AND (" + alias + ".attempts = 0 OR " + alias + ".next_attempt_at <= " + s.d.now + ")"
+}
+
+// claimable is the condition, on the table aliased o, of a message that may be claimed: it
+// is due, and no earlier message of its key is pending and not due. Only held messages
+// (held = 1: claimed, or failed before; the "held" index covers them) can be pending and not
+// due, so only they are looked up. Earlier messages of the key that are due have lower seq
+// and so come first within a claim's LIMIT.
+func (s *Store) claimable(b *builder, p *store.ClaimParams) string {
+	return s.due("o") + s.sweepOnly(b, p) +
+		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + s.t.String() + " e WHERE e.held = 1" +
+		" AND e.message_key = o.message_key AND e.seq < o.seq AND e.state = 'pending'" +
+		" AND (e.claimed_until > " + s.d.now + " OR (e.attempts > 0 AND e.next_attempt_at > " + s.d.now + "))))"
 }
 
 const claimedColumns = "seq, id, topic, message_key, payload, headers, created_at, attempts"
@@ -659,11 +669,10 @@ const claimedColumns = "seq, id, topic, message_key, payload, headers, created_a
 // claimOnce claims with one UPDATE ... RETURNING. Alone it is atomic only where one writer
 // runs at a time (SQLite); Postgres runs it under the claim lock.
 func (s *Store) claimOnce(ctx context.Context, db store.Querier, token string, p *store.ClaimParams) ([]claimedRow, error) {
-	now := s.now()
 	b := builder{d: s.d}
 	t := s.t.String()
-	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.arg(s.d.timeArg(now.Add(p.Lease)))
-	sub := "SELECT o.seq FROM " + t + " o WHERE " + s.claimable(&b, now, p) + " ORDER BY o.seq LIMIT " + b.arg(p.Limit)
+	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease)
+	sub := "SELECT o.seq FROM " + t + " o WHERE " + s.claimable(&b, p) + " ORDER BY o.seq LIMIT " + b.arg(p.Limit)
 	if s.d.claim == claimSingleStatement {
 		q += " WHERE seq IN (" + sub + ")"
 	} else {
@@ -710,10 +719,9 @@ func scanClaimed(rows *sql.Rows) ([]claimedRow, error) {
 // its ORDER BY has the planner read the pending index from its head, not all of it.
 func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
 	b := builder{d: s.d}
-	nowV := s.d.timeArg(s.now())
 	var one int
-	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" o WHERE o.state = 'pending' AND o.next_attempt_at <= "+
-		b.arg(nowV)+" AND o.claimed_until <= "+b.arg(nowV)+s.sweepOnly(&b, p)+" ORDER BY o.seq LIMIT 1", b.args...).Scan(&one)
+	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" o WHERE "+s.due("o")+s.sweepOnly(&b, p)+
+		" ORDER BY o.seq LIMIT 1", b.args...).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -771,9 +779,8 @@ func (s *Store) claimNamed(ctx context.Context, token string, p *store.ClaimPara
 		return nil, err
 	}
 	defer tx.Rollback()
-	now := s.now()
 	b := builder{d: s.d}
-	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " o WHERE " + s.claimable(&b, now, p) +
+	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " o WHERE " + s.claimable(&b, p) +
 		" ORDER BY o.seq LIMIT " + b.arg(p.Limit)
 	rows, err := tx.QueryContext(ctx, q, b.args...)
 	if err != nil {
@@ -788,8 +795,8 @@ func (s *Store) claimNamed(ctx context.Context, token string, p *store.ClaimPara
 		seqs[i] = strconv.FormatInt(r.seq, 10)
 	}
 	b = builder{d: s.d}
-	upd := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.arg(s.d.timeArg(now.Add(p.Lease)))
-	upd += " WHERE seq IN (" + strings.Join(seqs, ",") + ") AND state = 'pending' AND claimed_until <= " + b.arg(s.d.timeArg(now))
+	upd := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease)
+	upd += " WHERE seq IN (" + strings.Join(seqs, ",") + ") AND state = 'pending' AND claimed_until <= " + s.d.now
 	res, err := tx.ExecContext(ctx, upd, b.args...)
 	if err != nil {
 		return nil, err
@@ -806,7 +813,7 @@ func (s *Store) claimNamed(ctx context.Context, token string, p *store.ClaimPara
 func (s *Store) MarkDelivered(ctx context.Context, p *store.MarkDeliveredParams) error {
 	return s.inChunks(p.IDs, func(ids []string) error {
 		b := builder{d: s.d}
-		q := "UPDATE " + s.t.String() + " SET state = 'delivered', delivered_at = " + b.arg(s.d.timeArg(s.now())) +
+		q := "UPDATE " + s.t.String() + " SET state = 'delivered', delivered_at = " + s.d.now +
 			", claim_token = NULL, claimed_until = " + s.d.epoch + s.d.asyncCommit + " WHERE state = 'pending' AND " + b.in("id", ids)
 		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: mark %d messages delivered in %s: %w", len(ids), s.t, err)
@@ -850,7 +857,6 @@ func (s *Store) Fail(ctx context.Context, p *store.FailParams) error {
 		return fmt.Errorf("outbox: record failures in %s: %w", s.t, err)
 	}
 	defer tx.Rollback()
-	now := s.now()
 	for _, f := range p.Failures {
 		b := builder{d: s.d}
 		state := store.Pending
@@ -858,7 +864,7 @@ func (s *Store) Fail(ctx context.Context, p *store.FailParams) error {
 			state = store.Parked
 		}
 		q := "UPDATE " + s.t.String() + " SET attempts = attempts + 1, state = " + b.arg(string(state)) +
-			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.arg(s.d.timeArg(now.Add(f.RetryAfter))) +
+			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.nowPlus(f.RetryAfter) +
 			", claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token) +
 			" AND id = " + b.arg(f.ID)
 		if _, err := tx.ExecContext(ctx, q, b.args...); err != nil {

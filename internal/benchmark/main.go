@@ -9,7 +9,8 @@
 // It prints one line per case:
 //
 //	case=broker n=<messages> batch=<n> rate=<msgs/s>   (the same publishing, from memory: the ceiling)
-//	case=<db>-<mode>-drain n=<messages> rate=<msgs/s> duplicates=<n>
+//	case=<db>-rawloop-drain n=<messages> rate=<msgs/s>   (a hand-written loop: the reference)
+//	case=<db>-<mode>-drain n=<messages> rate=<msgs/s> vs_rawloop=<x> duplicates=<n>
 //	case=<db>-<mode>-idle queries_per_s=<q> wake_p50=<ms> wake_p99=<ms> other_instance_wake_p50=<ms> ...
 //	case=pg-vs-forwarder n=<n> outbox=<msgs/s> forwarder=<msgs/s> ratio=<x>
 //	case=<db>-<mode>-live rate=<msgs/s> n=<n> p50=<ms> p99=<ms>   (and forwarder-live)
@@ -128,7 +129,19 @@ func main() {
 		}
 	}
 	if run["drain"] {
-		each("drain", func(name, label string, cfg dispatcher.Config) error { return drainCase(name, label, *n, cfg) })
+		// The hand loop on each database first: every drain line gives its rate beside it.
+		rawRates := map[string]float64{}
+		for _, name := range strings.Split(*dbs, ",") {
+			rate, err := rawLoopCase(name, *n)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "case=%s-rawloop-drain: %v\n", name, err)
+				failed = true
+			}
+			rawRates[name] = rate
+		}
+		each("drain", func(name, label string, cfg dispatcher.Config) error {
+			return drainCase(name, label, *n, cfg, rawRates[strings.TrimSuffix(name, "-logonly")])
+		})
 	}
 	if run["idle"] && *idle > 0 {
 		each("idle", func(name, label string, cfg dispatcher.Config) error { return idleCase(name, label, *idle, cfg) })
@@ -290,7 +303,7 @@ func fill(st *sqlstore.Store, n int) error {
 	return nil
 }
 
-func drainCase(name, label string, n int, cfg dispatcher.Config) error {
+func drainCase(name, label string, n int, cfg dispatcher.Config, rawRate float64) error {
 	db, err := newDatabase(name)
 	if db != nil && db.cleanup != nil {
 		defer db.cleanup()
@@ -348,7 +361,12 @@ func drainCase(name, label string, n int, cfg dispatcher.Config) error {
 		}
 	}
 	elapsed := time.Since(start)
-	fmt.Printf("case=%s-drain n=%d rate=%.0f duplicates=%d elapsed=%v\n", label, n, float64(n)/elapsed.Seconds(), dups, elapsed.Round(time.Millisecond))
+	rate := float64(n) / elapsed.Seconds()
+	vs := "n/a"
+	if rawRate > 0 {
+		vs = fmt.Sprintf("%.2f", rate/rawRate)
+	}
+	fmt.Printf("case=%s-drain n=%d rate=%.0f vs_rawloop=%s duplicates=%d elapsed=%v\n", label, n, rate, vs, dups, elapsed.Round(time.Millisecond))
 	return nil
 }
 

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/internal/kafkatest"
+	"github.com/outboxgo/outbox/publisher"
+)
+
+// rawLoopWorkers is how many hand loops run at once on a server database, as a user would
+// run a couple of instances; SQLite runs one writer at a time, so one loop.
+const rawLoopWorkers = 2
+
+// rawLoopCase drains a backlog the way a hand-written loop does, the reference for every
+// drain case: in one transaction, lock a batch of pending rows (skipping locked ones), send
+// it with one sarama SendMessages, delete it, commit. It keeps no per-key order, retries
+// nothing and parks nothing. It returns the rate, for the vs_rawloop field of the drain lines.
+func rawLoopCase(name string, n int) (float64, error) {
+	db, err := newDatabase(name)
+	if db != nil && db.cleanup != nil {
+		defer db.cleanup()
+	}
+	if err != nil {
+		return 0, err
+	}
+	if err := fill(db.st, n); err != nil {
+		return 0, fmt.Errorf("fill: %w", err)
+	}
+	cluster, err := kafkatest.NewCluster()
+	if err != nil {
+		return 0, err
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	consumer, err := kafkatest.NewConsumer(brokers, topic)
+	if err != nil {
+		return 0, err
+	}
+	defer consumer.Close()
+
+	workers, lock, in := rawLoopWorkers, " FOR UPDATE SKIP LOCKED", func(seqs []int64) (string, []any) {
+		return "seq = ANY($1)", []any{seqs}
+	}
+	switch name {
+	case "sqlite":
+		workers, lock = 1, "" // the transaction takes the write lock at BEGIN (_txlock=immediate)
+		in = inList
+	case "mariadb", "mysql":
+		in = inList
+	}
+	table := db.st.Table()
+	sel := "SELECT seq, id, message_key, payload FROM " + table + " WHERE state = 'pending' ORDER BY seq LIMIT 1000" + lock
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	start := time.Now()
+	var (
+		wg   sync.WaitGroup
+		errs = make(chan error, workers)
+		done = make(chan struct{})
+	)
+	for range workers {
+		producer, err := sarama.NewSyncProducer(brokers, publisher.SaramaConfig())
+		if err != nil {
+			return 0, err
+		}
+		defer producer.Close()
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				sent, err := rawLoopOnce(ctx, db.st.DB(), producer, sel, table, in)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if sent == 0 {
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+		})
+	}
+	seen := make(map[string]bool, n)
+	var readErr error
+	for len(seen) < n && readErr == nil {
+		select {
+		case err := <-errs:
+			readErr = err
+			continue
+		default:
+		}
+		recs, err := consumer.Poll(ctx)
+		if err != nil || ctx.Err() != nil {
+			readErr = fmt.Errorf("read %d of %d: %v", len(seen), n, err)
+		}
+		for _, r := range recs {
+			seen[r.Headers[dispatcher.MetadataID]] = true
+		}
+	}
+	elapsed := time.Since(start)
+	close(done)
+	wg.Wait()
+	if readErr != nil {
+		return 0, readErr
+	}
+	rate := float64(n) / elapsed.Seconds()
+	fmt.Printf("case=%s-rawloop-drain n=%d rate=%.0f workers=%d elapsed=%v\n", name, n, rate, workers, elapsed.Round(time.Millisecond))
+	return rate, nil
+}
+
+// rawLoopOnce is one turn of the hand loop, and returns how many messages it sent.
+func rawLoopOnce(ctx context.Context, db *sql.DB, producer sarama.SyncProducer, sel, table string, in func([]int64) (string, []any)) (int, error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, sel)
+	if err != nil {
+		return 0, err
+	}
+	var (
+		seqs []int64
+		msgs []*sarama.ProducerMessage
+	)
+	for rows.Next() {
+		var (
+			seq     int64
+			id, key string
+			payload []byte
+		)
+		if err := rows.Scan(&seq, &id, &key, &payload); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		seqs = append(seqs, seq)
+		msgs = append(msgs, &sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(key), Value: sarama.ByteEncoder(payload),
+			Headers: []sarama.RecordHeader{{Key: []byte(dispatcher.MetadataID), Value: []byte(id)}}})
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	if err := producer.SendMessages(msgs); err != nil {
+		return 0, err
+	}
+	cond, args := in(seqs)
+	if _, err := tx.ExecContext(ctx, "DELETE FROM "+table+" WHERE "+cond, args...); err != nil {
+		return 0, err
+	}
+	return len(msgs), tx.Commit()
+}
+
+// inList is the condition that seq is one of seqs, as a literal list.
+func inList(seqs []int64) (string, []any) {
+	parts := make([]string, len(seqs))
+	for i, s := range seqs {
+		parts[i] = fmt.Sprint(s)
+	}
+	return "seq IN (" + strings.Join(parts, ",") + ")", nil
+}

@@ -140,6 +140,24 @@ type Failure struct {
 	Park bool
 }
 
+// LeaseExtender is implemented by stores whose claims can be extended while they are held,
+// so that a dispatcher can claim with a short lease (a crashed dispatcher's messages come
+// back within seconds) and still take as long as the broker needs to publish. The stores in
+// this module implement it.
+type LeaseExtender interface {
+	// ExtendLease sets the lease of the pending messages still held by the claim to
+	// params.Lease from now, by the database's clock, and returns how many it holds.
+	ExtendLease(ctx context.Context, params *ExtendLeaseParams) (int64, error)
+}
+
+// ExtendLeaseParams are the parameters of [LeaseExtender.ExtendLease].
+type ExtendLeaseParams struct {
+	// Token of the claim.
+	Token string
+	// Lease is the new lease, from now. Must be positive.
+	Lease time.Duration
+}
+
 // ReleaseParams are the parameters of [Store.Release].
 type ReleaseParams struct {
 	// Token of the claim holding the messages.

@@ -100,8 +100,9 @@ type Store struct {
 }
 
 var (
-	_ store.Store    = (*Store)(nil)
-	_ store.Notifier = (*Store)(nil)
+	_ store.Store         = (*Store)(nil)
+	_ store.Notifier      = (*Store)(nil)
+	_ store.LeaseExtender = (*Store)(nil)
 )
 
 // New returns a store for the outbox table in db. It does not touch the database: call
@@ -841,6 +842,20 @@ func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
 		}
 		return nil
 	})
+}
+
+// ExtendLease implements [store.LeaseExtender].
+func (s *Store) ExtendLease(ctx context.Context, p *store.ExtendLeaseParams) (int64, error) {
+	if p.Lease <= 0 {
+		return 0, fmt.Errorf("outbox: ExtendLeaseParams.Lease must be positive, got %v", p.Lease)
+	}
+	b := builder{d: s.d}
+	q := "UPDATE " + s.t.String() + " SET claimed_until = " + b.nowPlus(p.Lease) + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token)
+	res, err := s.db.ExecContext(ctx, q, b.args...)
+	if err != nil {
+		return 0, fmt.Errorf("outbox: extend the lease of a claim in %s: %w", s.t, err)
+	}
+	return res.RowsAffected()
 }
 
 func (s *Store) inChunks(ids []string, f func([]string) error) error {

@@ -50,6 +50,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"WriteRejectsBadInputAndKeepsTxUsable", testBadInput},
 		{"WriteManyInOneCall", testWriteMany},
 		{"ClaimHoldsMessagesUntilLeaseExpires", testLease},
+		{"ExtendLeaseKeepsAClaimPastItsFirstLease", testExtendLease},
 		{"MarkDeliveredIsFinal", testMarkDelivered},
 		{"FailDelaysRetryAndRecordsError", testFailRetry},
 		{"FailWithStaleTokenIsIgnored", testStaleToken},
@@ -230,6 +231,32 @@ func testLease(t *testing.T, h Harness) {
 	}, 10*time.Second, 20*time.Millisecond, "an expired lease gives the messages back")
 	require.Equal(t, want, ids(again))
 	require.NotEqual(t, first.Token, again.Token)
+}
+
+func testExtendLease(t *testing.T, h Harness) {
+	ext, ok := h.Store.(store.LeaseExtender)
+	if !ok {
+		t.Skip("the store does not implement store.LeaseExtender")
+	}
+	ctx := ctxFor(t)
+	want := write(t, h, msg("t", "k", "1"), msg("t", "k", "2"))
+	res := claim(t, h, 1, 300*time.Millisecond)
+	require.Equal(t, want[:1], ids(res))
+	_, err := ext.ExtendLease(ctx, &store.ExtendLeaseParams{Token: res.Token})
+	require.Error(t, err, "a lease must be positive")
+	n, err := ext.ExtendLease(ctx, &store.ExtendLeaseParams{Token: res.Token, Lease: time.Minute})
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n, "the claim holds one message")
+	time.Sleep(500 * time.Millisecond) // past the first lease
+	require.Empty(t, ids(claim(t, h, 10, lease)), "the extended claim still holds the message, and with it its key")
+	n, err = ext.ExtendLease(ctx, &store.ExtendLeaseParams{Token: "no-such-claim", Lease: time.Minute})
+	require.NoError(t, err)
+	require.Zero(t, n, "an unknown token holds nothing")
+	require.NoError(t, h.Store.MarkDelivered(ctx, &store.MarkDeliveredParams{IDs: want[:1]}))
+	n, err = ext.ExtendLease(ctx, &store.ExtendLeaseParams{Token: res.Token, Lease: time.Minute})
+	require.NoError(t, err)
+	require.Zero(t, n, "a delivered message is no longer held")
+	require.Equal(t, want[1:], ids(claim(t, h, 10, lease)))
 }
 
 func testMarkDelivered(t *testing.T, h Harness) {

@@ -15,6 +15,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/middleware/idempotency"
+	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -39,7 +40,7 @@ func TestBadInputGetsAClearErrorAndLosesNothing(t *testing.T) {
 			"payload over 1 MiB":    {store.Message{Topic: "t", Payload: make([]byte, store.DefaultMaxPayloadBytes+1)}, store.ErrPayloadTooLarge},
 			"empty header name":     {store.Message{Topic: "t", Headers: map[string]string{"": "v"}}, store.ErrInvalidHeader},
 			"header name with CR":   {store.Message{Topic: "t", Headers: map[string]string{"a\r": "v"}}, store.ErrInvalidHeader},
-			"reserved header name":  {store.Message{Topic: "t", Headers: map[string]string{dispatcher.MetadataID: "v"}}, store.ErrInvalidHeader},
+			"reserved header name":  {store.Message{Topic: "t", Headers: map[string]string{publisher.MetadataID: "v"}}, store.ErrInvalidHeader},
 			"header value not UTF8": {store.Message{Topic: "t", Headers: map[string]string{"a": "\xff"}}, store.ErrInvalidHeader},
 			"header value with NUL": {store.Message{Topic: "t", Headers: map[string]string{"a": "\x00"}}, store.ErrInvalidHeader},
 			"key over 255 bytes":    {store.Message{Topic: "t", Key: strings.Repeat("k", 256)}, store.ErrInvalidKey},

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -91,11 +92,11 @@ func requireEndToEnd(t *testing.T, f *fixture, pub message.Publisher, topic stri
 		i, err := strconv.Atoi(string(m.Payload))
 		require.NoError(t, err)
 		require.Equal(t, ids[i], m.UUID, "message %d: the UUID is the outbox id", i)
-		require.Equal(t, m.UUID, m.Metadata.Get(dispatcher.MetadataID))
-		require.Equal(t, brokerKey(i), m.Metadata.Get(dispatcher.MetadataKey))
+		require.Equal(t, m.UUID, m.Metadata.Get(publisher.MetadataID))
+		require.Equal(t, brokerKey(i), m.Metadata.Get(publisher.MetadataKey))
 		require.Equal(t, "text/plain", m.Metadata.Get("content-type"))
 		require.Equal(t, strconv.Itoa(i), m.Metadata.Get("seq"))
-		_, err = time.Parse(time.RFC3339Nano, m.Metadata.Get(dispatcher.MetadataCreatedAt))
+		_, err = time.Parse(time.RFC3339Nano, m.Metadata.Get(publisher.MetadataCreatedAt))
 		require.NoError(t, err)
 	}
 	requireOrderPerKey(t, got)

@@ -74,8 +74,8 @@ type Config struct {
 	// warning, at most once a minute. Defaults to DefaultLogLagWarning.
 	LogLagWarning int64
 	// DeadLetterTopic, when set, receives a copy of every message the dispatcher parks, with
-	// the reason in the MetadataError header and its own topic in MetadataTopic. Parked
-	// messages stay in the outbox too.
+	// the reason in the [publisher.MetadataError] header and its own topic in
+	// [publisher.MetadataTopic]. Parked messages stay in the outbox too.
 	DeadLetterTopic string
 	// Retention is how long delivered messages stay in the outbox, for operators to look at.
 	// A running dispatcher purges older ones when it starts and every minute after, in

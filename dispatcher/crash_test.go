@@ -15,8 +15,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
+	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlstore"
 )
@@ -138,7 +138,7 @@ func readBack(t *testing.T, brokers []string, n int) (dups, inversions int) {
 		pcancel()
 		require.NoError(t, err)
 		for _, r := range recs {
-			id := r.Headers[dispatcher.MetadataID]
+			id := r.Headers[publisher.MetadataID]
 			deliveries = append(deliveries, delivery{id: id, payload: r.Value})
 			if seen[id] {
 				dups++

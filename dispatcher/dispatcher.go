@@ -16,21 +16,8 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
-)
-
-// Metadata the dispatcher sets on every published message, besides the message's own headers.
-const (
-	// MetadataID holds the outbox message id, which is also the watermill message UUID.
-	MetadataID = store.ReservedHeaderPrefix + "id"
-	// MetadataKey holds the message key, when it has one; use it as the partition key.
-	MetadataKey = store.ReservedHeaderPrefix + "key"
-	// MetadataCreatedAt holds the time the message was written, in RFC 3339 with nanoseconds.
-	MetadataCreatedAt = store.ReservedHeaderPrefix + "created_at"
-	// MetadataError holds, on a dead letter, why the message was parked.
-	MetadataError = store.ReservedHeaderPrefix + "error"
-	// MetadataTopic holds, on a dead letter, the topic the message was written for.
-	MetadataTopic = store.ReservedHeaderPrefix + "topic"
 )
 
 const (
@@ -83,7 +70,7 @@ type Stats struct {
 // New returns a dispatcher that delivers the messages of st through pub.
 func New(st store.Store, pub message.Publisher, cfg Config) (*Dispatcher, error) {
 	// A nil pointer in an interface is not == nil: the *T of a constructor whose error was
-	// ignored (pub, _ := publisher.NewKafka(...)) would get through and fail every publish.
+	// ignored (pub, _ := kafka.New(...)) would get through and fail every publish.
 	refuseNil := func(what string, v any) error {
 		if v == nil {
 			return fmt.Errorf("outbox: dispatcher.New: %s is nil", what)
@@ -411,7 +398,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msgs []store.ClaimedMessage) *
 	d.metrics.batchSize.Record(ctx, int64(len(msgs)))
 	chains := chainsByKey(msgs)
 	attempts := make([]attempt, len(msgs))
-	if bp, ok := d.pub.(BatchPublisher); ok {
+	if bp, ok := d.pub.(publisher.BatchPublisher); ok {
 		d.publishBatches(ctx, bp, msgs, attempts)
 	} else {
 		d.publishChains(ctx, msgs, chains, attempts)
@@ -480,7 +467,7 @@ func (d *Dispatcher) publishChains(ctx context.Context, msgs []store.ClaimedMess
 }
 
 // publishBatches publishes with one call per topic, the topics in parallel.
-func (d *Dispatcher) publishBatches(ctx context.Context, bp BatchPublisher, msgs []store.ClaimedMessage, attempts []attempt) {
+func (d *Dispatcher) publishBatches(ctx context.Context, bp publisher.BatchPublisher, msgs []store.ClaimedMessage, attempts []attempt) {
 	byTopic := map[string][]int{}
 	var topics []string
 	for i, m := range msgs {
@@ -580,11 +567,11 @@ func (d *Dispatcher) toWatermill(ctx context.Context, m store.ClaimedMessage) *m
 	for k, v := range m.Headers {
 		msg.Metadata.Set(k, v)
 	}
-	msg.Metadata.Set(MetadataID, m.ID)
+	msg.Metadata.Set(publisher.MetadataID, m.ID)
 	if m.Key != "" {
-		msg.Metadata.Set(MetadataKey, m.Key)
+		msg.Metadata.Set(publisher.MetadataKey, m.Key)
 	}
-	msg.Metadata.Set(MetadataCreatedAt, m.CreatedAt.Format(time.RFC3339Nano))
+	msg.Metadata.Set(publisher.MetadataCreatedAt, m.CreatedAt.Format(time.RFC3339Nano))
 	setTraceContext(ctx, msg.Metadata)
 	msg.SetContext(ctx)
 	return msg
@@ -599,7 +586,7 @@ func (d *Dispatcher) failure(m store.ClaimedMessage, err error) *store.Failure {
 	f := &store.Failure{ID: m.ID, Error: err.Error()}
 	attrs := []any{slog.String("id", m.ID), slog.String("topic", m.Topic), slog.String("key", m.Key),
 		slog.Int("attempt", attempt), slog.Any("error", err)}
-	if IsPermanent(err) {
+	if publisher.IsPermanent(err) {
 		f.Park = true
 		d.parked.Add(1)
 		d.metrics.parkedN.Add(context.Background(), 1, topicAttr(m.Topic))
@@ -627,8 +614,8 @@ func (d *Dispatcher) deadLetter(parked []parkedMessage) {
 	}
 	for _, p := range parked {
 		msg := d.toWatermill(context.Background(), p.m)
-		msg.Metadata.Set(MetadataError, p.err.Error())
-		msg.Metadata.Set(MetadataTopic, p.m.Topic)
+		msg.Metadata.Set(publisher.MetadataError, p.err.Error())
+		msg.Metadata.Set(publisher.MetadataTopic, p.m.Topic)
 		if err := d.safely(func() error { return d.pub.Publish(d.cfg.DeadLetterTopic, msg) }); err != nil {
 			d.log.Error("cannot publish dead letter", slog.String("id", p.m.ID), slog.String("topic", d.cfg.DeadLetterTopic), slog.Any("error", err))
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
+	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 	"github.com/outboxgo/outbox/store/sqlstore"
@@ -131,9 +132,9 @@ func TestPublishesEveryMessageWithItsIdentity(t *testing.T) {
 		m := byID[id]
 		require.NotNil(t, m, "message %d published", i)
 		require.Equal(t, string(in[i].Payload), string(m.Payload))
-		require.Equal(t, id, m.Metadata.Get(dispatcher.MetadataID))
-		require.Equal(t, in[i].Key, m.Metadata.Get(dispatcher.MetadataKey))
-		created, err := time.Parse(time.RFC3339Nano, m.Metadata.Get(dispatcher.MetadataCreatedAt))
+		require.Equal(t, id, m.Metadata.Get(publisher.MetadataID))
+		require.Equal(t, in[i].Key, m.Metadata.Get(publisher.MetadataKey))
+		created, err := time.Parse(time.RFC3339Nano, m.Metadata.Get(publisher.MetadataCreatedAt))
 		require.NoError(t, err)
 		require.WithinDuration(t, time.Now(), created, time.Minute)
 		if in[i].Headers != nil {
@@ -194,7 +195,7 @@ func TestFailingKeyHoldsBackOnlyItsOwnKey(t *testing.T) {
 	var brokenA atomic.Bool
 	brokenA.Store(true)
 	f.pub.Fail = func(_ string, m *message.Message) error {
-		if m.Metadata.Get(dispatcher.MetadataKey) == "A" && brokenA.Load() {
+		if m.Metadata.Get(publisher.MetadataKey) == "A" && brokenA.Load() {
 			return errors.New("A is broken")
 		}
 		return nil
@@ -222,7 +223,7 @@ func TestFailingKeyHoldsBackOnlyItsOwnKey(t *testing.T) {
 	f.waitDelivered(t, 5)
 	var order []string
 	for _, m := range f.pub.Messages("t") {
-		if m.Metadata.Get(dispatcher.MetadataKey) == "A" {
+		if m.Metadata.Get(publisher.MetadataKey) == "A" {
 			order = append(order, m.UUID)
 		}
 	}
@@ -502,7 +503,7 @@ func TestWorkersKeepOrderPerKey(t *testing.T) {
 	for _, m := range f.pub.Messages("t") {
 		i, err := strconv.Atoi(string(m.Payload))
 		require.NoError(t, err)
-		key := m.Metadata.Get(dispatcher.MetadataKey)
+		key := m.Metadata.Get(publisher.MetadataKey)
 		if prev, ok := last[key]; ok {
 			require.Less(t, prev, i, "key %s out of order", key)
 		}

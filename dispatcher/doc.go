@@ -7,16 +7,19 @@
 // publisher, and marks a message delivered only after the publisher returned success for it.
 // Delivery is at least once: a crash between publish and mark, or a lease that expires while a
 // publish is slow, publishes a message again. Each message carries its outbox id as the
-// watermill message UUID and in the [MetadataID] header so consumers can drop such duplicates.
+// watermill message UUID and in the [publisher.MetadataID] header so consumers can drop such
+// duplicates.
 //
 // # Order
 //
 // Messages with the same topic and non-empty key are published in write order (the order a
 // consumer of the topic can see; Kafka keeps it within the key's partition); different keys
 // are published in parallel (Config.Concurrency), or in one call per topic to a
-// [BatchPublisher], which keeps each key's order within the call. When a message fails, it is retried after
-// an exponential backoff with jitter, persisted in the store, and only the later messages of its
-// own key wait for it. After Config.MaxAttempts failed attempts it is parked and its key moves on.
+// [publisher.BatchPublisher], which keeps each key's order within the call. When a message
+// fails, it is retried after an exponential backoff with jitter, persisted in the store, and
+// only the later messages of its own key wait for it. After Config.MaxAttempts failed attempts,
+// or at once when the publisher marks its error [publisher.Permanent], it is parked and its key
+// moves on.
 //
 // # Polling and wake-ups
 //

@@ -10,6 +10,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
+	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 )
@@ -56,7 +57,7 @@ func Example_startStop() {
 		panic(err)
 	}
 	m := pub.Messages("payments")[0]
-	fmt.Println(string(m.Payload), m.Metadata.Get(dispatcher.MetadataKey), m.UUID == m.Metadata.Get(dispatcher.MetadataID))
+	fmt.Println(string(m.Payload), m.Metadata.Get(publisher.MetadataKey), m.UUID == m.Metadata.Get(publisher.MetadataID))
 	// Output:
 	// completed pay-1 true
 }

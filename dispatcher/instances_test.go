@@ -19,6 +19,7 @@ import (
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -171,7 +172,7 @@ func verifyKafka(t *testing.T, brokers []string, n int) {
 	last := map[string]int{}
 	dups := 0
 	for _, r := range recs {
-		id := r.Headers[dispatcher.MetadataID]
+		id := r.Headers[publisher.MetadataID]
 		if seen[id] {
 			dups++
 			continue
@@ -212,7 +213,7 @@ func TestThreeDispatchersShareOneDatabase(t *testing.T) {
 			for i := range dispatchers {
 				idb, ist := shared.open(t, shared.dsn, shared.table) // a pool of its own
 				defer idb.Close()
-				pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+				pub, err := kafka.New(kafka.Config{Brokers: brokers})
 				require.NoError(t, err)
 				defer pub.Close()
 				d, err := dispatcher.New(ist, pub, shared.config(dispatcher.Config{BatchSize: 500, Concurrency: 32, Logger: quiet()}))
@@ -305,7 +306,7 @@ func TestDispatcherProcess(t *testing.T) {
 	}
 	db, st := open(t, os.Getenv("OUTBOX_PROCESS_DSN"), os.Getenv("OUTBOX_PROCESS_TABLE"))
 	defer db.Close()
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: strings.Split(os.Getenv("OUTBOX_PROCESS_BROKERS"), ",")})
+	pub, err := kafka.New(kafka.Config{Brokers: strings.Split(os.Getenv("OUTBOX_PROCESS_BROKERS"), ",")})
 	require.NoError(t, err)
 	defer pub.Close()
 	batch, _ := strconv.Atoi(os.Getenv("OUTBOX_PROCESS_BATCH"))

@@ -14,6 +14,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
+	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlstore"
@@ -186,7 +187,7 @@ func requireKeyOrder(t *testing.T, msgs []*message.Message) {
 		_, err := fmt.Sscanf(string(m.Payload), "%1s-%d", &txn, &i)
 		require.NoError(t, err)
 		rank := int(txn[0])*100000 + i
-		k := m.Metadata.Get(dispatcher.MetadataKey)
+		k := m.Metadata.Get(publisher.MetadataKey)
 		if prev, ok := last[k]; ok {
 			require.Greater(t, rank, prev, "key %s out of order at %s", k, m.Payload)
 		}
@@ -289,7 +290,7 @@ func failuresInKeyOrder(t *testing.T, shared sharedDB) {
 	pub := outboxtest.NewPublisher()
 	var failures atomic.Int64
 	pub.Fail = func(topic string, msg *message.Message) error {
-		if msg.Metadata.Get(dispatcher.MetadataKey) == "k1" && failures.Add(1) <= 3 {
+		if msg.Metadata.Get(publisher.MetadataKey) == "k1" && failures.Add(1) <= 3 {
 			return errors.New("broker hiccup")
 		}
 		return nil

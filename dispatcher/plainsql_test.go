@@ -8,8 +8,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
+	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -36,7 +36,7 @@ func TestMessagesWrittenWithPlainSQLArePublished(t *testing.T) {
 			require.Equal(t, 1, outboxtest.Drain(t, st, pub))
 			m := pub.Messages("payments")[0]
 			require.Equal(t, "0190f3a2-7b1c-7000-8000-00000000a001", m.UUID)
-			require.Equal(t, "pay-42", m.Metadata.Get(dispatcher.MetadataKey))
+			require.Equal(t, "pay-42", m.Metadata.Get(publisher.MetadataKey))
 			require.Equal(t, "PaymentCompleted", m.Metadata.Get("event_type"))
 			require.JSONEq(t, `{"externalId":"pay-42","amount":"12.50","paymentStatus":"Completed"}`, string(m.Payload))
 			outboxtest.RequireWritten(t, st, nil, outboxtest.Want{Key: "pay-42", State: store.Delivered})

@@ -2,75 +2,13 @@ package dispatcher
 
 import (
 	"errors"
-	"fmt"
-	"sort"
-	"strings"
 
-	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/outboxgo/outbox/publisher"
 )
-
-// BatchPublisher is implemented by publishers that send many messages in one round trip and
-// can tell which of them failed. The dispatcher then publishes a claimed batch with one call
-// per topic instead of one call per message.
-type BatchPublisher interface {
-	message.Publisher
-	// PublishBatch publishes msgs, all to topic, keeping the order of messages with the same
-	// key: once one fails, the later messages of its key must fail too (Kafka fails the rest
-	// of a partition's batch; a publisher that checks messages before sending must skip
-	// them). It returns nil when every message was acknowledged, a *BatchError naming the
-	// failed ones when only some were, and any other error when none was.
-	PublishBatch(topic string, msgs []*message.Message) error
-}
-
-// BatchError reports the messages of a batch that failed; the others were published.
-type BatchError struct {
-	// Failed maps the UUIDs of the failed messages to their errors.
-	Failed map[string]error
-}
-
-func (e *BatchError) Error() string {
-	ids := make([]string, 0, len(e.Failed))
-	for id := range e.Failed {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	var sb strings.Builder
-	fmt.Fprintf(&sb, "outbox: %d messages failed", len(ids))
-	for i, id := range ids {
-		if i == 3 {
-			fmt.Fprintf(&sb, "; and %d more", len(ids)-3)
-			break
-		}
-		fmt.Fprintf(&sb, "; %s: %v", id, e.Failed[id])
-	}
-	return sb.String()
-}
-
-// permanentError marks an error that retrying cannot fix.
-type permanentError struct{ err error }
-
-func (e *permanentError) Error() string { return e.err.Error() }
-func (e *permanentError) Unwrap() error { return e.err }
-
-// Permanent marks err as one that retrying cannot fix (a message too large for the broker, a
-// topic that does not exist, a message that cannot be encoded). A publisher returns it so that
-// the dispatcher parks the message at once instead of retrying it. Permanent(nil) is nil.
-func Permanent(err error) error {
-	if err == nil || IsPermanent(err) {
-		return err
-	}
-	return &permanentError{err: err}
-}
-
-// IsPermanent reports whether err, or an error it wraps, was marked by [Permanent].
-func IsPermanent(err error) bool {
-	var p *permanentError
-	return errors.As(err, &p)
-}
 
 // failureOf is the error of message id in a publish call's error.
 func failureOf(err error, id string) error {
-	var be *BatchError
+	var be *publisher.BatchError
 	if errors.As(err, &be) {
 		return be.Failed[id]
 	}

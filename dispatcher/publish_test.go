@@ -13,6 +13,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
+	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -28,7 +29,7 @@ func (b *batchPublisher) PublishBatch(topic string, msgs []*message.Message) err
 	failed := map[string]error{}
 	failedKeys := map[string]bool{}
 	for _, m := range msgs {
-		key := m.Metadata.Get(dispatcher.MetadataKey)
+		key := m.Metadata.Get(publisher.MetadataKey)
 		if key != "" && failedKeys[key] {
 			failed[m.UUID] = errors.New("not sent: an earlier message of its key failed")
 			continue
@@ -39,7 +40,7 @@ func (b *batchPublisher) PublishBatch(topic string, msgs []*message.Message) err
 		}
 	}
 	if len(failed) > 0 {
-		return &dispatcher.BatchError{Failed: failed}
+		return &publisher.BatchError{Failed: failed}
 	}
 	return nil
 }
@@ -70,7 +71,7 @@ func requireOrderPerKey(t *testing.T, msgs []*message.Message) {
 	for _, m := range msgs {
 		i, err := strconv.Atoi(string(m.Payload))
 		require.NoError(t, err)
-		key := m.Metadata.Get(dispatcher.MetadataKey)
+		key := m.Metadata.Get(publisher.MetadataKey)
 		if key == "" {
 			continue
 		}
@@ -130,7 +131,7 @@ func TestPermanentErrorParksAtOnceAndDeadLetters(t *testing.T) {
 			)
 			f.pub.Fail = func(topic string, m *message.Message) error {
 				if topic == "orders" && string(m.Payload) == "too big" {
-					return dispatcher.Permanent(errors.New("message too large for the broker"))
+					return publisher.Permanent(errors.New("message too large for the broker"))
 				}
 				return nil
 			}
@@ -153,8 +154,8 @@ func TestPermanentErrorParksAtOnceAndDeadLetters(t *testing.T) {
 			require.Len(t, dead, 1)
 			require.Equal(t, ids[0], dead[0].UUID)
 			require.Equal(t, "too big", string(dead[0].Payload))
-			require.Equal(t, "message too large for the broker", dead[0].Metadata.Get(dispatcher.MetadataError))
-			require.Equal(t, "orders", dead[0].Metadata.Get(dispatcher.MetadataTopic))
+			require.Equal(t, "message too large for the broker", dead[0].Metadata.Get(publisher.MetadataError))
+			require.Equal(t, "orders", dead[0].Metadata.Get(publisher.MetadataTopic))
 			require.Equal(t, "v", dead[0].Metadata.Get("h"))
 
 			delivered := f.pub.Messages("orders")
@@ -162,18 +163,4 @@ func TestPermanentErrorParksAtOnceAndDeadLetters(t *testing.T) {
 			require.Equal(t, ids[1], delivered[0].UUID)
 		})
 	}
-}
-
-func TestPermanentAndBatchError(t *testing.T) {
-	require.Nil(t, dispatcher.Permanent(nil))
-	base := errors.New("x")
-	p := dispatcher.Permanent(base)
-	require.True(t, dispatcher.IsPermanent(p))
-	require.True(t, dispatcher.IsPermanent(fmt.Errorf("wrapped: %w", p)))
-	require.ErrorIs(t, p, base)
-	require.False(t, dispatcher.IsPermanent(base))
-	require.Same(t, p, dispatcher.Permanent(p))
-
-	be := &dispatcher.BatchError{Failed: map[string]error{"b": base, "a": base, "c": base, "d": base}}
-	require.Equal(t, "outbox: 4 messages failed; a: x; b: x; c: x; and 1 more", be.Error())
 }

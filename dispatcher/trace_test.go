@@ -17,6 +17,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/middleware/idempotency"
+	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -56,7 +57,7 @@ func TestTraceFollowsAMessageFromWriteToConsumer(t *testing.T) {
 	require.Equal(t, trace.SpanKindProducer, publish.SpanKind())
 	var published *message.Message
 	for _, m := range pub.Messages("orders") {
-		if m.Metadata.Get(dispatcher.MetadataKey) == "o-1" {
+		if m.Metadata.Get(publisher.MetadataKey) == "o-1" {
 			published = m
 		} else {
 			require.Empty(t, m.Metadata.Get(store.HeaderTraceparent))

@@ -56,6 +56,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 )
@@ -177,12 +178,12 @@ func run(ctx context.Context, args []string, out io.Writer, serving func(report)
 
 	// The dispatcher, with the MeterProvider. Short retry waits park the failing message in
 	// well under a second; production settings would be the defaults.
-	kafka, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: cluster.ListenAddrs()})
+	pub, err := kafka.New(kafka.Config{Brokers: cluster.ListenAddrs()})
 	if err != nil {
 		return fmt.Errorf("kafka publisher: %w", err)
 	}
-	defer kafka.Close()
-	d, err := dispatcher.New(outbox, failTopic{Kafka: kafka, topic: failingTopic}, dispatcher.Config{
+	defer pub.Close()
+	d, err := dispatcher.New(outbox, failTopic{Publisher: pub, topic: failingTopic}, dispatcher.Config{
 		MaxAttempts:   maxAttempts,
 		RetryInitial:  50 * time.Millisecond,
 		RetryMax:      200 * time.Millisecond,
@@ -282,15 +283,15 @@ func run(ctx context.Context, args []string, out io.Writer, serving func(report)
 }
 
 // failTopic is the Kafka publisher, except that every publish to one topic fails, as it
-// would if the broker refused the topic. The error is not [dispatcher.Permanent], so the
+// would if the broker refused the topic. The error is not [publisher.Permanent], so the
 // dispatcher retries the message until Config.MaxAttempts and then parks it. failTopic keeps
-// the Kafka publisher's batch publishing ([dispatcher.BatchPublisher]).
+// the Kafka publisher's batch publishing ([publisher.BatchPublisher]).
 type failTopic struct {
-	*publisher.Kafka
+	*kafka.Publisher
 	topic string
 }
 
-var _ dispatcher.BatchPublisher = failTopic{}
+var _ publisher.BatchPublisher = failTopic{}
 
 func (p failTopic) Publish(topic string, msgs ...*message.Message) error {
 	return p.PublishBatch(topic, msgs)
@@ -300,7 +301,7 @@ func (p failTopic) PublishBatch(topic string, msgs []*message.Message) error {
 	if topic == p.topic {
 		return fmt.Errorf("topic %s refuses every message (the example's failing topic)", topic)
 	}
-	return p.Kafka.PublishBatch(topic, msgs)
+	return p.Publisher.PublishBatch(topic, msgs)
 }
 
 // write writes n messages, txSize per transaction: the first goes to failingTopic, the others
@@ -471,7 +472,7 @@ func formatCounts(counts map[string]int) string {
 
 // startKafka starts an in-process Kafka broker, franz-go's kfake, on a free loopback port, so
 // that the example needs no services. Topics are created on first use with 8 partitions. A
-// real application passes its brokers' addresses to publisher.KafkaConfig instead.
+// real application passes its brokers' addresses to kafka.Config instead.
 func startKafka() (*kfake.Cluster, error) {
 	return kfake.NewCluster(
 		kfake.NumBrokers(1),

@@ -26,13 +26,13 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/sqlitedialect"
 
 	"github.com/outboxgo/outbox/dispatcher"
-	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 	"github.com/outboxgo/outbox/store/sqlstore"
@@ -118,7 +118,7 @@ func run(ctx context.Context, n, rate int, dbPath string) error {
 	fmt.Printf("outbox quickstart: %d payments, SQLite %s, Kafka %s\n", n, dbPath, brokers[0])
 
 	// The dispatcher publishes what the outbox holds.
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	pub, err := kafka.New(kafka.Config{Brokers: brokers})
 	if err != nil {
 		return fmt.Errorf("kafka publisher: %w", err)
 	}
@@ -283,12 +283,12 @@ func writePayments(ctx context.Context, db *bun.DB, outbox *sqlstore.Store, n, r
 // consume reads the topic with watermill's Kafka subscriber in a consumer group, calling got
 // for each message. It returns a function that stops the consumer and waits for it.
 func consume(ctx context.Context, brokers []string, logger *slog.Logger, got func(id string, at time.Time)) (func(), error) {
-	cfg := kafka.DefaultSaramaSubscriberConfig()
+	cfg := wmkafka.DefaultSaramaSubscriberConfig()
 	cfg.Version = sarama.V3_6_0_0
 	cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
-	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
+	sub, err := wmkafka.NewSubscriber(wmkafka.SubscriberConfig{
 		Brokers:               brokers,
-		Unmarshaler:           publisher.KafkaMarshaler{},
+		Unmarshaler:           kafka.Marshaler{},
 		OverwriteSaramaConfig: cfg,
 		ConsumerGroup:         "quickstart-consumer",
 	}, watermill.NewSlogLogger(logger))
@@ -335,7 +335,7 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 
 // startKafka starts an in-process Kafka broker, franz-go's kfake, on a free loopback port, so
 // that the example needs no services. Topics are created on first use with 8 partitions. A
-// real application passes its brokers' addresses to publisher.KafkaConfig instead.
+// real application passes its brokers' addresses to kafka.Config instead.
 func startKafka() (*kfake.Cluster, error) {
 	return kfake.NewCluster(
 		kfake.NumBrokers(1),

@@ -13,7 +13,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 )
 
 // copyHeader marks the copies chaos publishes, so that they are not copied again.
@@ -31,7 +31,7 @@ const (
 // chaos injects the faults of -chaos. Each one produces what a service must survive in
 // production: a redelivery, a repeated publish, or a transaction that does not commit.
 type chaos struct {
-	copier *publisher.Kafka // a second publisher, for the copies
+	copier *kafka.Publisher // a second publisher, for the copies
 	track  *tracker
 	log    *slog.Logger
 
@@ -42,7 +42,7 @@ type chaos struct {
 	restarts, lostAcks, copies, rolledBack atomic.Int64
 }
 
-func newChaos(copier *publisher.Kafka, track *tracker, log *slog.Logger) *chaos {
+func newChaos(copier *kafka.Publisher, track *tracker, log *slog.Logger) *chaos {
 	return &chaos{copier: copier, track: track, log: log, failed: map[string]bool{}}
 }
 
@@ -100,16 +100,16 @@ var errLostAck = errors.New("chaos: the broker stored the batch, but its ack was
 // lossyPublisher publishes, then reports some batches as failed although Kafka stored them,
 // as when an ack is lost on the network: the dispatcher publishes them again.
 type lossyPublisher struct {
-	*publisher.Kafka
+	*kafka.Publisher
 	c *chaos
 }
 
-func (c *chaos) loseAcks(pub *publisher.Kafka) message.Publisher {
-	return &lossyPublisher{Kafka: pub, c: c}
+func (c *chaos) loseAcks(pub *kafka.Publisher) message.Publisher {
+	return &lossyPublisher{Publisher: pub, c: c}
 }
 
 func (p *lossyPublisher) PublishBatch(topic string, msgs []*message.Message) error {
-	if err := p.Kafka.PublishBatch(topic, msgs); err != nil {
+	if err := p.Publisher.PublishBatch(topic, msgs); err != nil {
 		return err
 	}
 	if p.c.publishCalls.Add(1)%loseAckEvery == 0 {

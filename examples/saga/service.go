@@ -17,7 +17,7 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
@@ -25,7 +25,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/middleware/idempotency"
-	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlitestore"
@@ -179,19 +179,19 @@ type service struct {
 	router     *message.Router
 	routerDone chan struct{}
 	routerErr  error
-	subs       []*kafka.Subscriber
+	subs       []*wmkafka.Subscriber
 }
 
 // dispatcherRun is one dispatcher and its publisher, from start to stop or crash.
 type dispatcherRun struct {
 	d      *dispatcher.Dispatcher
-	pub    *publisher.Kafka
+	pub    *kafka.Publisher
 	cancel context.CancelFunc // cancels its Start context
 }
 
 // startDispatcher starts a new dispatcher, with a new Kafka producer, over the service's outbox.
 func (s *service) startDispatcher(ctx context.Context) error {
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: s.brokers})
+	pub, err := kafka.New(kafka.Config{Brokers: s.brokers})
 	if err != nil {
 		return err
 	}
@@ -340,13 +340,13 @@ func (s *service) startRouter(ctx context.Context, handlers ...handlerSpec) erro
 	}
 }
 
-func newSubscriber(brokers []string, group string, logger watermill.LoggerAdapter) (*kafka.Subscriber, error) {
-	cfg := kafka.DefaultSaramaSubscriberConfig()
+func newSubscriber(brokers []string, group string, logger watermill.LoggerAdapter) (*wmkafka.Subscriber, error) {
+	cfg := wmkafka.DefaultSaramaSubscriberConfig()
 	cfg.Version = sarama.V3_6_0_0
 	cfg.Consumer.Offsets.Initial = sarama.OffsetOldest // events written before the group joined count too
-	return kafka.NewSubscriber(kafka.SubscriberConfig{
+	return wmkafka.NewSubscriber(wmkafka.SubscriberConfig{
 		Brokers:               brokers,
-		Unmarshaler:           publisher.KafkaMarshaler{},
+		Unmarshaler:           kafka.Marshaler{},
 		OverwriteSaramaConfig: cfg,
 		ConsumerGroup:         group,
 		NackResendSleep:       50 * time.Millisecond,

@@ -7,9 +7,9 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -23,7 +23,7 @@ func brokerCase(n, batch int) error {
 	}
 	defer cluster.Close()
 	brokers := cluster.ListenAddrs()
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	pub, err := kafka.New(kafka.Config{Brokers: brokers})
 	if err != nil {
 		return err
 	}
@@ -43,8 +43,8 @@ func brokerCase(n, batch int) error {
 			for j := i; j < min(i+batch, n); j++ {
 				id := store.NewID()
 				m := message.NewMessage(id, payload256)
-				m.Metadata.Set(dispatcher.MetadataID, id)
-				m.Metadata.Set(dispatcher.MetadataKey, fmt.Sprintf("key-%d", j%keys))
+				m.Metadata.Set(publisher.MetadataID, id)
+				m.Metadata.Set(publisher.MetadataKey, fmt.Sprintf("key-%d", j%keys))
 				msgs = append(msgs, m)
 			}
 			if err := pub.PublishBatch(topic, msgs); err != nil {
@@ -54,7 +54,7 @@ func brokerCase(n, batch int) error {
 		}
 		published <- nil
 	}()
-	dups, err := readAll(ctx, consumer, n, dispatcher.MetadataID)
+	dups, err := readAll(ctx, consumer, n, publisher.MetadataID)
 	if err != nil {
 		return err
 	}

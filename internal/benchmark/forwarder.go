@@ -9,7 +9,7 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/components/forwarder"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -17,6 +17,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/pgstore"
 )
@@ -62,7 +63,7 @@ func dispatcherDrain(n int, cfg dispatcher.Config) (float64, error) {
 	}
 	defer cluster.Close()
 	brokers := cluster.ListenAddrs()
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	pub, err := kafka.New(kafka.Config{Brokers: brokers})
 	if err != nil {
 		return 0, err
 	}
@@ -83,7 +84,7 @@ func dispatcherDrain(n int, cfg dispatcher.Config) (float64, error) {
 		return 0, err
 	}
 	defer d.Stop(context.Background())
-	if _, err := readAll(ctx, consumer, n, dispatcher.MetadataID); err != nil {
+	if _, err := readAll(ctx, consumer, n, publisher.MetadataID); err != nil {
 		return 0, err
 	}
 	return float64(n) / time.Since(start).Seconds(), nil
@@ -160,12 +161,12 @@ func (s *forwarderSetup) write(ctx context.Context, msgs ...*message.Message) er
 // newForwarder connects the forwarder to a Kafka publisher for brokers; run starts it in the
 // background and stop closes both.
 func (s *forwarderSetup) newForwarder(brokers []string) (run func(context.Context), stop func(), err error) {
-	sc := kafka.DefaultSaramaSyncPublisherConfig()
+	sc := wmkafka.DefaultSaramaSyncPublisherConfig()
 	sc.Version = sarama.V3_6_0_0
 	sc.Producer.Return.Successes = true
-	kpub, err := kafka.NewPublisher(kafka.PublisherConfig{
+	kpub, err := wmkafka.NewPublisher(wmkafka.PublisherConfig{
 		Brokers: brokers,
-		Marshaler: kafka.NewWithPartitioningMarshaler(func(_ string, msg *message.Message) (string, error) {
+		Marshaler: wmkafka.NewWithPartitioningMarshaler(func(_ string, msg *message.Message) (string, error) {
 			return msg.Metadata.Get(forwarderKeyHeader), nil
 		}),
 		OverwriteSaramaConfig: sc,
@@ -235,7 +236,7 @@ func forwarderDrain(n int) (float64, error) {
 	defer stop()
 	start := time.Now()
 	run(ctx)
-	if _, err := readAll(ctx, consumer, n, kafka.UUIDHeaderKey); err != nil {
+	if _, err := readAll(ctx, consumer, n, wmkafka.UUIDHeaderKey); err != nil {
 		return 0, err
 	}
 	return float64(n) / time.Since(start).Seconds(), nil

@@ -7,11 +7,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -38,7 +39,7 @@ func liveCase(name, label string, rate int, window time.Duration, cfg dispatcher
 	}
 	defer cluster.Close()
 	brokers := cluster.ListenAddrs()
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	pub, err := kafka.New(kafka.Config{Brokers: brokers})
 	if err != nil {
 		return err
 	}
@@ -72,10 +73,10 @@ func liveCase(name, label string, rate int, window time.Duration, cfg dispatcher
 		}
 		return tx.Commit()
 	}
-	if err := warmUp(consumer, dispatcher.MetadataID, write); err != nil {
+	if err := warmUp(consumer, publisher.MetadataID, write); err != nil {
 		return err
 	}
-	return live(label, rate, window, consumer, dispatcher.MetadataID, write)
+	return live(label, rate, window, consumer, publisher.MetadataID, write)
 }
 
 // forwarderLiveCase is liveCase for watermill's forwarder on Postgres.
@@ -108,10 +109,10 @@ func forwarderLiveCase(rate int, window time.Duration) error {
 	write := func(ctx context.Context, id string, i int) error {
 		return s.write(ctx, forwarderMessage(id, i))
 	}
-	if err := warmUp(consumer, kafka.UUIDHeaderKey, write); err != nil {
+	if err := warmUp(consumer, wmkafka.UUIDHeaderKey, write); err != nil {
 		return err
 	}
-	return live("forwarder", rate, window, consumer, kafka.UUIDHeaderKey, write)
+	return live("forwarder", rate, window, consumer, wmkafka.UUIDHeaderKey, write)
 }
 
 // live runs write at rate for window from liveWriters goroutines, each message in its own

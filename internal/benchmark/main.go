@@ -47,6 +47,7 @@ import (
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -320,7 +321,7 @@ func drainCase(name, label string, n int, cfg dispatcher.Config, rawRate float64
 	}
 	defer cluster.Close()
 	brokers := cluster.ListenAddrs()
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	pub, err := kafka.New(kafka.Config{Brokers: brokers})
 	if err != nil {
 		return err
 	}
@@ -353,7 +354,7 @@ func drainCase(name, label string, n int, cfg dispatcher.Config, rawRate float64
 			return fmt.Errorf("timed out with %d of %d", len(seen), n)
 		}
 		for _, r := range recs {
-			id := r.Headers[dispatcher.MetadataID]
+			id := r.Headers[publisher.MetadataID]
 			if seen[id] {
 				dups++
 			}
@@ -395,7 +396,7 @@ func idleCase(name, label string, window time.Duration, cfg dispatcher.Config) e
 	}
 	defer cluster.Close()
 	brokers := cluster.ListenAddrs()
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	pub, err := kafka.New(kafka.Config{Brokers: brokers})
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store/pgstore"
 )
 
@@ -85,7 +86,7 @@ func memoryCase(n int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	start := time.Now()
-	if _, err := readAll(ctx, consumer, n, dispatcher.MetadataID); err != nil {
+	if _, err := readAll(ctx, consumer, n, publisher.MetadataID); err != nil {
 		return err
 	}
 	elapsed := time.Since(start)
@@ -131,7 +132,7 @@ func childDrain(dsn string, brokers []string) error {
 	if err != nil {
 		return err
 	}
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	pub, err := kafka.New(kafka.Config{Brokers: brokers})
 	if err != nil {
 		return err
 	}

@@ -10,9 +10,9 @@ import (
 
 	"github.com/IBM/sarama"
 
-	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 )
 
 // rawLoopWorkers is how many hand loops run at once on a server database, as a user would
@@ -68,7 +68,7 @@ func rawLoopCase(name string, n int) (float64, error) {
 		done = make(chan struct{})
 	)
 	for range workers {
-		producer, err := sarama.NewSyncProducer(brokers, publisher.SaramaConfig())
+		producer, err := sarama.NewSyncProducer(brokers, kafka.SaramaConfig())
 		if err != nil {
 			return 0, err
 		}
@@ -105,7 +105,7 @@ func rawLoopCase(name string, n int) (float64, error) {
 			readErr = fmt.Errorf("read %d of %d: %v", len(seen), n, err)
 		}
 		for _, r := range recs {
-			seen[r.Headers[dispatcher.MetadataID]] = true
+			seen[r.Headers[publisher.MetadataID]] = true
 		}
 	}
 	elapsed := time.Since(start)
@@ -146,7 +146,7 @@ func rawLoopOnce(ctx context.Context, db *sql.DB, producer sarama.SyncProducer, 
 		}
 		seqs = append(seqs, seq)
 		msgs = append(msgs, &sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(key), Value: sarama.ByteEncoder(payload),
-			Headers: []sarama.RecordHeader{{Key: []byte(dispatcher.MetadataID), Value: []byte(id)}}})
+			Headers: []sarama.RecordHeader{{Key: []byte(publisher.MetadataID), Value: []byte(id)}}})
 	}
 	if err := rows.Err(); err != nil {
 		return 0, err

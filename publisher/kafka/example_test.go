@@ -1,4 +1,4 @@
-package publisher_test
+package kafka_test
 
 import (
 	"fmt"
@@ -7,21 +7,21 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 )
 
 // A batch goes to Kafka in a few produce requests; a partial failure names the messages that
-// failed (a *dispatcher.BatchError), so that only those are retried. Here an in-process
+// failed (a *publisher.BatchError), so that only those are retried. Here an in-process
 // broker stands in for Kafka.
-func ExampleNewKafka() {
+func ExampleNew() {
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation())
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer cluster.Close()
 
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: cluster.ListenAddrs()})
+	pub, err := kafka.New(kafka.Config{Brokers: cluster.ListenAddrs()})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -29,7 +29,7 @@ func ExampleNewKafka() {
 	var batch []*message.Message
 	for i := range 3 {
 		m := message.NewMessage(fmt.Sprintf("id-%d", i), []byte("paid"))
-		m.Metadata.Set(dispatcher.MetadataKey, "order-42") // the record key: one partition
+		m.Metadata.Set(publisher.MetadataKey, "order-42") // the record key: one partition
 		batch = append(batch, m)
 	}
 	if err := pub.PublishBatch("orders", batch); err != nil {

@@ -1,4 +1,4 @@
-package publisher_test
+package kafka_test
 
 import (
 	"context"
@@ -23,6 +23,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 	"github.com/outboxgo/outbox/store/sqlstore"
@@ -76,13 +77,13 @@ func readOne(t *testing.T, brokers []string, topic string) kafkatest.Record {
 	return recs[0]
 }
 
-// NewKafka does not need the brokers; publishing fails retryably until they answer, and the
+// New does not need the brokers; publishing fails retryably until they answer, and the
 // publisher connects on the first publish after that.
 func TestKafkaConnectsOnceTheBrokerIsUp(t *testing.T) {
 	t.Parallel()
 	port := freePort(t)
 	brokers := []string{fmt.Sprintf("127.0.0.1:%d", port)}
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	pub, err := kafka.New(kafka.Config{Brokers: brokers})
 	require.NoError(t, err, "Kafka down is no reason to refuse to start")
 	defer pub.Close()
 
@@ -90,7 +91,7 @@ func TestKafkaConnectsOnceTheBrokerIsUp(t *testing.T) {
 		err = pub.PublishBatch("orders", []*message.Message{keyed(1, "a")})
 		require.ErrorIs(t, err, sarama.ErrOutOfBrokers)
 		require.ErrorContains(t, err, "not reachable")
-		require.False(t, dispatcher.IsPermanent(failureFor(err, "id-1")), "%v", err)
+		require.False(t, publisher.IsPermanent(failureFor(err, "id-1")), "%v", err)
 	}
 
 	startClusterOn(t, port)
@@ -118,10 +119,10 @@ func TestKafkaCloseDoesNotWaitForAConnection(t *testing.T) {
 			accepted <- c
 		}
 	}()
-	cfg := publisher.SaramaConfig()
+	cfg := kafka.SaramaConfig()
 	cfg.Net.ReadTimeout = time.Second
 	cfg.Metadata.Retry.Max = 0
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: []string{l.Addr().String()}, Sarama: cfg})
+	pub, err := kafka.New(kafka.Config{Brokers: []string{l.Addr().String()}, Sarama: cfg})
 	require.NoError(t, err)
 	published := make(chan error, 1)
 	go func() { published <- pub.Publish("orders", keyed(1, "a")) }()
@@ -136,12 +137,12 @@ func TestKafkaCloseDoesNotWaitForAConnection(t *testing.T) {
 	}
 	err = <-published
 	require.Error(t, err)
-	require.False(t, dispatcher.IsPermanent(err), "%v", err)
+	require.False(t, publisher.IsPermanent(err), "%v", err)
 	require.ErrorContains(t, pub.Publish("orders", keyed(2, "a")), "closed")
 }
 
 // A configuration sarama refuses fails at once, not on each publish.
-func TestNewKafkaChecksTheConfig(t *testing.T) {
+func TestNewChecksTheConfig(t *testing.T) {
 	t.Parallel()
 	for name, tc := range map[string]struct {
 		change func(*sarama.Config)
@@ -153,10 +154,10 @@ func TestNewKafkaChecksTheConfig(t *testing.T) {
 		"negative dial timeout": {func(c *sarama.Config) { c.Net.DialTimeout = -1 }, "Net.DialTimeout"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			cfg := publisher.SaramaConfig()
+			cfg := kafka.SaramaConfig()
 			tc.change(cfg)
-			_, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: []string{"127.0.0.1:1"}, Sarama: cfg})
-			require.ErrorContains(t, err, "publisher.NewKafka")
+			_, err := kafka.New(kafka.Config{Brokers: []string{"127.0.0.1:1"}, Sarama: cfg})
+			require.ErrorContains(t, err, "kafka.New")
 			require.ErrorContains(t, err, tc.want)
 		})
 	}
@@ -173,7 +174,7 @@ func TestKafkaRetriesATopicNotCreatedYet(t *testing.T) {
 
 	err := pub.PublishBatch("missing", []*message.Message{keyed(2, "a")})
 	require.ErrorIs(t, failureFor(err, "id-2"), sarama.ErrUnknownTopicOrPartition)
-	require.False(t, dispatcher.IsPermanent(failureFor(err, "id-2")), "%v", err)
+	require.False(t, publisher.IsPermanent(failureFor(err, "id-2")), "%v", err)
 
 	createTopic(t, brokers, "missing")
 	require.NoError(t, pub.PublishBatch("missing", []*message.Message{keyed(2, "a")}))
@@ -186,10 +187,10 @@ func TestKafkaCircuitBreakerSaysWhy(t *testing.T) {
 	t.Parallel()
 	cluster, err := kafkatest.NewCluster()
 	require.NoError(t, err)
-	cfg := publisher.SaramaConfig()
+	cfg := kafka.SaramaConfig()
 	cfg.Metadata.Retry.Max = 0 // fail fast
 	cfg.Producer.Retry.Max = 1
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: cluster.ListenAddrs(), Sarama: cfg})
+	pub, err := kafka.New(kafka.Config{Brokers: cluster.ListenAddrs(), Sarama: cfg})
 	require.NoError(t, err)
 	defer pub.Close()
 	require.NoError(t, pub.PublishBatch("orders", []*message.Message{keyed(0, "a")}))
@@ -200,7 +201,7 @@ func TestKafkaCircuitBreakerSaysWhy(t *testing.T) {
 		err := pub.PublishBatch("orders", batch)
 		require.Error(t, err)
 		last = failureFor(err, "id-3")
-		require.False(t, dispatcher.IsPermanent(last), "%v", last)
+		require.False(t, publisher.IsPermanent(last), "%v", last)
 		if errors.Is(last, breaker.ErrBreakerOpen) {
 			break
 		}
@@ -215,7 +216,7 @@ func TestDispatcherWaitsForKafka(t *testing.T) {
 	t.Parallel()
 	port := freePort(t)
 	brokers := []string{fmt.Sprintf("127.0.0.1:%d", port)}
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	pub, err := kafka.New(kafka.Config{Brokers: brokers})
 	require.NoError(t, err)
 	defer pub.Close()
 	f := startDispatcher(t, pub)
@@ -245,7 +246,7 @@ type dispatcherFixture struct {
 	ctx context.Context
 }
 
-func startDispatcher(t *testing.T, pub *publisher.Kafka) *dispatcherFixture {
+func startDispatcher(t *testing.T, pub *kafka.Publisher) *dispatcherFixture {
 	t.Helper()
 	ctx := ctxWithTimeout(t, 2*time.Minute)
 	db, err := sqlitestore.Open(filepath.Join(t.TempDir(), "outbox.db"))

@@ -1,4 +1,4 @@
-package publisher_test
+package kafka_test
 
 import (
 	"errors"
@@ -13,9 +13,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 )
 
 func newCluster(t *testing.T, opts ...kfake.Opt) *kfake.Cluster {
@@ -32,9 +32,9 @@ func newCluster(t *testing.T, opts ...kfake.Opt) *kfake.Cluster {
 	return c
 }
 
-func newKafka(t *testing.T, brokers []string) *publisher.Kafka {
+func newKafka(t *testing.T, brokers []string) *kafka.Publisher {
 	t.Helper()
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	pub, err := kafka.New(kafka.Config{Brokers: brokers})
 	require.NoError(t, err)
 	t.Cleanup(func() { pub.Close() })
 	return pub
@@ -43,7 +43,7 @@ func newKafka(t *testing.T, brokers []string) *publisher.Kafka {
 func keyed(i int, key string) *message.Message {
 	m := message.NewMessage(fmt.Sprintf("id-%d", i), []byte(fmt.Sprint(i)))
 	if key != "" {
-		m.Metadata.Set(dispatcher.MetadataKey, key)
+		m.Metadata.Set(publisher.MetadataKey, key)
 	}
 	return m
 }
@@ -91,17 +91,17 @@ func TestKafkaReportsWhichMessagesFailed(t *testing.T) {
 	cluster := newCluster(t)
 	pub := newKafka(t, cluster.ListenAddrs())
 	big := message.NewMessage("too-big", []byte(strings.Repeat("x", 1_100_000)))
-	big.Metadata.Set(dispatcher.MetadataKey, "c")
+	big.Metadata.Set(publisher.MetadataKey, "c")
 	batch := []*message.Message{keyed(1, "a"), big, keyed(2, "b"), keyed(3, "c")}
 	err := pub.PublishBatch("orders", batch)
-	var be *dispatcher.BatchError
+	var be *publisher.BatchError
 	require.ErrorAs(t, err, &be)
 	require.Len(t, be.Failed, 2)
 	require.Contains(t, be.Failed, "too-big")
-	require.True(t, dispatcher.IsPermanent(be.Failed["too-big"]), "%v", be.Failed["too-big"])
+	require.True(t, publisher.IsPermanent(be.Failed["too-big"]), "%v", be.Failed["too-big"])
 	// Sent, the next message of its key would overtake it: it is not sent, and may be retried.
 	require.Contains(t, be.Failed, "id-3")
-	require.False(t, dispatcher.IsPermanent(be.Failed["id-3"]))
+	require.False(t, publisher.IsPermanent(be.Failed["id-3"]))
 
 	consumer, err := kafkatest.NewConsumer(cluster.ListenAddrs(), "orders")
 	require.NoError(t, err)
@@ -117,10 +117,10 @@ func TestKafkaMarshalErrorIsPermanent(t *testing.T) {
 	bad := keyed(1, "a")
 	bad.Metadata.Set("_watermill_message_uuid", "reserved by watermill-kafka")
 	err := pub.PublishBatch("orders", []*message.Message{bad, keyed(2, "b"), keyed(3, "a")})
-	require.True(t, dispatcher.IsPermanent(failureFor(err, "id-1")), "%v", err)
+	require.True(t, publisher.IsPermanent(failureFor(err, "id-1")), "%v", err)
 	require.NoError(t, failureFor(err, "id-2"))
 	require.ErrorContains(t, failureFor(err, "id-3"), `an earlier message of key "a" failed`)
-	require.False(t, dispatcher.IsPermanent(failureFor(err, "id-3")))
+	require.False(t, publisher.IsPermanent(failureFor(err, "id-3")))
 }
 
 func TestKafkaClosed(t *testing.T) {
@@ -132,7 +132,7 @@ func TestKafkaClosed(t *testing.T) {
 }
 
 func failureFor(err error, id string) error {
-	var be *dispatcher.BatchError
+	var be *publisher.BatchError
 	if errors.As(err, &be) {
 		return be.Failed[id]
 	}

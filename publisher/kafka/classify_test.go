@@ -1,4 +1,4 @@
-package publisher
+package kafka
 
 import (
 	"testing"
@@ -7,7 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kerr"
 
-	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/publisher"
 )
 
 // Sarama exports no classification of the broker's error codes, franz-go does (kerr, Kafka's
@@ -16,14 +16,14 @@ import (
 func TestKafkaErrorClasses(t *testing.T) {
 	for code := range permanentKafkaErrors {
 		require.False(t, kerr.IsRetriable(kerr.ErrorForCode(int16(code))), "%v", code)
-		require.True(t, dispatcher.IsPermanent(classify(code)), "%v", code)
+		require.True(t, publisher.IsPermanent(classify(code)), "%v", code)
 	}
 	for code := int16(1); code < 200; code++ {
 		k := kerr.TypedErrorForCode(code)
 		if k == kerr.UnknownServerError || !k.Retriable {
 			continue
 		}
-		require.False(t, dispatcher.IsPermanent(classify(sarama.KError(code))), "%s is retriable", k.Message)
+		require.False(t, publisher.IsPermanent(classify(sarama.KError(code))), "%s is retriable", k.Message)
 	}
 	for name, tc := range map[string]struct {
 		err       error
@@ -40,7 +40,7 @@ func TestKafkaErrorClasses(t *testing.T) {
 		"too large":            {sarama.ConfigurationError("Attempt to produce message larger than configured Producer.MaxMessageBytes"), true},
 	} {
 		t.Run(name, func(t *testing.T) {
-			require.Equal(t, tc.permanent, dispatcher.IsPermanent(classify(tc.err)))
+			require.Equal(t, tc.permanent, publisher.IsPermanent(classify(tc.err)))
 		})
 	}
 }

@@ -1,4 +1,4 @@
-package publisher_test
+package kafka_test
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 )
@@ -44,7 +45,7 @@ func TestDispatcherToKafkaEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 
-	pub, err := publisher.NewKafka(publisher.KafkaConfig{Brokers: brokers})
+	pub, err := kafka.New(kafka.Config{Brokers: brokers})
 	require.NoError(t, err)
 	defer pub.Close()
 	d, err := dispatcher.New(st, pub, dispatcher.Config{Logger: slog.New(slog.DiscardHandler)})
@@ -84,7 +85,7 @@ func TestDispatcherToKafkaEndToEnd(t *testing.T) {
 	partitionOf := map[string]int32{}
 	lastOfKey := map[string]int{}
 	for _, r := range recs {
-		id := r.Headers[dispatcher.MetadataID]
+		id := r.Headers[publisher.MetadataID]
 		require.Contains(t, ids, id)
 		require.False(t, seen[id], "duplicate %s", id)
 		seen[id] = true
@@ -97,7 +98,7 @@ func TestDispatcherToKafkaEndToEnd(t *testing.T) {
 			require.Empty(t, r.Key)
 			continue
 		}
-		require.Equal(t, r.Headers[dispatcher.MetadataKey], r.Key)
+		require.Equal(t, r.Headers[publisher.MetadataKey], r.Key)
 		if p, ok := partitionOf[r.Key]; ok {
 			require.Equal(t, p, r.Partition, "one key, one partition")
 		}
@@ -114,8 +115,8 @@ func TestDispatcherToKafkaEndToEnd(t *testing.T) {
 	require.Equal(t, int64(n), d.Stats().Published)
 }
 
-func TestNewKafkaNeedsBrokers(t *testing.T) {
-	_, err := publisher.NewKafka(publisher.KafkaConfig{})
+func TestNewNeedsBrokers(t *testing.T) {
+	_, err := kafka.New(kafka.Config{})
 	require.ErrorContains(t, err, "no brokers")
 }
 

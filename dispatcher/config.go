@@ -14,7 +14,7 @@ const (
 	DefaultBatchSize       = 500
 	DefaultConcurrency     = 64
 	DefaultWorkers         = 2
-	DefaultLease           = 30 * time.Second
+	DefaultLease           = 3 * time.Second
 	DefaultMaxAttempts     = 10
 	DefaultRetryInitial    = time.Second
 	DefaultRetryMax        = 5 * time.Minute
@@ -42,9 +42,12 @@ type Config struct {
 	// costs a scan. Memory, and the messages a crash may leave to be published again, are
 	// bounded by Workers x BatchSize. Defaults to DefaultWorkers.
 	Workers int
-	// Lease is how long a claim holds its messages. If the dispatcher dies, other dispatchers
-	// take its messages after the lease; if publishing a batch takes longer than the lease,
-	// its messages may be published twice. Defaults to DefaultLease.
+	// Lease is how long a claim holds its messages unless renewed. If the dispatcher dies,
+	// other dispatchers take its messages once the lease runs out. While a batch is published
+	// and recorded, the dispatcher extends its lease every third of it, where the store can
+	// ([store.LeaseExtender]; the stores of this module can), so a slow broker costs no
+	// duplicates; with a store that cannot, a batch that takes longer than the lease may be
+	// published twice. Defaults to DefaultLease.
 	Lease time.Duration
 	// MaxAttempts is how many failed attempts park a message. Defaults to DefaultMaxAttempts.
 	MaxAttempts int

@@ -355,6 +355,7 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 	if len(res.Messages) == 0 {
 		return 0, 0, nil
 	}
+	release := d.holdClaim(ctx, res.Token, start)
 	out := d.deliver(ctx, res.Messages)
 	// Beside a log reader, the sweep goes on while it finds messages, and comes back for
 	// those it leaves to a retry.
@@ -383,7 +384,8 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 			return d.st.Release(rctx, &store.ReleaseParams{Token: res.Token, IDs: out.unattempted})
 		}))
 	}
-	if took := time.Since(start); took > d.cfg.Lease {
+	if heldUntil := release(); time.Now().After(heldUntil) {
+		took := time.Since(start)
 		d.overrun.Add(int64(len(res.Messages)))
 		d.metrics.overrun.Add(ctx, int64(len(res.Messages)))
 		d.log.Warn("a batch was recorded after its lease ran out: other dispatchers may have published its messages too",

@@ -15,6 +15,7 @@
 //	case=pg-vs-forwarder n=<n> outbox=<msgs/s> forwarder=<msgs/s> ratio=<x>
 //	case=<db>-<mode>-live rate=<msgs/s> n=<n> p50=<ms> p99=<ms>   (and forwarder-live)
 //	case=pg-memory n=<n> peak_rss=<MiB> rate=<msgs/s>
+//	case=postgres-poll-failover claimed=<n> failover=<s>   (SIGKILL of a dispatcher to its claimed messages published by another)
 //
 // Drain: a backlog of n messages (256-byte payloads, 1000 keys) is written first; the rate is
 // n divided by the time from the dispatcher's start to the last message read back from Kafka.
@@ -67,13 +68,14 @@ func main() {
 	batch := flag.Int("batch", 0, "dispatcher BatchSize (0: default)")
 	concurrency := flag.Int("concurrency", 0, "dispatcher Concurrency (0: default)")
 	workers := flag.Int("workers", 0, "dispatcher Workers (0: default)")
-	cases := flag.String("cases", "broker,drain,idle,forwarder,live,memory", "cases to run")
+	cases := flag.String("cases", "broker,drain,idle,forwarder,live,memory,failover", "cases to run")
 	modes := flag.String("modes", "poll,log,logonly", "how dispatchers find messages in the drain, idle and live cases: poll; log where the database has a change log; logonly (Postgres) for log-only writes")
 	liveRate := flag.Int("live-rate", 1000, "messages per second written in the live cases")
 	liveFor := flag.Duration("live-for", 20*time.Second, "how long the live cases write")
 	memoryN := flag.Int("memory-n", 1000000, "backlog size for the memory case")
 	childDSN := flag.String("child-drain", "", "internal: drain this Postgres outbox as the memory case's child process")
 	childBrokers := flag.String("child-brokers", "", "internal: the brokers of -child-drain")
+	childPoll := flag.Bool("child-poll", false, "internal: the -child-drain dispatcher polls (Config.PollOnly)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (broker, consumer and dispatcher) to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -86,7 +88,7 @@ func main() {
 		defer pprof.StopCPUProfile()
 	}
 	if *childDSN != "" {
-		if err := childDrain(*childDSN, strings.Split(*childBrokers, ",")); err != nil {
+		if err := childDrain(*childDSN, strings.Split(*childBrokers, ","), *childPoll); err != nil {
 			fmt.Fprintf(os.Stderr, "child-drain: %v\n", err)
 			os.Exit(1)
 		}
@@ -94,7 +96,7 @@ func main() {
 	}
 	run := map[string]bool{}
 	for _, c := range strings.Split(*cases, ",") {
-		if !slices.Contains([]string{"broker", "drain", "idle", "forwarder", "live", "memory"}, c) {
+		if !slices.Contains([]string{"broker", "drain", "idle", "forwarder", "live", "memory", "failover"}, c) {
 			fmt.Fprintf(os.Stderr, "unknown case %q\n", c)
 			os.Exit(2)
 		}
@@ -159,6 +161,12 @@ func main() {
 		})
 		if err := forwarderLiveCase(*liveRate, *liveFor); err != nil {
 			fmt.Fprintf(os.Stderr, "case=forwarder-live: %v\n", err)
+			failed = true
+		}
+	}
+	if run["failover"] {
+		if err := failoverCase(); err != nil {
+			fmt.Fprintf(os.Stderr, "case=postgres-poll-failover: %v\n", err)
 			failed = true
 		}
 	}

@@ -122,7 +122,7 @@ func vmHWM(pid int) (int64, error) {
 
 // childDrain is the memory case's child: a dispatcher with the default settings on the
 // outbox at dsn, from "ready" on its standard output until its standard input closes.
-func childDrain(dsn string, brokers []string) error {
+func childDrain(dsn string, brokers []string, pollOnly bool) error {
 	db, err := pgstore.Open(dsn)
 	if err != nil {
 		return err
@@ -137,7 +137,7 @@ func childDrain(dsn string, brokers []string) error {
 		return err
 	}
 	defer pub.Close()
-	d, err := dispatcher.New(st, pub, dispatcher.Config{Logger: warnLogger()})
+	d, err := dispatcher.New(st, pub, dispatcher.Config{Logger: warnLogger(), PollOnly: pollOnly})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"time"
+
+	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/internal/kafkatest"
+	"github.com/outboxgo/outbox/publisher"
+	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/store/pgstore"
+)
+
+// failoverCase measures how soon the messages of a polling dispatcher that was killed are
+// published by another. A child process (this program with -child-drain -child-poll) claims a
+// batch of a Postgres backlog and hangs publishing it to a broker that accepts connections
+// and never answers. A dispatcher starts in this process, with the real broker; then the
+// child is killed (SIGKILL), and the time until its claimed messages arrive is the failover
+// time. Both run with default settings. The backlog is one default batch, which the
+// child claims whole.
+func failoverCase() error {
+	n := dispatcher.DefaultBatchSize
+	pg, err := newPostgres()
+	if err != nil {
+		return err
+	}
+	defer pg.drop()
+	db, err := pgstore.Open(pg.dsn)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	st, err := pgstore.New(db, pgstore.Config{})
+	if err == nil {
+		err = st.Migrate(context.Background())
+	}
+	if err == nil {
+		err = fill(st, n)
+	}
+	if err != nil {
+		return fmt.Errorf("fill: %w", err)
+	}
+
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			conn, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close() // held open, never answered
+		}
+	}()
+
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(exe, "-child-drain", pg.dsn, "-child-brokers", silent.Addr().String(), "-child-poll")
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if _, err := cmd.StdinPipe(); err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	killed := false
+	defer func() {
+		if !killed {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		return fmt.Errorf("child did not start: %q %v", line, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var claimed int
+	for claimed == 0 {
+		if ctx.Err() != nil {
+			return fmt.Errorf("the child claimed nothing")
+		}
+		time.Sleep(10 * time.Millisecond)
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM "+st.Table()+" WHERE state = 'pending' AND claim_token IS NOT NULL").Scan(&claimed); err != nil {
+			return err
+		}
+	}
+
+	cluster, err := kafkatest.NewCluster()
+	if err != nil {
+		return err
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	consumer, err := kafkatest.NewConsumer(brokers, topic)
+	if err != nil {
+		return err
+	}
+	defer consumer.Close()
+	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	d, err := dispatcher.New(st, pub, dispatcher.Config{Logger: warnLogger(), PollOnly: true})
+	if err != nil {
+		return err
+	}
+	if err := d.Start(ctx); err != nil {
+		return err
+	}
+	defer d.Stop(context.Background())
+	killedAt := time.Now()
+	if err := cmd.Process.Kill(); err != nil {
+		return err
+	}
+	killed = true
+	cmd.Wait()
+	if _, err := readAll(ctx, consumer, n, publisher.MetadataID); err != nil {
+		return err
+	}
+	took := time.Since(killedAt)
+	fmt.Printf("case=postgres-poll-failover claimed=%d failover=%.2fs lease=%v\n", claimed, took.Seconds(), dispatcher.DefaultLease)
+	return nil
+}

@@ -36,14 +36,14 @@ func TestBadInputGetsAClearErrorAndLosesNothing(t *testing.T) {
 			msg  store.Message
 			want error
 		}{
-			"empty topic":           {store.Message{Payload: []byte("x")}, store.ErrEmptyTopic},
-			"payload over 1 MiB":    {store.Message{Topic: "t", Payload: make([]byte, store.DefaultMaxPayloadBytes+1)}, store.ErrPayloadTooLarge},
-			"empty header name":     {store.Message{Topic: "t", Headers: map[string]string{"": "v"}}, store.ErrInvalidHeader},
-			"header name with CR":   {store.Message{Topic: "t", Headers: map[string]string{"a\r": "v"}}, store.ErrInvalidHeader},
-			"reserved header name":  {store.Message{Topic: "t", Headers: map[string]string{publisher.MetadataID: "v"}}, store.ErrInvalidHeader},
-			"header value not UTF8": {store.Message{Topic: "t", Headers: map[string]string{"a": "\xff"}}, store.ErrInvalidHeader},
-			"header value with NUL": {store.Message{Topic: "t", Headers: map[string]string{"a": "\x00"}}, store.ErrInvalidHeader},
-			"key over 255 bytes":    {store.Message{Topic: "t", Key: strings.Repeat("k", 256)}, store.ErrInvalidKey},
+			"empty topic":            {store.Message{Payload: []byte("x")}, store.ErrEmptyTopic},
+			"payload over the limit": {store.Message{Topic: "t", Payload: make([]byte, store.DefaultMaxPayloadBytes+1)}, store.ErrPayloadTooLarge},
+			"empty header name":      {store.Message{Topic: "t", Headers: map[string]string{"": "v"}}, store.ErrInvalidHeader},
+			"header name with CR":    {store.Message{Topic: "t", Headers: map[string]string{"a\r": "v"}}, store.ErrInvalidHeader},
+			"reserved header name":   {store.Message{Topic: "t", Headers: map[string]string{publisher.MetadataID: "v"}}, store.ErrInvalidHeader},
+			"header value not UTF8":  {store.Message{Topic: "t", Headers: map[string]string{"a": "\xff"}}, store.ErrInvalidHeader},
+			"header value with NUL":  {store.Message{Topic: "t", Headers: map[string]string{"a": "\x00"}}, store.ErrInvalidHeader},
+			"key over 255 bytes":     {store.Message{Topic: "t", Key: strings.Repeat("k", 256)}, store.ErrInvalidKey},
 		} {
 			require.ErrorIs(t, f.st.Write(f.ctx, tx, good, c.msg), c.want, name)
 		}

@@ -22,8 +22,16 @@ const (
 	// MaxHeaderNameLen is the longest header name, in bytes.
 	MaxHeaderNameLen = 255
 
-	// DefaultMaxPayloadBytes is the default limit on a message payload: 1 MiB.
-	DefaultMaxPayloadBytes = 1 << 20
+	// DefaultMaxPayloadBytes is the default limit on a message payload: 1,000,000 bytes.
+	// A message is published with its key and headers, the dispatcher's among them, and a
+	// broker limits the whole: Kafka, by default, to 1,048,588 bytes for a record batch. This
+	// limit leaves 48,588 bytes of that to the rest: record and batch overhead, a key of up
+	// to MaxKeyLen and the dispatcher's headers take under 1 KiB, the message's own headers
+	// the remaining 47 KB or so. So a message Write accepts by default is one the Kafka
+	// publisher delivers to a broker with default settings. 1 MiB, the limit before, was
+	// not: the overhead took such a payload past the broker's limit, and the message was
+	// parked at once. Headers do not count against this limit.
+	DefaultMaxPayloadBytes = 1_000_000
 
 	// ReservedHeaderPrefix starts the names of the headers a dispatcher adds to every
 	// published message (the message id, key and creation time); messages may not use it.

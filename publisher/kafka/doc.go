@@ -32,4 +32,12 @@
 // retried with the dispatcher's backoff, the key held meanwhile: brokers out of reach, and the
 // errors Kafka calls retriable, a topic that does not exist yet among them. Sarama's "circuit
 // breaker is open" comes with the error that opened it.
+//
+// # Size
+//
+// The producer refuses, before sending, a message or a batch that a broker with default
+// settings would refuse (see [SaramaConfig]), and the stores' default payload limit leaves
+// room under it for the key and headers: a payload as large as Write accepts by default is
+// delivered. For a broker or topic with a lower limit, lower Producer.MaxMessageBytes and the
+// store's MaxPayloadBytes with it.
 package kafka

@@ -27,14 +27,35 @@ type Config struct {
 	Marshaler wmkafka.Marshaler
 }
 
+// Kafka's size limits, which the producer's must agree with.
+const (
+	// brokerMaxMessageBytes is the default of a Kafka broker's message.max.bytes (and so of
+	// a topic's max.message.bytes), which bounds a whole record batch as written, kfake's too.
+	brokerMaxMessageBytes = 1_048_588
+	// recordBatchHeaderBytes is the size of a v2 record batch's header, which the broker
+	// counts against message.max.bytes and sarama's Producer.MaxMessageBytes does not.
+	recordBatchHeaderBytes = 61
+)
+
 // SaramaConfig returns producer settings that do not lose or reorder acknowledged messages:
 // acks from all in-sync replicas, the idempotent producer (which needs one open request per
 // connection), a bounded number of retries, and successes reported back. Version is Kafka
 // 3.6; lower it for older brokers (the idempotent producer needs 0.11).
+//
+// Producer.MaxMessageBytes is 1,048,527: a broker's default message.max.bytes (1,048,588)
+// less the 61-byte header of the record batch that carries the records. Sarama bounds by it
+// both a single message and the records it gathers into one batch for a partition, from an
+// estimate never below their size as sent, so the producer refuses, before sending, anything
+// a broker with default settings would, and never builds a batch such a broker refuses
+// whole. A message it refuses is parked at once ([publisher.Permanent]); the store's default
+// payload limit, store.DefaultMaxPayloadBytes, leaves room below it for the key, the
+// headers and the record's overhead. For a broker or topic with another limit, set
+// MaxMessageBytes to that limit less 61.
 func SaramaConfig() *sarama.Config {
 	c := sarama.NewConfig()
 	c.ClientID = "outbox"
 	c.Version = sarama.V3_6_0_0
+	c.Producer.MaxMessageBytes = brokerMaxMessageBytes - recordBatchHeaderBytes
 	c.Producer.RequiredAcks = sarama.WaitForAll
 	c.Producer.Idempotent = true
 	c.Net.MaxOpenRequests = 1

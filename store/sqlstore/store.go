@@ -30,7 +30,7 @@ type Config struct {
 	// and underscores only. Defaults to DefaultTable.
 	Table string
 	// MaxPayloadBytes is the largest payload Write accepts. Defaults to
-	// store.DefaultMaxPayloadBytes (1 MiB).
+	// store.DefaultMaxPayloadBytes (1,000,000 bytes).
 	MaxPayloadBytes int
 	// Logger receives the store's logs (a lost notification listener). Defaults to
 	// slog.Default().

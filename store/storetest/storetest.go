@@ -48,6 +48,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"WriteThenClaimRoundTrips", testRoundTrip},
 		{"WriteIsPartOfTheCallersTransaction", testWriteRollback},
 		{"WriteRejectsBadInputAndKeepsTxUsable", testBadInput},
+		{"LargestPayloadRoundTrips", testLargestPayload},
 		{"WriteManyInOneCall", testWriteMany},
 		{"ClaimHoldsMessagesUntilLeaseExpires", testLease},
 		{"ExtendLeaseKeepsAClaimPastItsFirstLease", testExtendLease},
@@ -199,6 +200,19 @@ func testBadInput(t *testing.T, h Harness) {
 	res := claim(t, h, 100, lease)
 	require.Len(t, res.Messages, 1)
 	require.Equal(t, "after errors", string(res.Messages[0].Payload))
+}
+
+// testLargestPayload writes a payload as large as the default limit allows (the harness's
+// store has the default MaxPayloadBytes), every byte value in it, and claims it back whole.
+func testLargestPayload(t *testing.T, h Harness) {
+	payload := make([]byte, store.DefaultMaxPayloadBytes)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	id := write(t, h, store.Message{Topic: "t", Key: "k", Payload: payload})
+	res := claim(t, h, 10, lease)
+	require.Equal(t, id, ids(res))
+	require.True(t, bytes.Equal(payload, res.Messages[0].Payload), "payload of %d bytes back whole", len(res.Messages[0].Payload))
 }
 
 func testWriteMany(t *testing.T, h Harness) {

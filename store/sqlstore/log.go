@@ -157,9 +157,10 @@ func (b *LogBatch) Record(ctx context.Context, checkpoint func(context.Context, 
 const visibleWithin = 200 * time.Millisecond
 
 // logFilter returns the seqs of msgs that are pending and not held by polling, and for each
-// key with held messages the lowest held seq. Rows are looked up by seq, the primary key,
-// and held keys in the same statement: held messages are few (failed or claimed ones), and
-// the "held" index covers them.
+// of their keys with held messages (claimed, or failed before) the lowest held seq. Rows are
+// looked up by seq, the primary key, and held messages of their keys in the same statement,
+// through the "pending_key" index: only messages up to the batch's last are looked at, and
+// those before a batch are mostly delivered already.
 func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Conn) (ready map[int64]bool, heldFrom map[string]int64, err error) {
 	var db store.Querier = s.db
 	lock := ""
@@ -168,24 +169,49 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Co
 	}
 	missing := make([]int64, len(msgs))
 	logOnly := map[int64]bool{}
+	var (
+		keys   []string
+		keySet = map[string]bool{}
+		maxSeq int64
+	)
 	for i, m := range msgs {
 		missing[i] = m.Seq
+		maxSeq = max(maxSeq, m.Seq)
 		if m.LogOnly {
 			logOnly[m.Seq] = true
+		}
+		if m.Key != "" && !keySet[m.Key] {
+			keySet[m.Key] = true
+			keys = append(keys, m.Key)
 		}
 	}
 	ready = make(map[int64]bool, len(msgs))
 	heldFrom = map[string]int64{}
-	withHeld := true
+	// held is the lookup of held messages of keys, up to the batch's last message.
+	held := func(b *builder, keys []string) string {
+		return "SELECT MIN(seq), -1, message_key FROM " + s.t.String() + " WHERE " + b.in("message_key", keys) +
+			" AND state = 'pending' AND held = 1 AND seq <= " + b.arg(maxSeq) + " GROUP BY message_key"
+	}
+	// Keys go into the first lookup when they fit beside its seqs, into their own otherwise.
+	withHeld := len(keys) > 0 && len(keys) <= (s.d.maxParams-16)/2
+	if !withHeld && len(keys) > 0 {
+		err := inChunks(keys, s.d.maxParams-16, func(keys []string) error {
+			b := builder{d: s.d}
+			return s.scanHeld(ctx, db, held(&b, keys), b.args, heldFrom)
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+	}
 	deadline := time.Now().Add(visibleWithin)
 	for wait := 100 * time.Microsecond; ; wait *= 2 {
 		found := make(map[int64]bool, len(missing))
-		err = inChunks(missing, s.d.maxParams-8, func(seqs []int64) error {
+		err = inChunks(missing, (s.d.maxParams-16)/2, func(seqs []int64) error {
 			b := builder{d: s.d}
 			q := "SELECT seq, CASE WHEN (state = 'pending' AND held = 0) OR state = '" + LogOnlyState + "' THEN 1 ELSE 0 END, '' FROM " + s.t.String() +
 				" WHERE " + b.inSeqs("seq", seqs) + lock
 			if withHeld {
-				q = "(" + q + ") UNION ALL (SELECT MIN(seq), -1, message_key FROM " + s.t.String() + " WHERE held = 1 AND message_key <> '' GROUP BY message_key)"
+				q = "(" + q + ") UNION ALL (" + held(&b, keys) + ")"
 				withHeld = false
 			}
 			rows, err := db.QueryContext(ctx, q, b.args...)
@@ -236,6 +262,27 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Co
 		s.log.Warn("logged outbox rows not found in the table: deleted, so not published", slog.Int("count", len(missing)))
 	}
 	return ready, heldFrom, nil
+}
+
+// scanHeld runs the held-message lookup q and adds what it finds to heldFrom.
+func (s *Store) scanHeld(ctx context.Context, db store.Querier, q string, args []any, heldFrom map[string]int64) error {
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			seq int64
+			ok  int
+			key string
+		)
+		if err := rows.Scan(&seq, &ok, &key); err != nil {
+			return err
+		}
+		heldFrom[key] = seq
+	}
+	return rows.Err()
 }
 
 // recordLog records a log batch's outcome, and the reader's checkpoint, in one transaction.

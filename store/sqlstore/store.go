@@ -654,14 +654,15 @@ func (s *Store) due(alias string) string {
 }
 
 // claimable is the condition, on the table aliased o, of a message that may be claimed: it
-// is due, and no earlier message of its key is pending and not due. Only held messages
-// (held = 1: claimed, or failed before; the "held" index covers them) can be pending and not
-// due, so only they are looked up. Earlier messages of the key that are due have lower seq
-// and so come first within a claim's LIMIT.
+// is due, and no earlier message of its key is pending and not due. The earlier pending
+// messages of the key are found through the "pending_key" index; in a backlog they are few,
+// as a claim reads from the oldest. Earlier messages of the key that are due have lower seq
+// and so come first within a claim's LIMIT. No index covers what a claim changes, so that
+// Postgres updates claimed rows in place.
 func (s *Store) claimable(b *builder, p *store.ClaimParams) string {
 	return s.due("o") + s.sweepOnly(b, p) +
-		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + s.t.String() + " e WHERE e.held = 1" +
-		" AND e.message_key = o.message_key AND e.seq < o.seq AND e.state = 'pending'" +
+		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + s.t.String() + " e WHERE e.message_key = o.message_key" +
+		" AND e.state = 'pending' AND e.seq < o.seq" +
 		" AND (e.claimed_until > " + s.d.now + " OR (e.attempts > 0 AND e.next_attempt_at > " + s.d.now + "))))"
 }
 

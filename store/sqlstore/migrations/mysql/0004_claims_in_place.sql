@@ -1,0 +1,3 @@
+-- Claims change no indexed column: claims and log readers find the earlier messages of a key
+-- through the messages by key and state.
+ALTER TABLE {{.Table}} ADD INDEX {{.Index "pending_key"}} (message_key, state, seq), DROP INDEX {{.Index "held"}};

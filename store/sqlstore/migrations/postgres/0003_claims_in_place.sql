@@ -1,0 +1,8 @@
+-- Claims update their rows in place (heap-only tuples): no index covers a column a claim
+-- changes, and pages keep room for the new row versions. Claims and log readers find the
+-- earlier messages of a key through the pending messages by key.
+CREATE INDEX IF NOT EXISTS {{.Index "pending_key"}} ON {{.Table}} (message_key, seq) WHERE state = 'pending';
+
+DROP INDEX IF EXISTS {{.Related "held"}};
+
+ALTER TABLE {{.Table}} SET (fillfactor = 50);

@@ -255,8 +255,9 @@ func (d *Dispatcher) loop(ctx context.Context, r *run, lead bool) {
 			errWait.Reset()
 			rest = true
 		case d.Mode() != ModePolling:
+			// Looking costs no query: claimParams says when the sweep is due.
 			errWait.Reset()
-			wait = d.cfg.PollInterval
+			wait = min(d.cfg.PollInterval, sweepTick)
 		default:
 			errWait.Reset()
 			wait = idle

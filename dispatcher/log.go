@@ -49,9 +49,22 @@ type logState struct {
 	// The sweep claims every sweepEvery, and at the polling pace until busyUntil while it
 	// has messages to deliver: those it found, and those the log path failed or left
 	// unattempted, until their retry is due.
-	sweptAt   atomic.Int64 // unix nanoseconds of the last sweep claim
-	busyUntil atomic.Int64 // unix nanoseconds
+	sweptAt      atomic.Int64 // unix nanoseconds of the last sweep claim
+	handedOverAt atomic.Int64 // unix nanoseconds of the last claim of handed-over messages
+	busyUntil    atomic.Int64 // unix nanoseconds
 }
+
+// handedOverEvery is how often, beside a log reader, the sweep claims the messages handed
+// over to polling (failed, left behind a failure, requeued) when no full sweep is due: a
+// requeued message goes out within seconds, for a query every two seconds.
+const handedOverEvery = 2 * time.Second
+
+// sweepTick is how often a worker beside a log reader looks whether the sweep is due.
+const sweepTick = 250 * time.Millisecond
+
+// handedOverOnly, as a sweep's OlderThan, is older than any message: the sweep then claims
+// only handed-over messages.
+const handedOverOnly = 100 * 365 * 24 * time.Hour
 
 // sweepEvery is how often the sweep claims when nothing calls for it sooner: a quarter of
 // SweepAfter, at most 15 s. A message the log did not carry waits SweepAfter and at most
@@ -117,12 +130,17 @@ func (d *Dispatcher) claimParams() *store.ClaimParams {
 			return nil
 		}
 		now := time.Now()
-		if now.UnixNano() > d.logs.busyUntil.Load() && now.Sub(time.Unix(0, d.logs.sweptAt.Load())) < d.sweepEvery() {
+		switch {
+		case now.UnixNano() <= d.logs.busyUntil.Load() || now.Sub(time.Unix(0, d.logs.sweptAt.Load())) >= d.sweepEvery():
+			d.logs.sweptAt.Store(now.UnixNano())
+			// Durations, not times: the store compares them with the database's clock.
+			p.OlderThan = now.Sub(time.Unix(0, caughtUp)) + d.cfg.SweepAfter
+		case now.Sub(time.Unix(0, d.logs.handedOverAt.Load())) >= handedOverEvery:
+			p.OlderThan = handedOverOnly
+		default:
 			return nil
 		}
-		d.logs.sweptAt.Store(now.UnixNano())
-		// Durations, not times: the store compares them with the database's clock.
-		p.OlderThan = now.Sub(time.Unix(0, caughtUp)) + d.cfg.SweepAfter
+		d.logs.handedOverAt.Store(now.UnixNano())
 	}
 	return p
 }

@@ -339,3 +339,37 @@ func TestNoClaimsBeforeTheLogReaderReports(t *testing.T) {
 		require.Zero(t, counter.calls.Load(), "a dispatcher whose log reader has not reported claimed")
 	}
 }
+
+// A message parked beside a log reader and requeued by an operator goes out within seconds
+// with default settings, not after the sweep's SweepAfter: requeueing hands it over to
+// polling, and the sweep claims handed-over messages every two seconds.
+func TestRequeuedMessageGoesOutSoonBesideTheLog(t *testing.T) {
+	for _, newDB := range []func(*testing.T) sharedDB{sharedPostgres, sharedMySQL} {
+		t.Run(newDB(t).name, func(t *testing.T) {
+			_, db, st := newDB(t).prepare(t)
+			pub := outboxtest.NewPublisher()
+			var refuse atomic.Bool
+			refuse.Store(true)
+			pub.Fail = func(_ string, m *message.Message) error {
+				if refuse.Load() && string(m.Payload) == "k/0" {
+					return publisher.Permanent(errors.New("refused"))
+				}
+				return nil
+			}
+			d := startDispatcher(t, st, pub, dispatcher.Config{Logger: quiet()})
+			require.Eventually(t, func() bool { return d.Mode() == dispatcher.ModeLog }, 30*time.Second, 10*time.Millisecond)
+			ctx := context.Background()
+			require.NoError(t, st.Write(ctx, db, store.Message{Topic: "orders", Key: "k", Payload: []byte("k/0")}))
+			require.Eventually(t, func() bool { return d.Stats().Parked == 1 }, 30*time.Second, 10*time.Millisecond)
+
+			refuse.Store(false)
+			n, err := st.Requeue(ctx, &store.RequeueParams{Key: "k"})
+			require.NoError(t, err)
+			require.Equal(t, int64(1), n)
+			requeued := time.Now()
+			require.Eventually(t, func() bool { return len(pub.Messages("orders")) == 1 }, 15*time.Second, 10*time.Millisecond,
+				"the requeued message is published within seconds")
+			t.Logf("published %v after the requeue", time.Since(requeued).Round(time.Millisecond))
+		})
+	}
+}

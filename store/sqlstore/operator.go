@@ -38,8 +38,11 @@ func (s *Store) Requeue(ctx context.Context, p *store.RequeueParams) (int64, err
 		return 0, store.ErrNoSelection
 	}
 	b := builder{d: s.d}
+	// An expired claim marks a requeued message as handed over to polling, as a log reader
+	// marks the messages it leaves: a sweep beside a log reader takes it at once, whatever
+	// its age, and the log reader hands over the later messages of its key behind it.
 	q := "UPDATE " + s.t.String() + " SET state = 'pending', attempts = 0, next_attempt_at = " + s.d.now +
-		", claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'parked'"
+		", claim_token = NULL, claimed_until = " + s.d.now + " WHERE state = 'parked'"
 	if len(p.IDs) > 0 {
 		q += " AND " + b.in("id", p.IDs)
 	}

@@ -113,5 +113,3 @@ func InspectLog(ctx context.Context, db *sql.DB, table string) (*LogState, error
 	}
 	return st, nil
 }
-
-// unavailableReason is the reason in an error wrapping store.ErrLogUnavailable.

@@ -1,0 +1,301 @@
+package mysqlstore
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/sqlstore"
+)
+
+// readLog is the store's change log reader: it streams the binlog as a replica would, from
+// the position stored with the last batch, while it holds the outbox's log lock.
+func readLog(ctx context.Context, s *sqlstore.Store, c store.LogConsumer, conn *mysql.Config) error {
+	if conn == nil {
+		return store.LogUnavailable("the binlog connection needs the database handle's connection settings: open the database with mysqlstore.Open")
+	}
+	switch conn.Net {
+	case "tcp", "tcp4", "tcp6", "unix":
+	default:
+		return store.LogUnavailable("the binlog connection dials tcp or unix sockets only, not %q", conn.Net)
+	}
+	lockConn, err := s.DB().Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("outbox: log reader: %w", err)
+	}
+	defer lockConn.Close()
+	r := &reader{s: s, c: c, conn: conn, lockConn: lockConn, log: s.Logger().With(slog.String("component", "outbox.binlog")), lag: -1}
+	if err := r.identify(ctx); err != nil {
+		return err
+	}
+	if err := r.waitForLead(ctx); err != nil {
+		return err
+	}
+	defer r.unlock(ctx)
+	if err := r.check(ctx); err != nil {
+		return err
+	}
+	start, err := r.startPosition(ctx)
+	if err != nil {
+		return err
+	}
+	// A standby holds no second connection: the lookup session is the leader's.
+	if r.lookup, err = lookupConn(ctx, s.DB()); err != nil {
+		return err
+	}
+	defer func() {
+		// Its session setting must not reach the pool.
+		r.lookup.Raw(func(any) error { return driver.ErrBadConn })
+		r.lookup.Close()
+	}()
+	return r.run(ctx, start)
+}
+
+// reader is one run of the binlog reader. Only the goroutine that called ReadLog uses it,
+// except decodeRows, which go-mysql calls from its own goroutine and which reads only what
+// identify set.
+type reader struct {
+	s        *sqlstore.Store
+	c        store.LogConsumer
+	conn     *mysql.Config
+	lockConn *sql.Conn
+	lookup   *sql.Conn // in READ COMMITTED: where logged rows are looked up (see lookupConn)
+	log      *slog.Logger
+
+	mariadb  bool
+	schema   string // the outbox table's database
+	fold     bool   // table names compare without case (lower_case_table_names)
+	lockName string
+	posTable string // quoted name of the position table
+	cols     columnCache
+	warned   uint64 // table id whose rows could not be mapped, logged once
+
+	curFile string // position after the last event
+	curPos  uint32
+	read    position // after the last transaction read
+	flushed position // after the last transaction whose messages are recorded
+
+	// recording is the batch whose outcome is being recorded while the next one is read and
+	// published: nil, or a channel that receives the result once.
+	recording  chan error
+	recordPos  position // stored with it
+	recordHold bool     // it holds keys back: publish the next batch only after it
+
+	inTx    bool
+	txGTID  gtid
+	txDom   uint32
+	hasGTID bool
+	txMsgs  []sqlstore.LogMessage
+	txOther bool // the transaction changed something besides the outbox's own tables
+
+	batch    []sqlstore.LogMessage
+	batchTxs []batchTx // the transactions of the batch, in order
+	queued   position  // stored with the last batch handed over: where batch is read again
+	batchAt  time.Time
+	dirty    bool // read moved past changes of other tables since the position was stored
+	storedAt time.Time
+	heard    time.Time // last event, or end of the last delivery
+
+	samples   []sample
+	sampledAt time.Time
+	caughtUp  time.Time
+	lag       int64
+}
+
+// identify finds the outbox table's database, the server's flavour, and the lock name.
+func (r *reader) identify(ctx context.Context) error {
+	var (
+		db      sql.NullString
+		version string
+		lower   int
+	)
+	if err := r.lockConn.QueryRowContext(ctx, "SELECT DATABASE(), VERSION(), @@lower_case_table_names").Scan(&db, &version, &lower); err != nil {
+		return fmt.Errorf("outbox: log reader: %w", err)
+	}
+	r.mariadb = isMariaDB(version)
+	r.fold = lower != 0
+	r.schema = r.s.Schema()
+	if r.schema == "" {
+		r.schema = db.String
+	}
+	if r.schema == "" {
+		return store.LogUnavailable("the DSN names no database and the table %s is not qualified", r.s.Table())
+	}
+	r.posTable = positionTable(r.schema, r.s.TableName())
+	r.lockName = lockName(r.schema, r.s.TableName(), r.fold)
+	r.cols.lookup = r.lookupColumns
+	return nil
+}
+
+func (r *reader) status(st store.LogStatus) {
+	if r.c.Status != nil {
+		r.c.Status(st)
+	}
+}
+
+// querier is a *sql.Conn, *sql.DB or *sql.Tx.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// idleWait is how long the reader waits for more events before it takes the stream for
+// idle and hands over a batch that is not full.
+const idleWait = 200 * time.Microsecond
+
+// run streams the binlog from start until ctx ends or the stream fails.
+func (r *reader) run(ctx context.Context, start position) error {
+	cfg, err := r.syncerConfig()
+	if err != nil {
+		return err
+	}
+	syncer := replication.NewBinlogSyncer(cfg)
+	defer syncer.Close()
+	// A batch being recorded finishes (its messages were published), whatever ends the run.
+	defer r.waitRecorded()
+	streamer, err := r.startStream(syncer, start)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	src := eventSource{
+		events: make(chan *replication.BinlogEvent, 16),
+		errs:   make(chan error, 1),
+		tick:   time.NewTicker(sampleEvery / 2),
+		idle:   time.NewTimer(idleWait),
+	}
+	defer src.tick.Stop()
+	defer src.idle.Stop()
+	wg.Go(func() { forwardEvents(ctx, streamer, src.events, src.errs) })
+	r.startAt(start)
+	for {
+		e, err := r.next(ctx, src)
+		if err != nil {
+			return err
+		}
+		if e == nil {
+			continue
+		}
+		r.heard = time.Now()
+		if err := r.handle(ctx, e, false); err != nil {
+			return err
+		}
+		if err := r.settle(ctx, false); err != nil {
+			return err
+		}
+	}
+}
+
+// eventSource is what the reader waits on: the stream's events and its error, the tick
+// that samples the lag, and the timer that tells the stream is idle.
+type eventSource struct {
+	events chan *replication.BinlogEvent
+	errs   chan error
+	tick   *time.Ticker
+	idle   *time.Timer
+}
+
+// forwardEvents hands the streamer's events over until ctx ends or the stream fails. go-mysql
+// reads ahead into its own buffer; a channel of its events lets the reader tell when nothing
+// more is at hand.
+func forwardEvents(ctx context.Context, streamer *replication.BinlogStreamer, events chan<- *replication.BinlogEvent, errs chan<- error) {
+	for {
+		e, err := streamer.GetEvent(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				errs <- err
+			}
+			return
+		}
+		select {
+		case events <- e:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// startAt sets the reader at start, the stored position, as reading begins.
+func (r *reader) startAt(start position) {
+	now := time.Now()
+	r.read, r.flushed, r.queued = start.clone(), start.clone(), start.clone()
+	if r.read.gtids == nil {
+		r.read.gtids = map[uint32]gtid{}
+	}
+	r.curFile, r.curPos = start.file, start.pos
+	r.storedAt, r.heard = now, now
+	r.status(store.LogStatus{Reading: true, LagBytes: -1})
+}
+
+// next returns the next event. It returns nil after it took something else instead: a
+// recorded batch or a tick.
+func (r *reader) next(ctx context.Context, src eventSource) (*replication.BinlogEvent, error) {
+	select {
+	case e := <-src.events:
+		return e, nil
+	case err := <-r.recording:
+		return nil, r.recorded(err)
+	case err := <-src.errs:
+		return nil, r.streamError(err)
+	case <-src.tick.C:
+		return nil, r.tick(ctx)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	default:
+	}
+	// Nothing more at hand: hand over what the committed transactions hold. The stream may
+	// only be a moment behind (a busy machine): give it that moment.
+	if len(r.batch) > 0 {
+		src.idle.Reset(idleWait)
+		select {
+		case e := <-src.events:
+			return e, nil
+		case <-src.idle.C:
+		}
+	}
+	if err := r.settle(ctx, true); err != nil {
+		return nil, err
+	}
+	select {
+	case e := <-src.events:
+		return e, nil
+	case err := <-r.recording:
+		return nil, r.recorded(err)
+	case err := <-src.errs:
+		return nil, r.streamError(err)
+	case <-src.tick.C:
+		return nil, r.tick(ctx)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// lookupConn is a session for looking logged rows up. The server sends a transaction once it
+// is in the binlog, which is before the storage engine commits it: until then a query does
+// not see its rows, and the reader would take them for messages that polling delivered
+// already. A locking read waits for the transaction that wrote a row to commit; in READ
+// COMMITTED it takes no gap locks, which would hold up writers.
+func lookupConn(ctx context.Context, db *sql.DB) (*sql.Conn, error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: log reader: %w", err)
+	}
+	if _, err := conn.ExecContext(ctx, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"); err != nil {
+		conn.Raw(func(any) error { return driver.ErrBadConn })
+		conn.Close()
+		return nil, fmt.Errorf("outbox: log reader: %w", err)
+	}
+	return conn, nil
+}

@@ -1,0 +1,134 @@
+package pgstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/sqlstore"
+)
+
+// Names returns the replication slot and the publication through which the log reader of
+// the outbox table reads it: the table's schema and name joined by an underscore, in lower
+// case ("outbox" for the default table, "app_outbox" for "app.outbox"), or "outbox_" and a
+// hash when that is no valid slot name.
+func Names(table string) (slot, publication string) {
+	if table == "" {
+		table = sqlstore.DefaultTable
+	}
+	base := strings.ReplaceAll(table, ".", "_")
+	if !slotNameRE.MatchString(base) {
+		sum := uint64(14695981039346656037)
+		for _, c := range []byte(table) {
+			sum = (sum ^ uint64(c)) * 1099511628211
+		}
+		base = "outbox_" + strconv.FormatUint(sum, 16)
+	}
+	return base, base
+}
+
+var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// setUpLog creates the publication and the replication slot after the schema steps of
+// Migrate. The slot is created only here: creating one waits for every open write
+// transaction on the server. Without wal_level = logical, or without the rights, it logs why
+// and leaves the dispatchers polling.
+func setUpLog(ctx context.Context, s *sqlstore.Store, conn *sql.Conn) error {
+	slot, pub := Names(s.QualifiedName())
+	var exists bool
+	if err := conn.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", pub).Scan(&exists); err != nil {
+		return err
+	}
+	if !exists {
+		_, err := conn.ExecContext(ctx, "CREATE PUBLICATION "+pgx.Identifier{pub}.Sanitize()+" FOR TABLE "+s.Table()+" WITH (publish = 'insert')")
+		if isPermission(err) {
+			s.Logger().Warn("cannot create the publication for the log reader; dispatchers will poll", "publication", pub, "error", err)
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("create publication %s: %w", pub, err)
+		}
+	}
+	var (
+		walLevel, currentDB string
+		slotDB              sql.NullString // NULL without a slot
+	)
+	if err := conn.QueryRowContext(ctx, `SELECT current_setting('wal_level'), current_database(),
+		(SELECT database FROM pg_replication_slots WHERE slot_name = $1)`, slot).Scan(&walLevel, &currentDB, &slotDB); err != nil {
+		return err
+	}
+	if slotDB.Valid && slotDB.String != currentDB {
+		s.Logger().Warn(slotElsewhere(slot, slotDB.String)+"; dispatchers will poll", "slot", slot)
+	}
+	if slotDB.Valid {
+		return nil
+	}
+	if walLevel != "logical" {
+		s.Logger().Info("wal_level is not logical: no replication slot created; dispatchers will poll (set wal_level = logical, restart Postgres and migrate again to read the log)",
+			"wal_level", walLevel)
+		return nil
+	}
+	_, err := conn.ExecContext(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+	if isPermission(err) {
+		s.Logger().Warn("cannot create the replication slot for the log reader (the user needs the REPLICATION attribute); dispatchers will poll", "slot", slot, "error", err)
+		return nil
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42710" { // created meanwhile by another database's migrate
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create replication slot %s: %w", slot, err)
+	}
+	return nil
+}
+
+// slotElsewhere says that the slot an outbox needs belongs to another database.
+func slotElsewhere(slot, database string) string {
+	return fmt.Sprintf("replication slot %s belongs to database %s: slot names are server-wide, so outboxes in two databases of one server need different table or schema names", slot, database)
+}
+
+// check tells why the log cannot be read, as an error wrapping store.ErrLogUnavailable.
+func (r *reader) check(ctx context.Context) error {
+	var (
+		walLevel, currentDB       string
+		pubExists                 bool
+		slotDB, plugin, walStatus sql.NullString // slotDB is NULL without a slot
+		relID                     sql.NullInt64
+	)
+	err := r.lockConn.QueryRowContext(ctx, `SELECT current_setting('wal_level'), current_database(),
+		EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2),
+		s.database, s.plugin, s.wal_status, to_regclass($3)::oid::bigint
+		FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, r.slot, r.pub, r.s.Table()).
+		Scan(&walLevel, &currentDB, &pubExists, &slotDB, &plugin, &walStatus, &relID)
+	if err != nil {
+		return err
+	}
+	unavailable := store.LogUnavailable
+	switch {
+	case walLevel != "logical":
+		return unavailable("wal_level is %s; set wal_level = logical and restart Postgres, then run Migrate to create the replication slot", walLevel)
+	case slotDB.Valid && slotDB.String != currentDB:
+		return unavailable("%s", slotElsewhere(r.slot, slotDB.String))
+	case !relID.Valid:
+		return unavailable("table %s does not exist; run Migrate", r.s.Table())
+	case !pubExists:
+		return unavailable("publication %s does not exist; run Migrate", r.pub)
+	case !slotDB.Valid:
+		return unavailable("replication slot %s does not exist; run Migrate to create it", r.slot)
+	case plugin.String != "pgoutput":
+		return unavailable("replication slot %s uses the %s plugin, not pgoutput", r.slot, plugin.String)
+	case walStatus.String == "lost":
+		return unavailable("replication slot %s lost WAL it needed (max_slot_wal_keep_size); drop it and run Migrate", r.slot)
+	}
+	r.relID = uint32(relID.Int64)
+	return nil
+}

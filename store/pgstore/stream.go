@@ -1,0 +1,305 @@
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/outboxgo/outbox/store"
+)
+
+// statusEvery is how often the reader confirms its position to the server when no recorded
+// batch made it confirm sooner.
+const statusEvery = time.Second
+
+// connect opens the replication connection with the database handle's settings and starts
+// streaming from the slot's confirmed position.
+func (r *reader) connect(ctx context.Context) (*pgconn.PgConn, error) {
+	var cfg *pgconn.Config
+	err := r.lockConn.Raw(func(dc any) error {
+		c, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("outbox: pgstore: connection is %T, not pgx's", dc)
+		}
+		cfg = c.Conn().Config().Config.Copy()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	// pgoutput sends values as their text output in the sender's session settings.
+	cfg.RuntimeParams["DateStyle"] = "ISO, MDY"
+	cfg.RuntimeParams["TimeZone"] = "UTC"
+	cfg.RuntimeParams["bytea_output"] = "hex"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		if isPermission(err) || strings.Contains(err.Error(), "replication") {
+			return nil, fmt.Errorf("%w: cannot open a replication connection (the user needs the REPLICATION attribute, and pg_hba.conf must admit it): %w", store.ErrLogUnavailable, err)
+		}
+		return nil, fmt.Errorf("outbox: open replication connection: %w", err)
+	}
+	args := []string{"proto_version '1'", "publication_names '" + r.pub + "'"}
+	major, _, _ := strings.Cut(conn.ParameterStatus("server_version"), ".")
+	if v, _ := strconv.Atoi(major); v >= 14 {
+		// Binary values cost less to produce and to read than text: a bytea payload is
+		// sent as itself rather than as hex.
+		args = append(args, "binary 'true'")
+	}
+	err = pglogrepl.StartReplication(ctx, conn, r.slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
+	if err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42704" { // undefined object: the slot went away
+			return nil, fmt.Errorf("%w: replication slot %s: %w", store.ErrLogUnavailable, r.slot, err)
+		}
+		return nil, fmt.Errorf("outbox: start replication from slot %s: %w", r.slot, err)
+	}
+	return conn, nil
+}
+
+// receive reads the stream, hands each committed transaction with outbox messages to the
+// deliverer in commit order, and confirms positions as batches are recorded, and at least
+// every statusEvery. When nothing is in flight, the server's keepalive position is confirmed
+// too, so that a quiet outbox does not pin WAL.
+func (r *reader) receive(ctx context.Context, conn *pgconn.PgConn, txns chan<- txn) error {
+	rc := &receiver{r: r, conn: conn, txns: txns, relations: map[uint32]*pglogrepl.RelationMessage{}}
+	for {
+		if r.takeConfirmNow() || !time.Now().Before(rc.nextSend) {
+			if err := rc.confirm(ctx); err != nil {
+				return err
+			}
+		}
+		raw, err := rc.await(ctx)
+		if err != nil {
+			return err
+		}
+		if raw == nil {
+			continue
+		}
+		if err := rc.take(ctx, raw); err != nil {
+			return err
+		}
+	}
+}
+
+// receiver is what the goroutine that owns the replication connection keeps between
+// messages.
+type receiver struct {
+	r         *reader
+	conn      *pgconn.PgConn
+	txns      chan<- txn
+	relations map[uint32]*pglogrepl.RelationMessage
+	cur       *txn // the transaction being read
+	inTxn     bool
+	nextSend  time.Time // when the position is confirmed next
+}
+
+// takeConfirmNow reports whether a recorded batch asked for its position to be confirmed at
+// once, and clears the request.
+func (r *reader) takeConfirmNow() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.confirmNow
+	r.confirmNow = false
+	return now
+}
+
+// confirm sends the server the confirmed position, and sets when to confirm next.
+func (rc *receiver) confirm(ctx context.Context) error {
+	rc.r.mu.Lock()
+	pos := rc.r.confirmed
+	rc.r.mu.Unlock()
+	rc.nextSend = time.Now().Add(statusEvery)
+	if pos == 0 {
+		return nil
+	}
+	// ReplyRequested: the server answers with a keepalive that carries its position.
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, rc.conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pos, ReplyRequested: true})
+	if err != nil {
+		return fmt.Errorf("outbox: confirm log position: %w", err)
+	}
+	return nil
+}
+
+// await waits for the next message until the next confirmation is due, or until a recorded
+// batch interrupts it to be confirmed; it returns nil then.
+func (rc *receiver) await(ctx context.Context) (pgproto3.BackendMessage, error) {
+	r := rc.r
+	rctx, cancel := context.WithDeadline(ctx, rc.nextSend)
+	r.mu.Lock()
+	r.interrupt = cancel
+	if r.confirmNow {
+		cancel()
+	}
+	r.mu.Unlock()
+	raw, err := rc.conn.ReceiveMessage(rctx)
+	r.mu.Lock()
+	r.interrupt = nil
+	r.mu.Unlock()
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if pgconn.Timeout(err) || rctx.Err() != nil {
+			return nil, nil // the connection survives a deadline: pgconn reads on where it stopped
+		}
+		return nil, fmt.Errorf("outbox: read replication stream: %w", err)
+	}
+	return raw, nil
+}
+
+// take follows one message of the stream.
+func (rc *receiver) take(ctx context.Context, raw pgproto3.BackendMessage) error {
+	switch m := raw.(type) {
+	case *pgproto3.ErrorResponse:
+		return fmt.Errorf("outbox: replication stream: %w", pgconn.ErrorResponseToPgError(m))
+	case *pgproto3.CopyData:
+		if len(m.Data) == 0 {
+			return nil
+		}
+		switch m.Data[0] {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			return rc.keepalive(m.Data[1:])
+		case pglogrepl.XLogDataByteID:
+			return rc.walData(ctx, m.Data[1:])
+		}
+	}
+	return nil
+}
+
+// keepalive takes the server's WAL end as confirmed between transactions when nothing is in
+// flight, and answers at once when the server asks.
+func (rc *receiver) keepalive(data []byte) error {
+	ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data)
+	if err != nil {
+		return fmt.Errorf("outbox: replication keepalive: %w", err)
+	}
+	if !rc.inTxn {
+		rc.r.confirmIdle(ka.ServerWALEnd)
+	}
+	if ka.ReplyRequested {
+		rc.nextSend = time.Time{}
+	}
+	return nil
+}
+
+// walData follows one message of pgoutput: relations, transactions and their outbox rows.
+func (rc *receiver) walData(ctx context.Context, data []byte) error {
+	xld, err := pglogrepl.ParseXLogData(data)
+	if err != nil {
+		return fmt.Errorf("outbox: replication data: %w", err)
+	}
+	msg, err := pglogrepl.Parse(xld.WALData)
+	if err != nil {
+		return fmt.Errorf("outbox: decode replication message: %w", err)
+	}
+	switch msg := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		rc.relations[msg.RelationID] = msg
+	case *pglogrepl.BeginMessage:
+		rc.inTxn, rc.cur = true, &txn{}
+	case *pglogrepl.InsertMessage:
+		return rc.insert(msg)
+	case *pglogrepl.CommitMessage:
+		return rc.commit(ctx, msg)
+	}
+	return nil
+}
+
+// insert adds the message of a row inserted into the outbox table to the transaction.
+func (rc *receiver) insert(msg *pglogrepl.InsertMessage) error {
+	if msg.RelationID != rc.r.relID || rc.cur == nil {
+		return nil
+	}
+	rel, ok := rc.relations[msg.RelationID]
+	if !ok {
+		return fmt.Errorf("outbox: replication stream: insert into relation %d before its description", msg.RelationID)
+	}
+	lm, err := decodeRow(rel, msg.Tuple)
+	if err != nil {
+		// A row we cannot read is left to the sweep, which reads the table.
+		rc.r.s.Logger().Error("cannot decode a logged outbox row; the sweep will deliver it", "error", err)
+		return nil
+	}
+	rc.cur.msgs = append(rc.cur.msgs, lm)
+	return nil
+}
+
+// commit hands the transaction's messages to the deliverer, in parts of at most a batch. A
+// transaction without any is confirmed when nothing is in flight.
+func (rc *receiver) commit(ctx context.Context, msg *pglogrepl.CommitMessage) error {
+	r := rc.r
+	rc.inTxn = false
+	cur := rc.cur
+	rc.cur = nil
+	if cur == nil || len(cur.msgs) == 0 {
+		r.confirmIdle(msg.TransactionEndLSN)
+		return nil
+	}
+	cur.end = msg.TransactionEndLSN
+	r.mu.Lock()
+	r.inFlight++
+	r.mu.Unlock()
+	for len(cur.msgs) > r.c.Batch() {
+		part := txn{msgs: cur.msgs[:r.c.Batch():r.c.Batch()]}
+		cur.msgs = cur.msgs[r.c.Batch():]
+		if err := rc.hand(ctx, part); err != nil {
+			return err
+		}
+	}
+	return rc.hand(ctx, *cur)
+}
+
+// confirmIdle takes end as confirmed when no transaction is in flight: every message before
+// it is then recorded.
+func (r *reader) confirmIdle(end pglogrepl.LSN) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.inFlight == 0 && end > r.confirmed {
+		r.confirmed = end
+	}
+}
+
+// hand passes t to the deliverer once fewer than two batches of messages wait for it,
+// confirming positions meanwhile so that the server does not time the connection out
+// (wal_sender_timeout) while the deliverer is slow (a broker outage).
+func (rc *receiver) hand(ctx context.Context, t txn) error {
+	r := rc.r
+	for {
+		timer := time.NewTimer(statusEvery)
+		in := rc.txns
+		if r.queued.Load() >= int64(2*r.c.Batch()) {
+			in = nil // wait until the deliverer takes some
+		}
+		select {
+		case in <- t:
+			timer.Stop()
+			r.queued.Add(int64(len(t.msgs)))
+			return nil
+		case <-r.taken:
+			timer.Stop()
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-timer.C:
+			// Confirming without reading is enough: the server reads replies even while
+			// it waits for room to send.
+			if err := rc.confirm(ctx); err != nil {
+				return err
+			}
+		}
+	}
+}

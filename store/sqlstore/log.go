@@ -189,8 +189,12 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Co
 	heldFrom = map[string]int64{}
 	// held is the lookup of held messages of keys, up to the batch's last message.
 	held := func(b *builder, keys []string) string {
+		holding := "state = 'pending' AND held = 1"
+		if s.strict {
+			holding = "(" + holding + " OR state = 'parked')"
+		}
 		return "SELECT MIN(seq), -1, message_key FROM " + s.t.String() + " WHERE " + b.in("message_key", keys) +
-			" AND state = 'pending' AND held = 1 AND seq <= " + b.arg(maxSeq) + " GROUP BY message_key"
+			" AND " + holding + " AND seq <= " + b.arg(maxSeq) + " GROUP BY message_key"
 	}
 	// Keys go into the first lookup when they fit beside its seqs, into their own otherwise.
 	withHeld := len(keys) > 0 && len(keys) <= (s.d.maxParams-16)/2

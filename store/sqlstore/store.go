@@ -43,6 +43,12 @@ type Config struct {
 	// cannot carry them. Nor is a message id checked against earlier messages, whose rows
 	// are gone: an id written twice is published twice, for consumers to drop.
 	LogOnly bool
+	// StrictOrder makes a parked message hold back the later messages of its key until an
+	// operator requeues or deletes it, so that a key's messages are never published out of
+	// order, not even past a message given up on. By default a parked message lets its key
+	// move on: one message that cannot be published does not stop its key for good, and it
+	// waits to be requeued on its own.
+	StrictOrder bool
 }
 
 // Listener waits for notifications that messages were written, from any process, and calls
@@ -93,6 +99,7 @@ type Store struct {
 	listener Listener
 	hooks    Hooks
 	logOnly  *LogOnlyHook // set when Config.LogOnly
+	strict   bool         // Config.StrictOrder
 
 	mu           sync.Mutex
 	subs         map[chan struct{}]struct{}
@@ -142,6 +149,7 @@ func New(db *sql.DB, d Dialect, cfg Config, hooks Hooks) (*Store, error) {
 		log:      cfg.Logger.With(slog.String("component", "outbox.store"), slog.String("table", t.String())),
 		listener: hooks.Listen,
 		hooks:    hooks,
+		strict:   cfg.StrictOrder,
 		subs:     make(map[chan struct{}]struct{}),
 	}
 	if cfg.LogOnly {
@@ -663,7 +671,17 @@ func (s *Store) claimable(b *builder, p *store.ClaimParams) string {
 	return s.due("o") + s.sweepOnly(b, p) +
 		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + s.t.String() + " e WHERE e.message_key = o.message_key" +
 		" AND e.state = 'pending' AND e.seq < o.seq" +
-		" AND (e.claimed_until > " + s.d.now + " OR (e.attempts > 0 AND e.next_attempt_at > " + s.d.now + "))))"
+		" AND (e.claimed_until > " + s.d.now + " OR (e.attempts > 0 AND e.next_attempt_at > " + s.d.now + ")))" + s.parkedHolds("o") + ")"
+}
+
+// parkedHolds is, with Config.StrictOrder, the condition that no earlier message of the
+// key of the message aliased alias is parked (the "parked_key" index covers them).
+func (s *Store) parkedHolds(alias string) string {
+	if !s.strict {
+		return ""
+	}
+	return " AND NOT EXISTS (SELECT 1 FROM " + s.t.String() + " pk WHERE pk.message_key = " + alias + ".message_key" +
+		" AND pk.state = 'parked' AND pk.seq < " + alias + ".seq)"
 }
 
 const claimedColumns = "seq, id, topic, message_key, payload, headers, created_at, attempts"

@@ -6,3 +6,6 @@ CREATE INDEX IF NOT EXISTS "outbox_pending_key" ON "outbox" (message_key, seq) W
 DROP INDEX IF EXISTS "outbox_held";
 
 ALTER TABLE "outbox" SET (fillfactor = 50);
+
+-- With StrictOrder, a parked message holds back its key: claims look for one by key.
+CREATE INDEX IF NOT EXISTS "outbox_parked_key" ON "outbox" (message_key, seq) WHERE state = 'parked';

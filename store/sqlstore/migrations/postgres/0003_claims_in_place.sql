@@ -6,3 +6,6 @@ CREATE INDEX IF NOT EXISTS {{.Index "pending_key"}} ON {{.Table}} (message_key, 
 DROP INDEX IF EXISTS {{.Related "held"}};
 
 ALTER TABLE {{.Table}} SET (fillfactor = 50);
+
+-- With StrictOrder, a parked message holds back its key: claims look for one by key.
+CREATE INDEX IF NOT EXISTS {{.Index "parked_key"}} ON {{.Table}} (message_key, seq) WHERE state = 'parked';

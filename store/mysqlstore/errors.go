@@ -3,10 +3,12 @@ package mysqlstore
 import (
 	"errors"
 
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-sql-driver/mysql"
 )
 
-// MySQL error numbers the reader tells apart.
+// Server error numbers the store tells apart. Both clients report the server's number: errors
+// are classified by it, never by their text.
 const (
 	errNoSuchTable     = 1146
 	errTableDenied     = 1142
@@ -22,6 +24,15 @@ func sqlErrNumber(err error) uint16 {
 	var me *mysql.MySQLError
 	if errors.As(err, &me) {
 		return me.Number
+	}
+	return 0
+}
+
+// binlogErrNumber is the server's error number in err from go-mysql's binlog client, or 0.
+func binlogErrNumber(err error) uint16 {
+	var me *gomysql.MyError
+	if errors.As(err, &me) {
+		return me.Code
 	}
 	return 0
 }

@@ -2,7 +2,6 @@ package mysqlstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -106,22 +105,20 @@ func (r *reader) startStream(syncer *replication.BinlogSyncer, start position) (
 	if err == nil {
 		return streamer, nil
 	}
-	var me *gomysql.MyError
-	if errors.As(err, &me) {
-		switch me.Code {
-		case errAccessDenied, errSpecificDenied, errDBDenied, errTableDenied:
-			// Without REPLICATION SLAVE, registering as a replica fails with "access denied".
-			return nil, store.LogUnavailable("cannot read the binlog (%s): %v", privilegesNeeded, err)
-		case errFatalBinlogRead:
-			return nil, r.lostPosition(start, err)
-		}
+	switch binlogErrNumber(err) {
+	case errAccessDenied, errSpecificDenied, errDBDenied, errTableDenied:
+		// Without REPLICATION SLAVE, registering as a replica fails with "access denied".
+		return nil, store.LogUnavailable("cannot read the binlog (%s): %v", privilegesNeeded, err)
+	case errFatalBinlogRead:
+		return nil, r.lostPosition(start, err)
 	}
 	return nil, fmt.Errorf("outbox: start reading the binlog: %w", err)
 }
 
+// streamError says what a failed stream means: a position the binlog no longer holds makes
+// the log unavailable.
 func (r *reader) streamError(err error) error {
-	var me *gomysql.MyError
-	if errors.As(err, &me) && me.Code == errFatalBinlogRead {
+	if binlogErrNumber(err) == errFatalBinlogRead {
 		return r.lostPosition(r.read, err)
 	}
 	return fmt.Errorf("outbox: binlog stream: %w", err)

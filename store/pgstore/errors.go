@@ -6,7 +6,26 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-func isPermission(err error) bool {
+// SQLSTATE codes the store tells apart. Errors are classified by code, never by their text,
+// which changes with the server's version and its lc_messages.
+const (
+	codeInvalidAuthorization  = "28000" // invalid_authorization_specification: pg_hba.conf turned the connection away
+	codeInsufficientPrivilege = "42501"
+	codeUndefinedObject       = "42704"
+	codeDuplicateObject       = "42710"
+)
+
+// sqlState is the SQLSTATE of the server's error in err, or "" when err is none of the
+// server's (a network failure, say).
+func sqlState(err error) string {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "42501"
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+// isPermission reports whether the server refused for want of a privilege or role attribute.
+func isPermission(err error) bool {
+	return sqlState(err) == codeInsufficientPrivilege
 }

@@ -3,14 +3,12 @@ package pgstore
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlstore"
@@ -81,8 +79,7 @@ func setUpLog(ctx context.Context, s *sqlstore.Store, conn *sql.Conn) error {
 		s.Logger().Warn("cannot create the replication slot for the log reader (the user needs the REPLICATION attribute); dispatchers will poll", "slot", slot, "error", err)
 		return nil
 	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42710" { // created meanwhile by another database's migrate
+	if sqlState(err) == codeDuplicateObject { // created meanwhile by another database's migrate
 		return nil
 	}
 	if err != nil {

@@ -2,7 +2,6 @@ package pgstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -45,7 +44,10 @@ func (r *reader) connect(ctx context.Context) (*pgconn.PgConn, error) {
 	cfg.RuntimeParams["bytea_output"] = "hex"
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
-		if isPermission(err) || strings.Contains(err.Error(), "replication") {
+		// A user without the REPLICATION attribute is refused for want of a privilege;
+		// invalid authorization is pg_hba.conf turning the connection away.
+		switch sqlState(err) {
+		case codeInsufficientPrivilege, codeInvalidAuthorization:
 			return nil, fmt.Errorf("%w: cannot open a replication connection (the user needs the REPLICATION attribute, and pg_hba.conf must admit it): %w", store.ErrLogUnavailable, err)
 		}
 		return nil, fmt.Errorf("outbox: open replication connection: %w", err)
@@ -60,8 +62,7 @@ func (r *reader) connect(ctx context.Context) (*pgconn.PgConn, error) {
 	err = pglogrepl.StartReplication(ctx, conn, r.slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		conn.Close(context.WithoutCancel(ctx))
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42704" { // undefined object: the slot went away
+		if sqlState(err) == codeUndefinedObject { // the slot went away
 			return nil, fmt.Errorf("%w: replication slot %s: %w", store.ErrLogUnavailable, r.slot, err)
 		}
 		return nil, fmt.Errorf("outbox: start replication from slot %s: %w", r.slot, err)

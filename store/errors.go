@@ -12,6 +12,9 @@ var (
 	ErrPayloadTooLarge = errors.New("outbox: message payload too large")
 	ErrInvalidHeader   = errors.New("outbox: invalid message header")
 	ErrNilTx           = errors.New("outbox: nil transaction")
+	// ErrDuplicateID is returned by [Store.Write] for a message whose id the outbox already
+	// holds. Nothing of that Write is stored, and the transaction stays usable.
+	ErrDuplicateID = errors.New("outbox: a message with this id is already in the outbox")
 )
 
 // ErrInvalidTable is returned by store constructors for a table name that is not a plain SQL

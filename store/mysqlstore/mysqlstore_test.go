@@ -41,6 +41,7 @@ func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {
 	st, err := mysqlstore.New(db, mysqlstore.Config{Table: "events"})
 	require.NoError(t, err)
 	require.ErrorIs(t, st.Check(ctx), store.ErrNotMigrated)
+	require.ErrorIs(t, st.Write(ctx, db, store.Message{Topic: "t"}), store.ErrNotMigrated, "Write names the missing table too")
 	errs := make(chan error, 3)
 	for range 3 {
 		go func() { errs <- st.Migrate(ctx) }()

@@ -47,6 +47,7 @@ func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {
 	st, err := pgstore.New(db, pgstore.Config{Table: schema + ".events"})
 	require.NoError(t, err)
 	require.ErrorIs(t, st.Check(ctx), store.ErrNotMigrated)
+	require.ErrorIs(t, st.Write(ctx, db, store.Message{Topic: "t"}), store.ErrNotMigrated, "Write names the missing table too")
 	// Concurrent start-ups migrate once.
 	errs := make(chan error, 3)
 	for range 3 {

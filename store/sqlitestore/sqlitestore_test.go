@@ -50,6 +50,7 @@ func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {
 	st, err := sqlitestore.New(db, sqlitestore.Config{Table: "events_outbox"})
 	require.NoError(t, err)
 	require.ErrorIs(t, st.Check(ctx), store.ErrNotMigrated, "a database without the table")
+	require.ErrorIs(t, st.Write(ctx, db, store.Message{Topic: "t"}), store.ErrNotMigrated, "Write names the missing table too")
 	require.NoError(t, st.Migrate(ctx))
 	require.NoError(t, st.Migrate(ctx), "a second run applies nothing")
 	require.NoError(t, st.Check(ctx))

@@ -13,6 +13,8 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
+
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -81,6 +83,14 @@ func SQLite() Dialect {
 		claim:         claimSingleStatement,
 		migrationsDir: "migrations/sqlite",
 		classify: func(err error) error {
+			var sqliteErr interface{ Code() int }
+			if errors.As(err, &sqliteErr) {
+				switch sqliteErr.Code() {
+				case 2067, 1555: // SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY
+					return store.ErrDuplicateID
+				}
+			}
+			// A missing table or column is the generic SQLITE_ERROR: only its text tells.
 			if msg := err.Error(); strings.Contains(msg, "no such table") || strings.Contains(msg, "no such column") {
 				return store.ErrNotMigrated
 			}
@@ -113,6 +123,8 @@ func Postgres() Dialect {
 					return store.ErrNotMigrated
 				case "42501": // insufficient privilege
 					return store.ErrPermission
+				case "23505": // unique violation
+					return store.ErrDuplicateID
 				}
 			}
 			return nil
@@ -133,13 +145,17 @@ func MySQL() Dialect {
 		shareLock:     " LOCK IN SHARE MODE",
 		migrationsDir: "migrations/mysql",
 		classify: func(err error) error {
-			// go-sql-driver/mysql formats its errors as "Error <number> (<sqlstate>): ...".
-			msg := err.Error()
-			switch {
-			case strings.Contains(msg, "Error 1146"), strings.Contains(msg, "Error 1054"), strings.Contains(msg, "Error 1049"): // no such table, column, database
+			var myErr *mysql.MySQLError
+			if !errors.As(err, &myErr) {
+				return nil
+			}
+			switch myErr.Number {
+			case 1146, 1054, 1049: // no such table, column, database
 				return store.ErrNotMigrated
-			case strings.Contains(msg, "Error 1142"), strings.Contains(msg, "Error 1143"), strings.Contains(msg, "Error 1044"): // command, column, database denied
+			case 1142, 1143, 1044: // command, column, database denied
 				return store.ErrPermission
+			case 1062: // duplicate entry
+				return store.ErrDuplicateID
 			}
 			return nil
 		},

@@ -460,20 +460,72 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 			fmt.Fprintf(&q, "(%s,%s,%s,%s,%s,%s)", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
 				b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.now)
 		}
-		stmt := q.String()
-		if s.d.notify {
-			// Postgres delivers the notification when the caller's transaction commits, once
-			// per channel and transaction however many statements sent it.
-			stmt = "WITH written AS (" + stmt + ") SELECT pg_notify(" + b.arg(s.t.channel()) + ", '')"
-		}
-		if _, err := db.ExecContext(ctx, stmt, b.args...); err != nil {
-			return fmt.Errorf("outbox: write %d messages to %s: %w", end-start, s.t, err)
+		if err := s.insert(ctx, db, q.String(), &b, end-start); err != nil {
+			// Nothing of this Write stays: the statements before wrote all their messages.
+			if derr := s.unwrite(ctx, db, ids[:start]); derr != nil {
+				return errors.Join(err, derr)
+			}
+			return err
 		}
 	}
 	if s.logOnly == nil {
 		s.signal()
 	}
 	return nil
+}
+
+// insert runs one INSERT of n messages. An id already in the outbox fails it with
+// store.ErrDuplicateID, and a missing table with store.ErrNotMigrated. MySQL and SQLite undo
+// just the failed statement; Postgres would abort the caller's transaction, so there the
+// statement skips conflicting ids, and the rows it did insert are deleted again.
+func (s *Store) insert(ctx context.Context, db store.Execer, stmt string, b *builder, n int) error {
+	fail := func(err error) error {
+		if kind := s.d.classify(err); kind != nil {
+			return fmt.Errorf("%w: write %d messages to %s: %v", kind, n, s.t, err)
+		}
+		return fmt.Errorf("outbox: write %d messages to %s: %w", n, s.t, err)
+	}
+	q, canQuery := db.(interface {
+		QueryRowContext(context.Context, string, ...any) *sql.Row
+	})
+	if !s.d.notify || !canQuery {
+		if _, err := db.ExecContext(ctx, stmt, b.args...); err != nil {
+			return fail(err)
+		}
+		return nil
+	}
+	// Postgres delivers the notification when the caller's transaction commits, once per
+	// channel and transaction however many statements sent it.
+	stmt = "WITH written AS (" + stmt + " ON CONFLICT (id) DO NOTHING RETURNING seq) SELECT count(*), coalesce(string_agg(seq::text, ','), ''), pg_notify(" +
+		b.arg(s.t.channel()) + ", '') FROM written"
+	var (
+		written int
+		seqs    string
+		notify  any
+	)
+	if err := q.QueryRowContext(ctx, stmt, b.args...).Scan(&written, &seqs, &notify); err != nil {
+		return fail(err)
+	}
+	if written == n {
+		return nil
+	}
+	if seqs != "" {
+		if _, err := db.ExecContext(ctx, "DELETE FROM "+s.t.String()+" WHERE seq IN ("+seqs+")"); err != nil {
+			return fmt.Errorf("outbox: write %d messages to %s: undo: %w", n, s.t, err)
+		}
+	}
+	return fmt.Errorf("%w: write %d messages to %s: %d of their ids are taken", store.ErrDuplicateID, n, s.t, n-written)
+}
+
+// unwrite deletes the messages ids written by the earlier statements of a failed Write.
+func (s *Store) unwrite(ctx context.Context, db store.Execer, ids []string) error {
+	return s.inChunks(ids, func(ids []string) error {
+		b := builder{d: s.d}
+		if _, err := db.ExecContext(ctx, "DELETE FROM "+s.t.String()+" WHERE "+b.in("id", ids), b.args...); err != nil {
+			return fmt.Errorf("outbox: undo a failed write to %s: %w", s.t, err)
+		}
+		return nil
+	})
 }
 
 func payloadArg(p []byte) []byte {

@@ -50,6 +50,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"WriteRejectsBadInputAndKeepsTxUsable", testBadInput},
 		{"LargestPayloadRoundTrips", testLargestPayload},
 		{"WriteManyInOneCall", testWriteMany},
+		{"WriteRefusesATakenIDAndKeepsTxUsable", testDuplicateID},
 		{"ClaimHoldsMessagesUntilLeaseExpires", testLease},
 		{"ExtendLeaseKeepsAClaimPastItsFirstLease", testExtendLease},
 		{"MarkDeliveredIsFinal", testMarkDelivered},
@@ -213,6 +214,30 @@ func testLargestPayload(t *testing.T, h Harness) {
 	res := claim(t, h, 10, lease)
 	require.Equal(t, id, ids(res))
 	require.True(t, bytes.Equal(payload, res.Messages[0].Payload), "payload of %d bytes back whole", len(res.Messages[0].Payload))
+}
+
+func testDuplicateID(t *testing.T, h Harness) {
+	ctx := ctxFor(t)
+	taken := write(t, h, msg("t", "k", "first"))[0]
+
+	tx, err := h.DB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	dup := msg("t", "k", "again")
+	dup.ID = taken
+	err = h.Store.Write(ctx, tx, msg("t", "k", "new"), dup)
+	require.ErrorIs(t, err, store.ErrDuplicateID)
+	fresh := msg("t", "k", "after")
+	fresh.ID = store.NewID()
+	require.NoError(t, h.Store.Write(ctx, tx, fresh), "the transaction is still usable")
+	require.NoError(t, tx.Commit())
+
+	res := claim(t, h, 10, lease)
+	var payloads []string
+	for _, m := range res.Messages {
+		payloads = append(payloads, string(m.Payload))
+	}
+	require.Equal(t, []string{"first", "after"}, payloads, "nothing of the refused Write was stored")
 }
 
 func testWriteMany(t *testing.T, h Harness) {

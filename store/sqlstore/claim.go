@@ -1,0 +1,243 @@
+package sqlstore
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/outboxgo/outbox/store"
+)
+
+// Claim implements [store.Store].
+func (s *Store) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimResult, error) {
+	if p.Limit <= 0 {
+		return nil, fmt.Errorf("outbox: ClaimParams.Limit must be positive, got %d", p.Limit)
+	}
+	if p.Lease <= 0 {
+		return nil, fmt.Errorf("outbox: ClaimParams.Lease must be positive, got %v", p.Lease)
+	}
+	if len(p.Token) > 36 {
+		return nil, fmt.Errorf("outbox: ClaimParams.Token must be at most 36 characters, got %d", len(p.Token))
+	}
+	var (
+		res = &store.ClaimResult{Token: cmp.Or(p.Token, uuid.NewString())}
+		got []claimedRow
+		err error
+	)
+	switch s.d.claim {
+	case claimSingleStatement:
+		got, err = s.claimOnce(ctx, s.db, res.Token, p)
+	default:
+		got, err = s.claimLocked(ctx, res.Token, p)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("outbox: claim from %s: %w", s.t, err)
+	}
+	slices.SortFunc(got, func(a, b claimedRow) int { return cmp.Compare(a.seq, b.seq) })
+	res.Messages = make([]store.ClaimedMessage, len(got))
+	for i, r := range got {
+		res.Messages[i] = r.m
+	}
+	return res, nil
+}
+
+type claimedRow struct {
+	seq int64
+	m   store.ClaimedMessage
+}
+
+// sweepOnly is the extra condition of a sweep's claim (ClaimParams.OlderThan): messages
+// written at least OlderThan ago by the database's clock, and those a log reader handed
+// over, which are held.
+func (s *Store) sweepOnly(b *builder, p *store.ClaimParams) string {
+	if p.OlderThan <= 0 {
+		return ""
+	}
+	return " AND (o.created_at < " + b.nowPlus(-p.OlderThan) + " OR o.held = 1)"
+}
+
+// due is the condition, on the table aliased o, of a pending message that nothing holds back
+// by itself: no live claim holds it, and it never failed or its retry time has come. A
+// message that never failed is due whatever its next_attempt_at says, so that no writer's
+// clock can make it wait while a later message of its key goes ahead. The times compared
+// are the database's.
+func (s *Store) due(alias string) string {
+	return alias + ".state = 'pending' AND " + alias + ".claimed_until <= " + s.d.now +
+		" AND (" + alias + ".attempts = 0 OR " + alias + ".next_attempt_at <= " + s.d.now + ")"
+}
+
+// claimable is the condition, on the table aliased o, of a message that may be claimed: it
+// is due, and no earlier message of its key is pending and not due. The earlier pending
+// messages of the key are found through the "pending_key" index; in a backlog they are few,
+// as a claim reads from the oldest. Earlier messages of the key that are due have lower seq
+// and so come first within a claim's LIMIT. No index covers what a claim changes, so that
+// Postgres updates claimed rows in place.
+func (s *Store) claimable(b *builder, p *store.ClaimParams) string {
+	return s.due("o") + s.sweepOnly(b, p) +
+		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + s.t.String() + " e WHERE e.message_key = o.message_key" +
+		" AND e.state = 'pending' AND e.seq < o.seq" +
+		" AND (e.claimed_until > " + s.d.now + " OR (e.attempts > 0 AND e.next_attempt_at > " + s.d.now + ")))" + s.parkedHolds("o") + ")"
+}
+
+// parkedHolds is, with Config.StrictOrder, the condition that no earlier message of the
+// key of the message aliased alias is parked (the "parked_key" index covers them).
+func (s *Store) parkedHolds(alias string) string {
+	if !s.strict {
+		return ""
+	}
+	return " AND NOT EXISTS (SELECT 1 FROM " + s.t.String() + " pk WHERE pk.message_key = " + alias + ".message_key" +
+		" AND pk.state = 'parked' AND pk.seq < " + alias + ".seq)"
+}
+
+const claimedColumns = "seq, id, topic, message_key, payload, headers, created_at, attempts"
+
+// claimOnce claims with one UPDATE ... RETURNING. Alone it is atomic only where one writer
+// runs at a time (SQLite); Postgres runs it under the claim lock.
+func (s *Store) claimOnce(ctx context.Context, db store.Querier, token string, p *store.ClaimParams) ([]claimedRow, error) {
+	b := builder{d: s.d}
+	t := s.t.String()
+	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease)
+	sub := "SELECT o.seq FROM " + t + " o WHERE " + s.claimable(&b, p) + " ORDER BY o.seq LIMIT " + b.arg(p.Limit)
+	if s.d.claim == claimSingleStatement {
+		q += " WHERE seq IN (" + sub + ")"
+	} else {
+		// = ANY(ARRAY(...)) keeps Postgres on the primary key; IN (...) becomes a hash join
+		// over the whole table.
+		q += " WHERE seq = ANY(ARRAY(" + sub + " FOR UPDATE SKIP LOCKED))"
+	}
+	q += " RETURNING " + claimedColumns
+	rows, err := db.QueryContext(ctx, q, b.args...)
+	if err != nil {
+		return nil, err
+	}
+	return scanClaimed(rows)
+}
+
+func scanClaimed(rows *sql.Rows) ([]claimedRow, error) {
+	defer rows.Close()
+	var got []claimedRow
+	for rows.Next() {
+		var (
+			r       claimedRow
+			headers string
+			created timeValue
+			err     error
+		)
+		if err := rows.Scan(&r.seq, &r.m.ID, &r.m.Topic, &r.m.Key, &r.m.Payload, &headers, &created, &r.m.Attempts); err != nil {
+			return nil, err
+		}
+		if r.m.Headers, err = store.DecodeHeaders(headers); err != nil {
+			return nil, fmt.Errorf("message %s: %w", r.m.ID, err)
+		}
+		r.m.CreatedAt = created.t
+		got = append(got, r)
+	}
+	return got, rows.Err()
+}
+
+// claimLocked claims where several processes claim at once (Postgres, MySQL). Claims take
+// turns through a lock named after the table, held for the few milliseconds a claim takes:
+// each claim then sees every earlier claim committed, which keeps the messages of a key in
+// order across dispatchers. Postgres claims skip locked rows (FOR UPDATE SKIP LOCKED) rather
+// than wait on rows that other dispatchers are marking; MySQL claims read without locks (see
+// claimNamed). A cheap look first keeps an idle outbox at one query per poll;
+// its ORDER BY has the planner read the pending index from its head, not all of it.
+func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
+	b := builder{d: s.d}
+	var one int
+	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" o WHERE "+s.due("o")+s.sweepOnly(&b, p)+
+		" ORDER BY o.seq LIMIT 1", b.args...).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if s.d.claim == claimAdvisoryLock {
+		return s.claimAdvisory(ctx, token, p)
+	}
+	return s.claimNamed(ctx, token, p)
+}
+
+func (s *Store) claimAdvisory(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	// The lock is released at commit; the UPDATE below takes its snapshot after it is granted.
+	// The commit need not wait for the WAL flush: a claim lost in a server crash only makes
+	// its messages claimable again. The claim walks the pending index in seq order and stops
+	// at its LIMIT; statistics taken while few messages were pending (a backlog grows faster
+	// than autovacuum analyzes) would have the planner read every pending row and sort them,
+	// on every claim: so bitmap and sequential scans are off for this transaction.
+	if _, err := tx.ExecContext(ctx, "SELECT set_config('synchronous_commit', 'off', true), set_config('enable_bitmapscan', 'off', true), "+
+		"set_config('enable_seqscan', 'off', true), pg_advisory_xact_lock($1)", s.t.lockKey("claim")); err != nil {
+		return nil, err
+	}
+	got, err := s.claimOnce(ctx, tx, token, p)
+	if err != nil {
+		return nil, err
+	}
+	return got, tx.Commit()
+}
+
+func (s *Store) claimNamed(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	unlock, err := s.lockSession(ctx, conn, "claim", 30*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	// READ COMMITTED: each statement sees the claims committed before the lock was granted.
+	// The messages are chosen by a plain read, not a locking one: SKIP LOCKED would pass over
+	// an earlier message of a key that a statement of another session has locked (MySQL
+	// locks every row an UPDATE scans) and claim a later one, out of order; a locking read
+	// without it would wait for the application's transactions that insert messages. The
+	// UPDATE then claims exactly those rows, if no other session changed one meanwhile.
+	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	b := builder{d: s.d}
+	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " o WHERE " + s.claimable(&b, p) +
+		" ORDER BY o.seq LIMIT " + b.arg(p.Limit)
+	rows, err := tx.QueryContext(ctx, q, b.args...)
+	if err != nil {
+		return nil, err
+	}
+	got, err := scanClaimed(rows)
+	if err != nil || len(got) == 0 {
+		return nil, err
+	}
+	seqs := make([]string, len(got))
+	for i, r := range got {
+		seqs[i] = strconv.FormatInt(r.seq, 10)
+	}
+	b = builder{d: s.d}
+	upd := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease)
+	upd += " WHERE seq IN (" + strings.Join(seqs, ",") + ") AND state = 'pending' AND claimed_until <= " + s.d.now
+	res, err := tx.ExecContext(ctx, upd, b.args...)
+	if err != nil {
+		return nil, err
+	}
+	if n, err := res.RowsAffected(); err != nil || n != int64(len(got)) {
+		// A message changed between the read and the UPDATE (an operator, a log reader
+		// marking it): claim nothing this time rather than a batch with a gap.
+		return nil, err
+	}
+	return got, tx.Commit()
+}

@@ -1,0 +1,90 @@
+package sqlstore
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/outboxgo/outbox/store"
+)
+
+// MarkDelivered implements [store.Store].
+func (s *Store) MarkDelivered(ctx context.Context, p *store.MarkDeliveredParams) error {
+	return s.inChunks(p.IDs, func(ids []string) error {
+		b := builder{d: s.d}
+		q := "UPDATE " + s.t.String() + " SET state = 'delivered', delivered_at = " + s.d.now +
+			", claim_token = NULL, claimed_until = " + s.d.epoch + s.d.asyncCommit + " WHERE state = 'pending' AND " + b.in("id", ids)
+		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
+			return fmt.Errorf("outbox: mark %d messages delivered in %s: %w", len(ids), s.t, err)
+		}
+		return nil
+	})
+}
+
+// Release implements [store.Store].
+func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
+	if p.All {
+		b := builder{d: s.d}
+		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token)
+		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
+			return fmt.Errorf("outbox: release the messages of a claim in %s: %w", s.t, err)
+		}
+		return nil
+	}
+	return s.inChunks(p.IDs, func(ids []string) error {
+		b := builder{d: s.d}
+		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE claim_token = " + b.arg(p.Token) +
+			" AND " + b.in("id", ids)
+		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
+			return fmt.Errorf("outbox: release %d messages in %s: %w", len(ids), s.t, err)
+		}
+		return nil
+	})
+}
+
+// ExtendLease implements [store.LeaseExtender].
+func (s *Store) ExtendLease(ctx context.Context, p *store.ExtendLeaseParams) (int64, error) {
+	if p.Lease <= 0 {
+		return 0, fmt.Errorf("outbox: ExtendLeaseParams.Lease must be positive, got %v", p.Lease)
+	}
+	b := builder{d: s.d}
+	q := "UPDATE " + s.t.String() + " SET claimed_until = " + b.nowPlus(p.Lease) + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token)
+	res, err := s.db.ExecContext(ctx, q, b.args...)
+	if err != nil {
+		return 0, fmt.Errorf("outbox: extend the lease of a claim in %s: %w", s.t, err)
+	}
+	return res.RowsAffected()
+}
+
+func (s *Store) inChunks(ids []string, f func([]string) error) error {
+	return inChunks(ids, s.d.maxParams-8, f)
+}
+
+// Fail implements [store.Store]. All failures are recorded in one transaction.
+func (s *Store) Fail(ctx context.Context, p *store.FailParams) error {
+	if len(p.Failures) == 0 {
+		return nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("outbox: record failures in %s: %w", s.t, err)
+	}
+	defer tx.Rollback()
+	for _, f := range p.Failures {
+		b := builder{d: s.d}
+		state := store.Pending
+		if f.Park {
+			state = store.Parked
+		}
+		q := "UPDATE " + s.t.String() + " SET attempts = attempts + 1, state = " + b.arg(string(state)) +
+			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.nowPlus(f.RetryAfter) +
+			", claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token) +
+			" AND id = " + b.arg(f.ID)
+		if _, err := tx.ExecContext(ctx, q, b.args...); err != nil {
+			return fmt.Errorf("outbox: record failure of %s in %s: %w", f.ID, s.t, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("outbox: record failures in %s: %w", s.t, err)
+	}
+	return nil
+}

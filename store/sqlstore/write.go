@@ -1,0 +1,231 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+
+	"github.com/uptrace/bun"
+
+	"github.com/outboxgo/outbox/store"
+)
+
+// unwrap returns the database/sql handle under a bun handle, so that Write binds its
+// arguments natively instead of having bun inline them.
+func unwrap(db store.Execer) store.Execer {
+	switch v := db.(type) {
+	case bun.Tx:
+		if v.Tx != nil {
+			return v.Tx
+		}
+	case *bun.Tx:
+		if v != nil && v.Tx != nil {
+			return v.Tx
+		}
+	case *bun.DB:
+		if v != nil {
+			return v.DB
+		}
+	case bun.Conn:
+		if v.Conn != nil {
+			return v.Conn
+		}
+	}
+	return db
+}
+
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	switch v := v.(type) {
+	case bun.Tx:
+		return v.Tx == nil
+	case bun.Conn:
+		return v.Conn == nil
+	}
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Pointer, reflect.Interface, reflect.Map, reflect.Func, reflect.Chan, reflect.Slice:
+		return rv.IsNil()
+	}
+	return false
+}
+
+const writeColumns = 5
+
+// Write implements [store.Store]. When ctx carries a span, each message also stores its trace
+// context (the traceparent and tracestate headers), unless it has a traceparent of its own.
+func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Message) error {
+	if isNil(db) {
+		return store.ErrNilTx
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	ids := make([]string, len(msgs))
+	headers := make([]string, len(msgs))
+	for i := range msgs {
+		m := &msgs[i]
+		if err := m.Validate(s.maxBytes); err != nil {
+			return fmt.Errorf("message %d: %w", i, err)
+		}
+		h, err := store.EncodeHeaders(store.WithTraceContext(ctx, m.Headers))
+		if err != nil {
+			return fmt.Errorf("message %d: %w", i, err)
+		}
+		headers[i] = h
+		ids[i] = m.ID
+		if ids[i] == "" {
+			ids[i] = store.NewID()
+		}
+	}
+	db = unwrap(db)
+	for start, end := 0, 0; start < len(msgs); start = end {
+		end = s.statementEnd(msgs, start)
+		if s.logOnly != nil {
+			if err := s.writeLogOnly(ctx, db, msgs[start:end], ids[start:end], headers[start:end]); err != nil {
+				return err
+			}
+			continue
+		}
+		b := builder{d: s.d, args: make([]any, 0, (end-start)*writeColumns)}
+		var q strings.Builder
+		// created_at comes from the database's clock, as it does for plain-SQL writers. A new
+		// message is due at once: next_attempt_at keeps its default until a failure sets it.
+		q.WriteString("INSERT INTO " + s.t.String() + " (id, topic, message_key, payload, headers, created_at) VALUES ")
+		for i := start; i < end; i++ {
+			if i > start {
+				q.WriteByte(',')
+			}
+			fmt.Fprintf(&q, "(%s,%s,%s,%s,%s,%s)", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
+				b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.now)
+		}
+		if err := s.insert(ctx, db, q.String(), &b, end-start); err != nil {
+			// Nothing of this Write stays: the statements before wrote all their messages.
+			if derr := s.unwrite(ctx, db, ids[:start]); derr != nil {
+				return errors.Join(err, derr)
+			}
+			return err
+		}
+	}
+	if s.logOnly == nil {
+		s.signal()
+	}
+	return nil
+}
+
+// insert runs one INSERT of n messages. An id already in the outbox fails it with
+// store.ErrDuplicateID, and a missing table with store.ErrNotMigrated. MySQL and SQLite undo
+// just the failed statement; Postgres would abort the caller's transaction, so there the
+// statement skips conflicting ids, and the rows it did insert are deleted again.
+func (s *Store) insert(ctx context.Context, db store.Execer, stmt string, b *builder, n int) error {
+	fail := func(err error) error {
+		if kind := s.d.classify(err); kind != nil {
+			return fmt.Errorf("%w: write %d messages to %s: %v", kind, n, s.t, err)
+		}
+		return fmt.Errorf("outbox: write %d messages to %s: %w", n, s.t, err)
+	}
+	q, canQuery := db.(interface {
+		QueryRowContext(context.Context, string, ...any) *sql.Row
+	})
+	if !s.d.notify || !canQuery {
+		if _, err := db.ExecContext(ctx, stmt, b.args...); err != nil {
+			return fail(err)
+		}
+		return nil
+	}
+	// Postgres delivers the notification when the caller's transaction commits, once per
+	// channel and transaction however many statements sent it.
+	stmt = "WITH written AS (" + stmt + " ON CONFLICT (id) DO NOTHING RETURNING seq) SELECT count(*), coalesce(string_agg(seq::text, ','), ''), pg_notify(" +
+		b.arg(s.t.channel()) + ", '') FROM written"
+	var (
+		written int
+		seqs    string
+		notify  any
+	)
+	if err := q.QueryRowContext(ctx, stmt, b.args...).Scan(&written, &seqs, &notify); err != nil {
+		return fail(err)
+	}
+	if written == n {
+		return nil
+	}
+	if seqs != "" {
+		if _, err := db.ExecContext(ctx, "DELETE FROM "+s.t.String()+" WHERE seq IN ("+seqs+")"); err != nil {
+			return fmt.Errorf("outbox: write %d messages to %s: undo: %w", n, s.t, err)
+		}
+	}
+	return fmt.Errorf("%w: write %d messages to %s: %d of their ids are taken", store.ErrDuplicateID, n, s.t, n-written)
+}
+
+// unwrite deletes the messages ids written by the earlier statements of a failed Write.
+func (s *Store) unwrite(ctx context.Context, db store.Execer, ids []string) error {
+	return s.inChunks(ids, func(ids []string) error {
+		b := builder{d: s.d}
+		if _, err := db.ExecContext(ctx, "DELETE FROM "+s.t.String()+" WHERE "+b.in("id", ids), b.args...); err != nil {
+			return fmt.Errorf("outbox: undo a failed write to %s: %w", s.t, err)
+		}
+		return nil
+	})
+}
+
+func payloadArg(p []byte) []byte {
+	if p == nil {
+		return []byte{}
+	}
+	return p
+}
+
+// writeLogOnly inserts msgs in the log-only state, where the change log will carry them, and
+// deletes them again: the log keeps the inserted rows, the table does not. The reader tells
+// them by their state. The casts are Postgres's, the one database that allows log-only
+// writes.
+func (s *Store) writeLogOnly(ctx context.Context, db store.Execer, msgs []store.Message, ids, headers []string) error {
+	b := builder{d: s.d, args: make([]any, 0, len(msgs)*writeColumns)}
+	var q strings.Builder
+	q.WriteString("INSERT INTO " + s.t.String() + " (id, topic, message_key, payload, headers, created_at, state) SELECT * FROM (VALUES ")
+	for i := range msgs {
+		if i > 0 {
+			q.WriteByte(',')
+		}
+		fmt.Fprintf(&q, "(%s::text,%s::text,%s::text,%s::bytea,%s::text,%s,'%s')", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
+			b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.now, LogOnlyState)
+	}
+	q.WriteString(") AS written WHERE " + s.logOnly.Ready)
+	res, err := db.ExecContext(ctx, q.String(), b.args...)
+	if err != nil {
+		return fmt.Errorf("outbox: write %d log-only messages to %s: %w", len(msgs), s.t, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n != int64(len(msgs)) {
+		return store.LogUnavailable("log-only write of %d messages to %s refused, as the log would not carry them: %s", len(msgs), s.t, s.logOnly.NotReady)
+	}
+	d := builder{d: s.d, args: make([]any, 0, len(msgs))}
+	if _, err := db.ExecContext(ctx, "DELETE FROM "+s.t.String()+" WHERE "+d.in("id", ids)+" AND state = '"+LogOnlyState+"'", d.args...); err != nil {
+		return fmt.Errorf("outbox: write %d log-only messages to %s: delete the rows: %w", len(msgs), s.t, err)
+	}
+	return nil
+}
+
+// LogOnlyState is the state of a row that Write of a log-only store inserts and deletes at
+// once: only the change log sees it, and the log reader tells log-only messages by it.
+const LogOnlyState = "logged"
+
+// statementEnd is where the INSERT that starts at msgs[start] ends: within the database's
+// parameter limit, and within maxStatementBytes of payload unless one message is larger alone.
+func (s *Store) statementEnd(msgs []store.Message, start int) int {
+	end, size := start, 0
+	for end < len(msgs) && end-start < (s.d.maxParams-1)/writeColumns {
+		size += len(msgs[end].Payload)
+		if end > start && size > maxStatementBytes {
+			break
+		}
+		end++
+	}
+	return end
+}
+
+// maxStatementBytes keeps an INSERT of many messages below MySQL's default packet limit.
+const maxStatementBytes = 4 << 20

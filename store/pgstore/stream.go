@@ -149,12 +149,13 @@ func (rc *receiver) await(ctx context.Context) (pgproto3.BackendMessage, error) 
 	r.mu.Lock()
 	r.interrupt = nil
 	r.mu.Unlock()
+	waited := rctx.Err() != nil // the deadline passed or a batch interrupted: not the connection
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if pgconn.Timeout(err) || rctx.Err() != nil {
+		if pgconn.Timeout(err) || waited {
 			return nil, nil // the connection survives a deadline: pgconn reads on where it stopped
 		}
 		return nil, fmt.Errorf("outbox: read replication stream: %w", err)

@@ -162,85 +162,21 @@ const visibleWithin = 200 * time.Millisecond
 // through the "pending_key" index: only messages up to the batch's last are looked at, and
 // those before a batch are mostly delivered already.
 func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Conn) (ready map[int64]bool, heldFrom map[string]int64, err error) {
-	var db store.Querier = s.db
-	lock := ""
-	if lookup != nil {
-		db, lock = lookup, s.d.shareLock
-	}
+	l := s.newLogLookup(msgs, lookup)
 	missing := make([]int64, len(msgs))
 	logOnly := map[int64]bool{}
-	var (
-		keys   []string
-		keySet = map[string]bool{}
-		maxSeq int64
-	)
 	for i, m := range msgs {
 		missing[i] = m.Seq
-		maxSeq = max(maxSeq, m.Seq)
 		if m.LogOnly {
 			logOnly[m.Seq] = true
 		}
-		if m.Key != "" && !keySet[m.Key] {
-			keySet[m.Key] = true
-			keys = append(keys, m.Key)
-		}
 	}
-	ready = make(map[int64]bool, len(msgs))
-	heldFrom = map[string]int64{}
-	// held is the lookup of held messages of keys, up to the batch's last message.
-	held := func(b *builder, keys []string) string {
-		holding := "state = 'pending' AND held = 1"
-		if s.strict {
-			holding = "(" + holding + " OR state = 'parked')"
-		}
-		return "SELECT MIN(seq), -1, message_key FROM " + s.t.String() + " WHERE " + b.in("message_key", keys) +
-			" AND " + holding + " AND seq <= " + b.arg(maxSeq) + " GROUP BY message_key"
-	}
-	// Keys go into the first lookup when they fit beside its seqs, into their own otherwise.
-	withHeld := len(keys) > 0 && len(keys) <= (s.d.maxParams-16)/2
-	if !withHeld && len(keys) > 0 {
-		err := inChunks(keys, s.d.maxParams-16, func(keys []string) error {
-			b := builder{d: s.d}
-			return s.scanHeld(ctx, db, held(&b, keys), b.args, heldFrom)
-		})
-		if err != nil {
-			return nil, nil, err
-		}
+	if err := l.heldAlone(ctx); err != nil {
+		return nil, nil, err
 	}
 	deadline := time.Now().Add(visibleWithin)
 	for wait := 100 * time.Microsecond; ; wait *= 2 {
-		found := make(map[int64]bool, len(missing))
-		err = inChunks(missing, (s.d.maxParams-16)/2, func(seqs []int64) error {
-			b := builder{d: s.d}
-			q := "SELECT seq, CASE WHEN (state = 'pending' AND held = 0) OR state = '" + LogOnlyState + "' THEN 1 ELSE 0 END, '' FROM " + s.t.String() +
-				" WHERE " + b.inSeqs("seq", seqs) + lock
-			if withHeld {
-				q = "(" + q + ") UNION ALL (" + held(&b, keys) + ")"
-				withHeld = false
-			}
-			rows, err := db.QueryContext(ctx, q, b.args...)
-			if err != nil {
-				return err
-			}
-			defer rows.Close()
-			for rows.Next() {
-				var (
-					seq int64
-					ok  int
-					key string
-				)
-				if err := rows.Scan(&seq, &ok, &key); err != nil {
-					return err
-				}
-				if ok == -1 {
-					heldFrom[key] = seq
-					continue
-				}
-				found[seq] = true
-				ready[seq] = ok == 1
-			}
-			return rows.Err()
-		})
+		found, err := l.rows(ctx, missing)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -248,7 +184,7 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Co
 		// failed, or was handed over, before a crash): then polling owns it.
 		missing = slices.DeleteFunc(missing, func(seq int64) bool {
 			if logOnly[seq] && !found[seq] {
-				ready[seq] = true
+				l.ready[seq] = true
 				return true
 			}
 			return found[seq]
@@ -265,7 +201,97 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Co
 	if len(missing) > 0 {
 		s.log.Warn("logged outbox rows not found in the table: deleted, so not published", slog.Int("count", len(missing)))
 	}
-	return ready, heldFrom, nil
+	return l.ready, l.heldFrom, nil
+}
+
+// logLookup looks up the rows of a log batch, and the held messages of its keys up to the
+// batch's last message.
+type logLookup struct {
+	s        *Store
+	db       store.Querier
+	lock     string // a locking read's suffix, on MySQL's lookup session
+	keys     []string
+	maxSeq   int64
+	withHeld bool // the held messages go into the next lookup of rows
+	ready    map[int64]bool
+	heldFrom map[string]int64
+}
+
+func (s *Store) newLogLookup(msgs []LogMessage, lookup *sql.Conn) *logLookup {
+	l := &logLookup{s: s, db: s.db, ready: make(map[int64]bool, len(msgs)), heldFrom: map[string]int64{}}
+	if lookup != nil {
+		l.db, l.lock = lookup, s.d.shareLock
+	}
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		l.maxSeq = max(l.maxSeq, m.Seq)
+		if m.Key != "" && !seen[m.Key] {
+			seen[m.Key] = true
+			l.keys = append(l.keys, m.Key)
+		}
+	}
+	// Keys go into the first lookup of rows when they fit beside its seqs.
+	l.withHeld = len(l.keys) > 0 && len(l.keys) <= (s.d.maxParams-16)/2
+	return l
+}
+
+// held is the query of the held messages of keys: with StrictOrder, parked ones too.
+func (l *logLookup) held(b *builder, keys []string) string {
+	holding := "state = 'pending' AND held = 1"
+	if l.s.strict {
+		holding = "(" + holding + " OR state = 'parked')"
+	}
+	return "SELECT MIN(seq), -1, message_key FROM " + l.s.t.String() + " WHERE " + b.in("message_key", keys) +
+		" AND " + holding + " AND seq <= " + b.arg(l.maxSeq) + " GROUP BY message_key"
+}
+
+// heldAlone looks the held messages up in statements of their own when the keys are too
+// many to go beside the rows' seqs.
+func (l *logLookup) heldAlone(ctx context.Context) error {
+	if l.withHeld || len(l.keys) == 0 {
+		return nil
+	}
+	return inChunks(l.keys, l.s.d.maxParams-16, func(keys []string) error {
+		b := builder{d: l.s.d}
+		return l.s.scanHeld(ctx, l.db, l.held(&b, keys), b.args, l.heldFrom)
+	})
+}
+
+// rows looks up the rows seqs once, and returns those it found.
+func (l *logLookup) rows(ctx context.Context, seqs []int64) (map[int64]bool, error) {
+	found := make(map[int64]bool, len(seqs))
+	err := inChunks(seqs, (l.s.d.maxParams-16)/2, func(seqs []int64) error {
+		b := builder{d: l.s.d}
+		q := "SELECT seq, CASE WHEN (state = 'pending' AND held = 0) OR state = '" + LogOnlyState + "' THEN 1 ELSE 0 END, '' FROM " + l.s.t.String() +
+			" WHERE " + b.inSeqs("seq", seqs) + l.lock
+		if l.withHeld {
+			q = "(" + q + ") UNION ALL (" + l.held(&b, l.keys) + ")"
+			l.withHeld = false
+		}
+		rows, err := l.db.QueryContext(ctx, q, b.args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				seq int64
+				ok  int
+				key string
+			)
+			if err := rows.Scan(&seq, &ok, &key); err != nil {
+				return err
+			}
+			if ok == -1 {
+				l.heldFrom[key] = seq
+				continue
+			}
+			found[seq] = true
+			l.ready[seq] = ok == 1
+		}
+		return rows.Err()
+	})
+	return found, err
 }
 
 // scanHeld runs the held-message lookup q and adds what it finds to heldFrom.
@@ -326,24 +352,9 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 	if err != nil {
 		return fmt.Errorf("outbox: mark %d logged messages delivered in %s: %w", len(delivered), s.t, err)
 	}
-	// A log-only message has no row to update: it is inserted, failed or handed over.
-	var logOnly []logOnlyRow
-	for _, f := range failures {
-		b := builder{d: s.d}
-		state := store.Pending
-		if f.Park {
-			state = store.Parked
-		}
-		if m, ok := batch.logOnly[f.ID]; ok {
-			logOnly = append(logOnly, logOnlyRow{m: m, state: state, attempts: 1, lastError: f.Error, retryAfter: f.RetryAfter})
-			continue
-		}
-		q := "UPDATE " + t + " SET attempts = attempts + 1, state = " + b.arg(string(state)) +
-			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.nowPlus(f.RetryAfter) +
-			" WHERE state = 'pending' AND claimed_until = " + s.d.epoch + " AND id = " + b.arg(f.ID)
-		if _, err := tx.ExecContext(ctx, q, b.args...); err != nil {
-			return fmt.Errorf("outbox: record failure of logged message %s in %s: %w", f.ID, s.t, err)
-		}
+	logOnly, err := s.recordLogFailures(ctx, tx, batch)
+	if err != nil {
+		return err
 	}
 	// A handed-over message gets an expired claim: that makes it held, which a sweep claims
 	// at once and which holds back the later messages of its key.
@@ -381,6 +392,30 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 		return fmt.Errorf("outbox: record logged messages in %s: %w", s.t, err)
 	}
 	return nil
+}
+
+// recordLogFailures records the failed attempts of a log batch in tx, and returns the
+// failed log-only messages, which have no row to update: they are inserted instead.
+func (s *Store) recordLogFailures(ctx context.Context, tx *sql.Tx, batch *LogBatch) ([]logOnlyRow, error) {
+	var logOnly []logOnlyRow
+	for _, f := range batch.failures {
+		b := builder{d: s.d}
+		state := store.Pending
+		if f.Park {
+			state = store.Parked
+		}
+		if m, ok := batch.logOnly[f.ID]; ok {
+			logOnly = append(logOnly, logOnlyRow{m: m, state: state, attempts: 1, lastError: f.Error, retryAfter: f.RetryAfter})
+			continue
+		}
+		q := "UPDATE " + s.t.String() + " SET attempts = attempts + 1, state = " + b.arg(string(state)) +
+			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.nowPlus(f.RetryAfter) +
+			" WHERE state = 'pending' AND claimed_until = " + s.d.epoch + " AND id = " + b.arg(f.ID)
+		if _, err := tx.ExecContext(ctx, q, b.args...); err != nil {
+			return nil, fmt.Errorf("outbox: record failure of logged message %s in %s: %w", f.ID, s.t, err)
+		}
+	}
+	return logOnly, nil
 }
 
 // logOnlyRow is a log-only message as recording puts it into the table.

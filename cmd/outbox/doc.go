@@ -17,6 +17,7 @@
 //	           postgres://user:pass@host:5432/db?sslmode=disable   (or postgresql://)
 //	           mysql://user:pass@tcp(host:3306)/db                  (go-sql-driver's DSN after mysql://)
 //	           sqlite:///path/to/app.db  or  file:/path/to/app.db
+//	         which is what the stores' Open functions take too, in the application
 //	--table  the outbox table, optionally schema-qualified (default "outbox")
 //	--json   print one JSON document on stdout instead of text
 //

@@ -16,12 +16,15 @@ import (
 	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
-// dsnForms names the DSN forms the program accepts, for its messages.
+// dsnForms names the DSN forms the program accepts, for its messages. The stores' Open
+// functions take the same forms (and their drivers' own), so a DSN that works here works in
+// the application, and the other way round.
 const dsnForms = "postgres://..., postgresql://..., mysql://<go-sql-driver DSN> such as mysql://user:pass@tcp(host:3306)/db, sqlite://<path> or file:<path>"
 
 // backend is how the program reaches the outbox in one kind of database.
 type backend struct {
 	name string
+	// open is the store's Open, which takes the DSN as given, scheme and all.
 	open func(dsn string) (*sql.DB, error)
 	new  func(db *sql.DB, cfg sqlstore.Config) (*sqlstore.Store, error)
 	// exists, when set, returns an error when the database is plainly not there, before
@@ -58,7 +61,14 @@ var (
 		name: "sqlite",
 		open: sqlitestore.Open,
 		new:  sqlitestore.New,
-		exists: func(path string) error {
+		exists: func(dsn string) error {
+			path := dsn // sqlitestore.Open took it: a path after sqlite:// or file:
+			for _, prefix := range []string{"sqlite://", "file:"} {
+				if strings.HasPrefix(strings.ToLower(path), prefix) {
+					path = path[len(prefix):]
+					break
+				}
+			}
 			if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("cannot reach the sqlite database: there is no file %s (`outbox migrate` creates it)", path)
 			}
@@ -69,39 +79,26 @@ var (
 
 var schemeRE = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*)://`)
 
-// parseDSN finds the backend of dsn, and the DSN that its Open takes.
-func parseDSN(dsn string) (backend, string, error) {
+// parseDSN finds the backend of dsn by its scheme. The backend's Open checks the rest.
+func parseDSN(dsn string) (backend, error) {
 	lower := strings.ToLower(dsn)
 	for _, f := range []struct {
 		prefix string
-		strip  bool // Open takes what follows the prefix
-		needs  string
 		b      backend
 	}{
-		{"postgres://", false, "", postgresBackend},
-		{"postgresql://", false, "", postgresBackend},
-		{"mysql://", true, "a go-sql-driver DSN, such as mysql://user:pass@tcp(host:3306)/db", mysqlBackend},
-		{"sqlite://", true, "a file path", sqliteBackend},
-		{"file:", true, "a file path", sqliteBackend},
+		{"postgres://", postgresBackend},
+		{"postgresql://", postgresBackend},
+		{"mysql://", mysqlBackend},
+		{"sqlite://", sqliteBackend},
+		{"file:", sqliteBackend},
 	} {
-		if !strings.HasPrefix(lower, f.prefix) {
-			continue
+		if strings.HasPrefix(lower, f.prefix) {
+			return f.b, nil
 		}
-		if !f.strip {
-			return f.b, dsn, nil
-		}
-		rest := dsn[len(f.prefix):]
-		switch {
-		case rest == "":
-			return backend{}, "", usagef("a DSN that starts with %s needs %s after it", f.prefix, f.needs)
-		case f.b.name == "sqlite" && strings.ContainsRune(rest, '?'):
-			return backend{}, "", usagef("the sqlite DSN %s has query parameters; give the file path only (the program sets WAL mode and a busy timeout itself)", dsn)
-		}
-		return f.b, rest, nil
 	}
 	// The DSN may hold a password: name only its scheme.
 	if m := schemeRE.FindStringSubmatch(dsn); m != nil {
-		return backend{}, "", usagef("DSN scheme %q is not supported; want %s", m[1], dsnForms)
+		return backend{}, usagef("DSN scheme %q is not supported; want %s", m[1], dsnForms)
 	}
-	return backend{}, "", usagef("the DSN has no scheme that names a database; want %s", dsnForms)
+	return backend{}, usagef("the DSN has no scheme that names a database; want %s", dsnForms)
 }

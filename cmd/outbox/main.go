@@ -124,7 +124,7 @@ type app struct {
 	stdout, stderr io.Writer
 
 	be    backend
-	dsn   string // the DSN as the backend's Open takes it
+	dsn   string // the DSN, which the backend's Open takes as it is
 	db    *sql.DB
 	st    *sqlstore.Store
 	table string // the table's unquoted, qualified name
@@ -169,9 +169,10 @@ func (a *app) main(ctx context.Context, args []string) error {
 		return usagef("no database: set --dsn or OUTBOX_DSN (%s)", dsnForms)
 	}
 	var err error
-	if a.be, a.dsn, err = parseDSN(a.g.dsn); err != nil {
+	if a.be, err = parseDSN(a.g.dsn); err != nil {
 		return err
 	}
+	a.dsn = a.g.dsn
 	defer func() {
 		if a.db != nil {
 			a.db.Close()

@@ -46,7 +46,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"regexp"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 	"weak"
@@ -64,27 +66,81 @@ type Config = sqlstore.Config
 // binlog connection, until the handle is garbage collected.
 var opened sync.Map // weak.Pointer[sql.DB] -> *mysql.Config
 
-// Open opens the database at dsn (go-sql-driver/mysql's format, user:pass@tcp(host:port)/db)
-// with the settings the outbox expects: times parsed as UTC, and arguments interpolated on the
-// client, which saves a prepare round trip per query. The DSN's password never appears in
+// dsnForm is the form of the DSN that [Open] takes, for its messages.
+const dsnForm = "mysql://user:pass@tcp(host:3306)/db"
+
+// Open opens the database at dsn with the settings the outbox expects: times parsed as UTC,
+// and arguments interpolated on the client, which saves a prepare round trip per query.
+//
+// The DSN is go-sql-driver/mysql's, user:pass@tcp(host:3306)/db?param=value, either bare or
+// after mysql:// as the operator command (cmd/outbox) takes it: both open the same database.
+// Open refuses any other form, such as a URL of another scheme or a URL-style
+// mysql://user:pass@host:3306/db that the driver would read as something else, and an empty
+// DSN, with an error that shows the expected form. The DSN's password never appears in
 // errors.
 func Open(dsn string) (*sql.DB, error) {
-	cfg, err := mysql.ParseDSN(dsn)
+	cfg, err := parseDSN(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("outbox: mysql DSN: %w", err)
+		return nil, err
 	}
 	cfg.ParseTime = true
 	cfg.Loc = time.UTC
 	cfg.InterpolateParams = true
 	conn, err := mysql.NewConnector(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("outbox: mysql DSN: %w", err)
+		return nil, fmt.Errorf("outbox: mysql DSN: %s", redact(err.Error(), dsn))
 	}
 	db := sql.OpenDB(conn)
 	key := weak.Make(db)
 	opened.Store(key, cfg.Clone())
 	runtime.AddCleanup(db, func(key weak.Pointer[sql.DB]) { opened.Delete(key) }, key)
 	return db, nil
+}
+
+// schemeRE matches the scheme of a URL.
+var schemeRE = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*)://`)
+
+// parseDSN reads dsn in go-sql-driver's form, bare or after mysql://.
+func parseDSN(dsn string) (*mysql.Config, error) {
+	const prefix = "mysql://"
+	native := dsn
+	if len(dsn) >= len(prefix) && strings.EqualFold(dsn[:len(prefix)], prefix) {
+		native = dsn[len(prefix):]
+	} else if m := schemeRE.FindStringSubmatch(dsn); m != nil {
+		// Name the scheme only: what follows may hold a password. (A bare DSN whose user
+		// name is letters and whose password starts with "//" lands here too: put mysql://
+		// before it.)
+		return nil, fmt.Errorf("outbox: mysql DSN: scheme %q is not MySQL's: want %s, or the same without mysql://", m[1], dsnForm)
+	}
+	if native == "" {
+		return nil, fmt.Errorf("outbox: mysql DSN is empty: want %s, or the same without mysql://", dsnForm)
+	}
+	cfg, err := mysql.ParseDSN(native)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: mysql DSN: %s: want %s (go-sql-driver/mysql's form, with tcp(...) around the address), or the same without mysql://",
+			redact(err.Error(), native), dsnForm)
+	}
+	return cfg, nil
+}
+
+// redact hides the password of dsn in msg. The driver's messages quote parts of the DSN
+// (a network name, a parameter's value), which in a malformed DSN may hold it. The driver
+// reads the password between the first colon and the last @ before the last slash; in a DSN
+// without a slash, before the last @.
+func redact(msg, dsn string) string {
+	for _, end := range []int{strings.LastIndexByte(dsn, '/'), len(dsn)} {
+		if end < 0 {
+			continue
+		}
+		at := strings.LastIndexByte(dsn[:end], '@')
+		if at < 0 {
+			continue
+		}
+		if colon := strings.IndexByte(dsn[:at], ':'); colon >= 0 && colon+1 < at {
+			msg = strings.ReplaceAll(msg, dsn[colon+1:at], "xxxxx")
+		}
+	}
+	return msg
 }
 
 // New returns the outbox store for db, a MySQL or MariaDB database (see [Open]). Call Migrate

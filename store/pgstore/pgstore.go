@@ -58,6 +58,8 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -69,20 +71,41 @@ import (
 // Config configures the store. See [sqlstore.Config].
 type Config = sqlstore.Config
 
-// Open opens the Postgres database at dsn (a URL or key=value string) through pgx's
-// database/sql driver. Connections idle for less than 10 s are reused without a liveness ping
-// (pgx pings after 1 s), so an idle dispatcher polling once a second sends one query a second,
-// not two. The DSN's password never appears in errors.
+// dsnForm is the form of the DSN that [Open] takes, for its messages.
+const dsnForm = "postgres://user:pass@host:5432/db?sslmode=disable (or postgresql://), or libpq's key=value form"
+
+// Open opens the Postgres database at dsn through pgx's database/sql driver. Connections idle
+// for less than 10 s are reused without a liveness ping (pgx pings after 1 s), so an idle
+// dispatcher polling once a second sends one query a second, not two.
+//
+// The DSN is a URL, postgres://user:pass@host:5432/db?sslmode=disable (or postgresql://),
+// which the operator command (cmd/outbox) takes too, or libpq's key=value form, "host=db
+// user=app dbname=app", which pgx reads as well; settings that the DSN leaves out come from
+// the PG* environment variables, as with libpq. Open refuses a URL of another scheme and
+// whatever pgx cannot read, with an error that shows the expected form. The DSN's password
+// never appears in errors.
 func Open(dsn string) (*sql.DB, error) {
+	if m := schemeRE.FindStringSubmatch(dsn); m != nil {
+		scheme := strings.ToLower(m[1])
+		if scheme != "postgres" && scheme != "postgresql" {
+			// Name the scheme only: what follows may hold a password, in a form that pgx's
+			// redaction does not know.
+			return nil, fmt.Errorf("outbox: postgres DSN: scheme %q is not Postgres's: want %s", m[1], dsnForm)
+		}
+		dsn = scheme + dsn[len(scheme):] // schemes are case-insensitive; pgx knows them in lower case
+	}
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		// pgx's parse errors redact the password.
-		return nil, fmt.Errorf("outbox: postgres DSN: %w", err)
+		return nil, fmt.Errorf("outbox: postgres DSN: %w: want %s", err, dsnForm)
 	}
 	return stdlib.OpenDB(*cfg, stdlib.OptionShouldPing(func(_ context.Context, p stdlib.ShouldPingParams) bool {
 		return p.IdleDuration > pingAfterIdle
 	})), nil
 }
+
+// schemeRE matches the scheme of a URL.
+var schemeRE = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*)://`)
 
 const pingAfterIdle = 10 * time.Second
 

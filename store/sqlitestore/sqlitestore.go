@@ -12,6 +12,8 @@ import (
 	"database/sql"
 	"fmt"
 	"net/url"
+	"regexp"
+	"strings"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
@@ -38,13 +40,57 @@ func DSN(path string) string {
 	return "file:" + path + "?" + q.Encode()
 }
 
-// Open opens the SQLite database file at path (creating it if needed) with [DSN]'s settings.
-func Open(path string) (*sql.DB, error) {
+// dsnForm is the form of the DSN that [Open] takes, for its messages.
+const dsnForm = "sqlite:///path/to/app.db (or sqlite://relative.db, file:/path/to/app.db, or the bare path)"
+
+// Open opens the SQLite database file named by dsn (creating it if needed) with [DSN]'s
+// settings.
+//
+// The DSN is the file's path, either bare or after sqlite:// or file:, as the operator
+// command (cmd/outbox) takes it: sqlite:///var/lib/app.db, file:/var/lib/app.db and
+// /var/lib/app.db open the same file, and sqlite://app.db opens app.db in the working
+// directory. Open refuses a DSN with query parameters (it sets its own: to choose others,
+// sql.Open [DriverName] with a DSN of your own, like [DSN]'s), a URL of another scheme and
+// an empty DSN, with an error that shows the expected form.
+func Open(dsn string) (*sql.DB, error) {
+	path, err := parseDSN(dsn)
+	if err != nil {
+		return nil, err
+	}
 	db, err := sql.Open(DriverName, DSN(path))
 	if err != nil {
 		return nil, fmt.Errorf("outbox: open sqlite %s: %w", path, err)
 	}
 	return db, nil
+}
+
+// schemeRE matches the scheme of a URL.
+var schemeRE = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*)://`)
+
+// parseDSN returns the file path that dsn names.
+func parseDSN(dsn string) (string, error) {
+	path := dsn
+	lower := strings.ToLower(dsn)
+	switch {
+	case strings.HasPrefix(lower, "sqlite://"):
+		path = dsn[len("sqlite://"):]
+	case strings.HasPrefix(lower, "file:"):
+		path = dsn[len("file:"):]
+	default:
+		if m := schemeRE.FindStringSubmatch(dsn); m != nil {
+			// Name the scheme only: what follows may hold a password.
+			return "", fmt.Errorf("outbox: sqlite DSN: scheme %q is not SQLite's: want %s", m[1], dsnForm)
+		}
+	}
+	switch {
+	case path == "":
+		return "", fmt.Errorf("outbox: sqlite DSN names no file: want %s", dsnForm)
+	case strings.ContainsRune(path, '?'):
+		// The parameters are not shown: a driver may take a key among them.
+		file, _, _ := strings.Cut(path, "?")
+		return "", fmt.Errorf("outbox: sqlite DSN of %s has query parameters, and Open sets its own (WAL journaling, a busy timeout): want %s, the file path only", file, dsnForm)
+	}
+	return path, nil
 }
 
 // New returns the outbox store for db, a SQLite database opened with the modernc.org/sqlite

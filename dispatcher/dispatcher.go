@@ -46,12 +46,16 @@ type Dispatcher struct {
 
 // run is one Start..Stop lifetime.
 type run struct {
-	stop     chan struct{} // closed: claim no more
+	ctx      context.Context // Start's context: the run ends when it does
+	stop     chan struct{}   // closed: claim no more
 	stopOnce sync.Once
 	cancel   context.CancelFunc // abandons in-flight work
 	done     chan struct{}      // closed when every worker has returned
 	more     chan struct{}      // a worker claimed a full batch: a resting one may join
 }
+
+// ended reports whether the run is over or ending: stopped, or its context done.
+func (r *run) ended() bool { return closed(r.stop) || r.ctx.Err() != nil }
 
 // Stats counts what a dispatcher did since it was created.
 type Stats struct {
@@ -108,14 +112,20 @@ func (d *Dispatcher) Stats() Stats {
 }
 
 // Start checks the store and starts dispatching in the background. It returns nil at once if
-// the dispatcher is already running, and an error if a Stop that ran out of time is still
-// waiting for the publisher. Cancelling ctx later stops the dispatcher abruptly, as an
-// expired [Dispatcher.Stop] would; call Stop for a graceful end.
+// the dispatcher is already running, and an error if a Stop that ran out of time, or the end
+// of the previous Start's context, left it waiting for the publisher.
+//
+// ctx bounds the whole run, not only the start: cancelling it later stops the dispatcher
+// abruptly, as an expired [Dispatcher.Stop] would (in-flight publishes are abandoned), and
+// the dispatcher logs that it stopped and why; [Dispatcher.Mode] then reports [ModeStopped]
+// until Start is called again. To stop on a signal gracefully, start with a context that the
+// signal does not cancel (context.WithoutCancel) and call Stop with a deadline when it
+// comes, or use [Dispatcher.Run], which does both.
 func (d *Dispatcher) Start(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if r := d.run; r != nil && !closed(r.done) {
-		if closed(r.stop) {
+		if r.ended() {
 			return errors.New("outbox: dispatcher is still stopping: its in-flight publishes have not returned")
 		}
 		return nil
@@ -127,8 +137,9 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("outbox: dispatcher metrics: %w", err)
 	}
+	startCtx := ctx
 	ctx, cancel := context.WithCancel(ctx)
-	r := &run{stop: make(chan struct{}), cancel: cancel, done: make(chan struct{}), more: make(chan struct{}, d.cfg.Workers)}
+	r := &run{ctx: startCtx, stop: make(chan struct{}), cancel: cancel, done: make(chan struct{}), more: make(chan struct{}, d.cfg.Workers)}
 	d.run = r
 	var workers sync.WaitGroup
 	lr := d.logReader()
@@ -149,6 +160,13 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 		workers.Wait()
 		d.logs.mode.Store(int32(ModePolling)) // for Drain
 		unobserve()
+		if !closed(r.stop) {
+			// Nobody called Stop: the caller may not know that nothing is delivered now.
+			d.log.Warn("dispatcher stopped: the context given to Start ended; messages are not delivered until Start is called again",
+				slog.Any("cause", context.Cause(startCtx)))
+		} else {
+			d.log.Info("dispatcher stopped")
+		}
 		close(r.done)
 	}()
 	d.log.Info("dispatcher started", slog.String("store", d.st.Capabilities().Name), slog.Int("workers", d.cfg.Workers),
@@ -160,7 +178,8 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 // recorded. If ctx ends first, Stop abandons the in-flight messages (their publish context is
 // cancelled; those not yet published are given back or come back after their lease) and
 // returns ctx's error without waiting for the publisher. Stop on a dispatcher that is not
-// running returns nil.
+// running returns nil, as does Stop after the context given to Start ended, which stopped
+// the dispatcher already (and logged it).
 func (d *Dispatcher) Stop(ctx context.Context) error {
 	d.mu.Lock()
 	r := d.run
@@ -254,7 +273,7 @@ func (d *Dispatcher) loop(ctx context.Context, r *run, lead bool) {
 		case !lead:
 			errWait.Reset()
 			rest = true
-		case d.Mode() != ModePolling:
+		case d.mode() != ModePolling:
 			// Looking costs no query: claimParams says when the sweep is due.
 			errWait.Reset()
 			wait = min(d.cfg.PollInterval, sweepTick)
@@ -270,7 +289,7 @@ func (d *Dispatcher) loop(ctx context.Context, r *run, lead bool) {
 		switch {
 		case rest:
 			wakeUps = r.more
-		case d.Mode() != ModePolling:
+		case d.mode() != ModePolling:
 			wakeUps = nil // the log reader delivers new messages; the sweep keeps its pace
 			fallthrough
 		default:

@@ -22,6 +22,9 @@ const (
 	ModeStandby
 	// ModeLog reads the change log, and sweeps the table for what the log did not carry.
 	ModeLog
+	// ModeStopped delivers nothing: the dispatcher was never started, was stopped, or the
+	// context given to Start ended. [Dispatcher.Drain] works all the same.
+	ModeStopped
 )
 
 func (m Mode) String() string {
@@ -30,6 +33,8 @@ func (m Mode) String() string {
 		return "standby"
 	case ModeLog:
 		return "log"
+	case ModeStopped:
+		return "stopped"
 	}
 	return "polling"
 }
@@ -97,8 +102,19 @@ func (d *Dispatcher) followUp(out *outcome) {
 	}
 }
 
-// Mode returns how the dispatcher finds messages now.
-func (d *Dispatcher) Mode() Mode { return Mode(d.logs.mode.Load()) }
+// Mode returns how the dispatcher finds messages now: [ModeStopped] whenever it is not
+// running (never started, stopped, or the context given to Start ended).
+func (d *Dispatcher) Mode() Mode {
+	if !d.running() {
+		return ModeStopped
+	}
+	return d.mode()
+}
+
+// mode is how the dispatcher finds messages while it runs, and polling otherwise (as Drain
+// does). The dispatcher's own decisions go by it: a run that is ending must not claim as if
+// it polled.
+func (d *Dispatcher) mode() Mode { return Mode(d.logs.mode.Load()) }
 
 func (d *Dispatcher) setMode(m Mode) {
 	if old := Mode(d.logs.mode.Swap(int32(m))); old != m {
@@ -121,7 +137,7 @@ func (d *Dispatcher) logReader() store.LogReader {
 // a log reader, claims only sweep messages the log did not carry or left to polling.
 func (d *Dispatcher) claimParams() *store.ClaimParams {
 	p := &store.ClaimParams{Limit: d.cfg.BatchSize, Lease: d.cfg.Lease}
-	switch d.Mode() {
+	switch d.mode() {
 	case ModeStandby:
 		return nil
 	case ModeLog:
@@ -183,7 +199,7 @@ func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 		}
 		var pause time.Duration
 		if errors.Is(err, store.ErrLogUnavailable) {
-			if err.Error() != unavailable || d.Mode() != ModePolling {
+			if err.Error() != unavailable || d.mode() != ModePolling {
 				d.log.Warn("change log unavailable; polling", slog.Any("reason", err), slog.Duration("retry_in", d.cfg.LogRetry))
 			}
 			unavailable = err.Error()
@@ -199,7 +215,7 @@ func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 			}
 			// A new reader often fails a few times at first (the server still holds the slot
 			// for the one that died): poll only if failures last.
-			if d.Mode() != ModePolling && time.Since(failingSince) > logFailover {
+			if d.mode() != ModePolling && time.Since(failingSince) > logFailover {
 				d.log.Warn("change log reader keeps failing; polling until it is back", slog.Any("error", err))
 				d.setMode(ModePolling)
 			}

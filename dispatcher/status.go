@@ -24,8 +24,8 @@ type Status struct {
 	Healthy bool   `json:"healthy"`
 	Reason  string `json:"reason,omitempty"`
 	Store   string `json:"store"`
-	// Mode is how messages are found: "log", "standby" (another dispatcher reads the log) or
-	// "polling".
+	// Mode is how messages are found: "log", "standby" (another dispatcher reads the log),
+	// "polling", or "stopped" when the dispatcher is not running.
 	Mode string `json:"mode"`
 	// LogLagBytes is, in log mode, how far the log reader's confirmed position is behind the
 	// end of the log (-1 when not known).
@@ -65,11 +65,12 @@ func (d *Dispatcher) StatusHandler(cfg StatusConfig) http.Handler {
 // Status reads the outbox's status now; maxLag is the oldest a pending message may be.
 func (d *Dispatcher) Status(ctx context.Context, maxLag time.Duration) Status {
 	stats := d.Stats()
+	mode := d.Mode()
 	st := Status{
 		Healthy:                true,
 		Store:                  d.st.Capabilities().Name,
-		Mode:                   d.Mode().String(),
-		Running:                d.running(),
+		Mode:                   mode.String(),
+		Running:                mode != ModeStopped,
 		Published:              stats.Published,
 		Failed:                 stats.Failed,
 		ParkedByThisDispatcher: stats.Parked,
@@ -79,11 +80,11 @@ func (d *Dispatcher) Status(ctx context.Context, maxLag time.Duration) Status {
 			st.Healthy, st.Reason = false, reason
 		}
 	}
-	if d.Mode() == ModeLog {
+	if mode == ModeLog {
 		st.LogLagBytes = d.logs.lagBytes.Load()
 	}
 	if !st.Running {
-		unhealthy("dispatcher not running")
+		unhealthy(d.notRunning())
 	}
 	op, ok := d.st.(store.Operator)
 	if !ok {
@@ -108,12 +109,24 @@ func (d *Dispatcher) Status(ctx context.Context, maxLag time.Duration) Status {
 	return st
 }
 
-// running reports whether the dispatcher was started and not stopped.
+// running reports whether the dispatcher was started, and neither stopped nor left to stop
+// by the end of the context given to Start.
 func (d *Dispatcher) running() bool {
 	d.mu.Lock()
 	r := d.run
 	d.mu.Unlock()
-	return r != nil && !closed(r.stop)
+	return r != nil && !r.ended()
+}
+
+// notRunning says why the dispatcher is not running.
+func (d *Dispatcher) notRunning() string {
+	d.mu.Lock()
+	r := d.run
+	d.mu.Unlock()
+	if r != nil && !closed(r.stop) && r.ctx.Err() != nil {
+		return "dispatcher not running: the context given to Start ended (" + context.Cause(r.ctx).Error() + ")"
+	}
+	return "dispatcher not running"
 }
 
 func closed(ch <-chan struct{}) bool {

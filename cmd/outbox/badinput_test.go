@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -120,6 +121,9 @@ func TestReportsUnusableOutbox(t *testing.T) {
 				require.Contains(t, r.stderr, w)
 			}
 			require.NotContains(t, r.stderr, "hunter2", "a DSN's password is never printed")
+			for _, once := range []string{"not migrated", "lacks rights"} {
+				require.LessOrEqual(t, strings.Count(r.stderr, once), 1, "%q is said once:\n%s", once, r.stderr)
+			}
 		})
 	}
 }

@@ -38,7 +38,7 @@ func TestBuiltBinary(t *testing.T) {
 	require.Equal(t, "sqlite", st.Database)
 	require.EqualValues(t, 1, st.Pending)
 	require.EqualValues(t, 1, st.Parked)
-	require.Equal(t, modePolling, st.Log.Mode)
+	require.Equal(t, modeNone, st.Log.Mode)
 	require.Empty(t, stderr.String())
 
 	cmd = exec.Command(bin, "--dsn", "redis://localhost", "status")

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -105,6 +107,7 @@ func setupRequeue(fs *flag.FlagSet) func(context.Context, *app) error {
 		if err := a.open(ctx, true, true); err != nil {
 			return err
 		}
+		params.IDs = slices.Compact(slices.Sorted(slices.Values(params.IDs)))
 		n, err := a.st.Requeue(ctx, params)
 		if errors.Is(err, store.ErrNoSelection) {
 			return usagef("requeue: say which parked messages to requeue: %s", requeueSelectors)
@@ -112,13 +115,36 @@ func setupRequeue(fs *flag.FlagSet) func(context.Context, *app) error {
 		if err != nil {
 			return err
 		}
-		return a.print(map[string]int64{"requeued": n}, func(p *printer) {
-			if n == 0 {
+		// A topic or key that matches nothing is a query with no answer; an id is the
+		// operator's word that the message is there and parked: one that is not is an error.
+		unmatched := int64(len(params.IDs)) - n
+		report := map[string]int64{"requeued": n}
+		if len(params.IDs) > 0 {
+			report["ids_not_parked"] = unmatched
+		}
+		if err := a.print(report, func(p *printer) {
+			switch {
+			case n == 0 && len(params.IDs) == 0:
 				p.line("requeued 0 parked messages: none matched")
-				return
+			case n == 1:
+				p.line("requeued 1 parked message: it is pending again, due now, with its attempts reset")
+			case n > 1:
+				p.line("requeued %d parked messages: they are pending again, due now, with their attempts reset", n)
 			}
-			p.line("requeued %d parked %s: they are pending again, due now, with their attempts reset", n, plural(n, "message"))
-		})
+		}); err != nil {
+			return err
+		}
+		if unmatched > 0 {
+			which := fmt.Sprintf("%d of the %d ids given with --id named no parked message", unmatched, len(params.IDs))
+			switch {
+			case len(params.IDs) == 1:
+				which = "the id given with --id named no parked message"
+			case n == 0:
+				which = fmt.Sprintf("none of the %d ids given with --id named a parked message", len(params.IDs))
+			}
+			return fmt.Errorf("%s: there is no such id in table %s, or its message is pending or delivered (`outbox parked` lists the parked ones)", which, a.table)
+		}
+		return nil
 	}
 }
 

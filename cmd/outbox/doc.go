@@ -27,11 +27,12 @@
 //	                             pending message), deliveries in the last minute, and the
 //	                             change log reader: "log" when a dispatcher reads the log
 //	                             (a connected replication slot on Postgres, the reader's
-//	                             lock held on MySQL), "polling" otherwise, and why
+//	                             lock held on MySQL), "none" otherwise, and why
 //	parked [--limit 100] [--topic t] [--key k]
 //	                             parked messages, oldest first, with their last error
 //	requeue --id id [--id id...] | --topic t [--key k] | --key k | --all
-//	                             make parked messages pending again, due now
+//	                             make parked messages pending again, due now; it fails
+//	                             when an id given with --id names no parked message
 //	purge --older-than 7d        delete messages delivered longer ago than that
 //	                             (a Go duration such as 36h, or days: 7d, 1d12h)
 //	migrate [--print]            create or upgrade the table; --print shows the SQL of
@@ -49,13 +50,15 @@
 //
 // 0 on success; 1 when the command failed: the database cannot be reached (the DSN's
 // password never appears), the table is not migrated (run outbox migrate), the user lacks
-// rights on it; 2 when the command line is wrong (an unknown command or flag, a DSN of no
+// rights on it, an id given to requeue --id names no parked message; 2 when the command line is wrong (an unknown command or flag, a DSN of no
 // supported form, requeue without a selection), and nothing was done. Every command but
 // migrate first checks that the table is usable.
 //
 // # What it does not do
 //
-// status reads the database, not the dispatchers: "polling" means that no reader is
-// connected to the log, whether dispatchers poll or none runs. Where a purge is already
-// running on the database, purge deletes nothing and says 0.
+// status reads the database, not the dispatchers: a polling dispatcher leaves no trace there
+// while it finds nothing to claim, so log mode "none" means that no reader is connected to
+// the log, whether dispatchers poll or none runs; a running dispatcher's own Mode and status
+// handler say which. Where a purge is already running on the database, purge deletes
+// nothing and says 0.
 package main

@@ -14,7 +14,7 @@ import (
 )
 
 // status shows the change log's reader as the server sees it: set up by migrate but idle
-// ("polling"), then read by a dispatcher ("log").
+// ("none"), then read by a dispatcher ("log").
 func TestStatusShowsTheLogReader(t *testing.T) {
 	for _, db := range setups[1:] { // the databases with a change log
 		t.Run(db.name, func(t *testing.T) {
@@ -24,10 +24,10 @@ func TestStatusShowsTheLogReader(t *testing.T) {
 			f.write(t, store.Message{Topic: "orders", Payload: []byte("1")})
 
 			st := f.status(t)
-			require.Equal(t, modePolling, st.Log.Mode)
+			require.Equal(t, modeNone, st.Log.Mode)
 			require.Contains(t, st.Log.Reason, "no log reader")
 			text := fields(t, f.ok(t, "status"))
-			require.Equal(t, modePolling, text["log mode"])
+			require.Equal(t, modeNone, text["log mode"])
 			switch f.kind {
 			case "postgres":
 				pg := st.Log.Postgres

@@ -47,10 +47,22 @@ var errShown = errors.New("usage error shown")
 type problem struct {
 	what string
 	err  error
+	// known is the store's sentinel that what explains, if any: the line after what leaves
+	// out its words, which would say the same again.
+	known error
 }
 
 func (p *problem) Error() string { return p.what + ": " + p.err.Error() }
 func (p *problem) Unwrap() error { return p.err }
+
+// detail is the error without the "outbox: " prefix and the words of p.known.
+func (p *problem) detail() string {
+	msg := trimPrefix(p.err)
+	if p.known != nil {
+		msg = strings.TrimPrefix(msg, trimPrefix(p.known)+": ")
+	}
+	return msg
+}
 
 // run runs the command line args and returns the exit code. Results go to stdout, errors and
 // the stores' logs to stderr.
@@ -70,7 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "outbox: %s\nRun 'outbox -h' for usage.\n", usage.msg)
 		return exitUsage
 	case errors.As(err, &prob):
-		fmt.Fprintf(stderr, "outbox: %s\noutbox: %s\n", prob.what, trimPrefix(prob.err))
+		fmt.Fprintf(stderr, "outbox: %s\noutbox: %s\n", prob.what, prob.detail())
 	default:
 		fmt.Fprintf(stderr, "outbox: %s\n", trimPrefix(err))
 	}
@@ -253,9 +265,9 @@ func (a *app) explain(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, store.ErrNotMigrated):
-		return &problem{fmt.Sprintf("table %s is missing or not migrated: run `outbox migrate` (with the same --dsn and --table) first", a.table), err}
+		return &problem{fmt.Sprintf("table %s is missing or not migrated: run `outbox migrate` (with the same --dsn and --table) first", a.table), err, store.ErrNotMigrated}
 	case errors.Is(err, store.ErrPermission):
-		return &problem{fmt.Sprintf("the database user lacks rights on table %s: grant it SELECT, INSERT, UPDATE and DELETE", a.table), err}
+		return &problem{fmt.Sprintf("the database user lacks rights on table %s: grant it SELECT, INSERT, UPDATE and DELETE", a.table), err, store.ErrPermission}
 	}
 	return err
 }

@@ -12,10 +12,12 @@ import (
 	"github.com/outboxgo/outbox/store/pgstore"
 )
 
-// How dispatchers find messages, as far as the database shows.
+// Whether a dispatcher reads the change log, as far as the database shows. It does not show
+// whether dispatchers poll: a polling dispatcher holds no connection or lock of its own, so
+// "none" is all it can say when no reader is connected.
 const (
 	modeLog     = "log"     // a reader reads the change log
-	modePolling = "polling" // no reader reads it: dispatchers poll, or none runs
+	modeNone    = "none"    // no reader reads it: dispatchers poll, or none runs
 	modeUnknown = "unknown" // the log's state could not be read
 )
 
@@ -67,7 +69,7 @@ func setupStatus(*flag.FlagSet) func(context.Context, *app) error {
 		var logErr error
 		switch {
 		case !a.st.Capabilities().ChangeLog:
-			r.Log = logReport{Mode: modePolling, Reason: fmt.Sprintf("the %s store reads no change log: dispatchers poll", a.st.Capabilities().Name)}
+			r.Log = logReport{Mode: modeNone, Reason: fmt.Sprintf("the %s store reads no change log: dispatchers poll it, if any runs", a.st.Capabilities().Name)}
 		default:
 			if r.Log, logErr = a.be.inspectLog(ctx, a.db, a.g.table); logErr != nil {
 				r.Log = logReport{Mode: modeUnknown, Reason: trimPrefix(logErr)}
@@ -104,7 +106,7 @@ func postgresLog(ctx context.Context, db *sql.DB, table string) (logReport, erro
 	if err != nil {
 		return logReport{}, err
 	}
-	r := logReport{Mode: modePolling, Postgres: s}
+	r := logReport{Mode: modeNone, Postgres: s}
 	switch {
 	case s.Active:
 		r.Mode = modeLog
@@ -138,7 +140,7 @@ func mysqlLog(ctx context.Context, db *sql.DB, table string) (logReport, error) 
 	if err != nil {
 		return logReport{}, err
 	}
-	r := logReport{Mode: modePolling, MySQL: s}
+	r := logReport{Mode: modeNone, MySQL: s}
 	reader := s.LockName + " (free)"
 	switch {
 	case s.ReaderConnection != 0:

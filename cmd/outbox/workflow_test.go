@@ -45,7 +45,7 @@ func TestOperatorWorkflow(t *testing.T) {
 			require.WithinRange(t, st.OldestPending, before.Add(-time.Second), time.Now())
 			require.Positive(t, st.OldestPendingAgeSeconds)
 			require.Less(t, st.OldestPendingAgeSeconds, time.Since(before).Seconds()+1)
-			require.Equal(t, modePolling, st.Log.Mode, "no dispatcher reads the log")
+			require.Equal(t, modeNone, st.Log.Mode, "no dispatcher reads the log")
 			require.NotEmpty(t, st.Log.Reason)
 
 			text := fields(t, f.ok(t, "status"))
@@ -54,7 +54,7 @@ func TestOperatorWorkflow(t *testing.T) {
 			require.Equal(t, strconv.FormatInt(st.Parked, 10), text["parked"])
 			require.Equal(t, strconv.FormatInt(st.DeliveredLastMinute, 10), text["delivered last minute"])
 			require.Contains(t, text["lag"], "oldest pending written "+st.OldestPending.UTC().Format(time.RFC3339))
-			require.Equal(t, modePolling, text["log mode"])
+			require.Equal(t, modeNone, text["log mode"])
 			require.Equal(t, st.Log.Reason, text["why not log"])
 
 			// parked lists the parked messages with their error, in a table...
@@ -140,6 +140,65 @@ func TestRequeueSelections(t *testing.T) {
 	f.json(t, &r, "requeue", "--all")
 	require.Equal(t, 1, r.Requeued)
 	require.Zero(t, f.status(t).Parked)
+}
+
+// An id given to requeue --id that names no parked message fails the command: a typo, or a
+// message that is not where the operator thought. A topic or key that matches nothing does
+// not.
+func TestRequeueByIDFailsForIDsNotParked(t *testing.T) {
+	t.Parallel()
+	f := sqliteFixture(t)
+	f.ok(t, "migrate")
+	ids := f.write(t,
+		store.Message{Topic: "orders", Key: "a"},
+		store.Message{Topic: "orders", Key: "b"},
+		store.Message{Topic: "orders", Key: "c"},
+		store.Message{Topic: "orders", Key: "d"},
+	)
+	parked, pending, delivered := ids[:2], ids[2], ids[3]
+	f.settle(t, parked, []string{delivered}, "no")
+
+	for _, tc := range []struct {
+		name   string
+		ids    []string
+		stdout string
+		stderr string
+	}{
+		{"no such id", []string{"0190f3a2-7b1c-7000-8000-0000000000ff"}, "", "the id given with --id named no parked message"},
+		{"pending", []string{pending}, "", "the id given with --id named no parked message"},
+		{"delivered", []string{delivered}, "", "the id given with --id named no parked message"},
+		{"one of two", []string{parked[0], "typo"}, "requeued 1 parked message: it is pending again", "1 of the 2 ids given with --id named no parked message"},
+		{"none of two", []string{pending, delivered}, "", "none of the 2 ids given with --id named a parked message"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := []string{"requeue"}
+			for _, id := range tc.ids {
+				args = append(args, "--id", id)
+			}
+			res := f.run(t, args...)
+			require.Equal(t, exitFailure, res.code, res.stderr)
+			require.Equal(t, tc.stdout == "", res.stdout == "", res.stdout)
+			require.Contains(t, res.stdout, tc.stdout)
+			require.Contains(t, res.stderr, tc.stderr)
+			require.Contains(t, res.stderr, "outbox parked")
+			require.Equal(t, 1, strings.Count(res.stderr, "\n"), "one line:\n%s", res.stderr)
+		})
+	}
+
+	// JSON says how many, besides the exit code.
+	res := f.run(t, "requeue", "--id", pending, "--json")
+	require.Equal(t, exitFailure, res.code, res.stderr)
+	require.JSONEq(t, `{"requeued": 0, "ids_not_parked": 1}`, res.stdout)
+
+	// The same id twice is one message; what --id names is requeued.
+	var r struct{ Requeued int }
+	f.json(t, &r, "requeue", "--id", parked[1], "--id", parked[1])
+	require.Equal(t, 1, r.Requeued)
+	require.Zero(t, f.status(t).Parked)
+
+	// A topic or a key that matches nothing is no failure.
+	require.Equal(t, "requeued 0 parked messages: none matched\n", f.ok(t, "requeue", "--topic", "payments"))
+	require.Equal(t, "requeued 0 parked messages: none matched\n", f.ok(t, "requeue", "--key", "a"))
 }
 
 // migrate --print shows the SQL of every step for the database and table, without a server.

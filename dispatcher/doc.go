@@ -5,21 +5,26 @@
 //
 // A [Dispatcher] claims a batch of due messages with a lease, publishes each through the
 // publisher, and marks a message delivered only after the publisher returned success for it.
-// Delivery is at least once: a crash between publish and mark, or a lease that expires while a
-// publish is slow, publishes a message again. Each message carries its outbox id as the
+// Delivery is at least once: a crash between publish and mark publishes a message again. The
+// lease is short (Config.Lease, 3 s) so that a crashed dispatcher's messages come back within
+// seconds; while a batch is published and recorded the dispatcher extends it, where the store
+// implements [store.LeaseExtender]. Each message carries its outbox id as the
 // watermill message UUID and in the [publisher.MetadataID] header so consumers can drop such
 // duplicates.
 //
 // # Order
 //
 // Messages with the same topic and non-empty key are published in write order (the order a
-// consumer of the topic can see; Kafka keeps it within the key's partition); different keys
+// consumer of the topic can see; Kafka keeps it within the key's partition), whoever wrote
+// them and whatever any clock says: a message that never failed is due at once, and the times
+// the store compares are the database's; different keys
 // are published in parallel (Config.Concurrency), or in one call per topic to a
 // [publisher.BatchPublisher], which keeps each key's order within the call. When a message
 // fails, it is retried after an exponential backoff with jitter, persisted in the store, and
 // only the later messages of its own key wait for it. After Config.MaxAttempts failed attempts,
 // or at once when the publisher marks its error [publisher.Permanent], it is parked and its key
-// moves on.
+// moves on, unless the store keeps strict order (sqlstore.Config.StrictOrder): then the key
+// waits until the parked message is requeued or deleted.
 //
 // # Polling and wake-ups
 //
@@ -64,7 +69,8 @@
 //
 // [Dispatcher.Start] returns once the dispatcher runs; [Dispatcher.Stop] stops claiming,
 // lets in-flight messages finish and returns within its context's deadline. Both are
-// idempotent and safe to call concurrently. [Dispatcher.Run] blocks until its context ends,
-// for use beside a watermill router. [Dispatcher.Drain] delivers what is due synchronously,
-// for tests and scripts.
+// idempotent and safe to call concurrently. Cancelling Start's context ends the run abruptly,
+// with a warning; [Dispatcher.Mode] then reports [ModeStopped], as it does before Start and
+// after Stop. [Dispatcher.Run] blocks until its context ends, for use beside a watermill
+// router. [Dispatcher.Drain] delivers what is due synchronously, for tests and scripts.
 package dispatcher

@@ -64,6 +64,16 @@ func (s *Store) sweepOnly(b *builder, p *store.ClaimParams) string {
 	return " AND (o.created_at < " + b.nowPlus(-p.OlderThan) + " OR o.held = 1)"
 }
 
+// sweepMark is the extra SET clause of a sweep's claim: it marks the claimed messages as
+// held (next_attempt_at), which the log reader looks for by key; a claim beside no log reader
+// leaves every indexed column alone, so that Postgres updates the rows in place.
+func (s *Store) sweepMark(p *store.ClaimParams) string {
+	if p.OlderThan <= 0 {
+		return ""
+	}
+	return ", next_attempt_at = CASE WHEN next_attempt_at = " + s.d.epoch + " THEN " + s.d.now + " ELSE next_attempt_at END"
+}
+
 // due is the condition, on the table aliased o, of a pending message that nothing holds back
 // by itself: no live claim holds it, and it never failed or its retry time has come. A
 // message that never failed is due whatever its next_attempt_at says, so that no writer's
@@ -75,15 +85,16 @@ func (s *Store) due(alias string) string {
 }
 
 // claimable is the condition, on the table aliased o, of a message that may be claimed: it
-// is due, and no earlier message of its key is pending and not due. The earlier pending
-// messages of the key are found through the "pending_key" index; in a backlog they are few,
-// as a claim reads from the oldest. Earlier messages of the key that are due have lower seq
-// and so come first within a claim's LIMIT. No index covers what a claim changes, so that
-// Postgres updates claimed rows in place.
+// is due, and no earlier message of its key is pending and not due; only held messages
+// (claimed, or failed before) can be. Postgres and SQLite find them through the pending
+// messages by key ("pending_key"), as no index may cover what a claim changes if Postgres is
+// to update claimed rows in place; MySQL, whose claims update rows in place anyway, through
+// its "held" index. Earlier messages of the key that are due have lower seq and so come
+// first within a claim's LIMIT.
 func (s *Store) claimable(b *builder, p *store.ClaimParams) string {
 	return s.due("o") + s.sweepOnly(b, p) +
 		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + s.t.String() + " e WHERE e.message_key = o.message_key" +
-		" AND e.state = 'pending' AND e.seq < o.seq" +
+		" AND e.state = 'pending' AND e.held = 1 AND e.seq < o.seq" +
 		" AND (e.claimed_until > " + s.d.now + " OR (e.attempts > 0 AND e.next_attempt_at > " + s.d.now + ")))" + s.parkedHolds("o") + ")"
 }
 
@@ -104,7 +115,7 @@ const claimedColumns = "seq, id, topic, message_key, payload, headers, created_a
 func (s *Store) claimOnce(ctx context.Context, db store.Querier, token string, p *store.ClaimParams) ([]claimedRow, error) {
 	b := builder{d: s.d}
 	t := s.t.String()
-	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease)
+	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease) + s.sweepMark(p)
 	sub := "SELECT o.seq FROM " + t + " o WHERE " + s.claimable(&b, p) + " ORDER BY o.seq LIMIT " + b.arg(p.Limit)
 	if s.d.claim == claimSingleStatement {
 		q += " WHERE seq IN (" + sub + ")"
@@ -228,7 +239,7 @@ func (s *Store) claimNamed(ctx context.Context, token string, p *store.ClaimPara
 		seqs[i] = strconv.FormatInt(r.seq, 10)
 	}
 	b = builder{d: s.d}
-	upd := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease)
+	upd := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease) + s.sweepMark(p)
 	upd += " WHERE seq IN (" + strings.Join(seqs, ",") + ") AND state = 'pending' AND claimed_until <= " + s.d.now
 	res, err := tx.ExecContext(ctx, upd, b.args...)
 	if err != nil {

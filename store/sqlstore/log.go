@@ -43,6 +43,9 @@ type LogBatch struct {
 	delivered []int64
 	failures  []store.Failure
 	handOver  []int64
+	// marks are messages the batch found held by a claim: recording marks them as held
+	// (next_attempt_at), so that later batches find them through the held-key index.
+	marks []int64
 	// logOnly are the batch's log-only messages that were not delivered, by id: recording
 	// inserts them into the table, failed or handed over, for polling.
 	logOnly map[string]LogMessage
@@ -50,13 +53,14 @@ type LogBatch struct {
 
 // HoldsKeys reports whether recording the batch will hold back keys (failed or handed-over
 // messages): the next batch must then be published only after this one is recorded.
-func (b *LogBatch) HoldsKeys() bool { return len(b.failures) > 0 || len(b.handOver) > 0 }
+func (b *LogBatch) HoldsKeys() bool { return len(b.failures) > 0 || len(b.handOver) > 0 || len(b.marks) > 0 }
 
 // Merge adds o's outcome to b's, so that both are recorded in one transaction.
 func (b *LogBatch) Merge(o *LogBatch) {
 	b.delivered = append(b.delivered, o.delivered...)
 	b.failures = append(b.failures, o.failures...)
 	b.handOver = append(b.handOver, o.handOver...)
+	b.marks = append(b.marks, o.marks...)
 	for _, m := range o.logOnly {
 		b.keepLogOnly(m)
 	}
@@ -79,7 +83,7 @@ func (b *LogBatch) keepLogOnly(m LogMessage) {
 // A message whose key has an earlier message held by polling is handed over to polling, with
 // the later messages of its key, so that the key stays in order.
 func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogMessage, lookup *sql.Conn) (*LogBatch, error) {
-	ready, heldFrom, err := s.logFilter(ctx, msgs, lookup)
+	ready, heldFrom, claimed, err := s.logFilter(ctx, msgs, lookup)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: look up logged messages in %s: %w", s.t, err)
 	}
@@ -87,7 +91,7 @@ func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogM
 		deliver []store.ClaimedMessage
 		blocked = map[string]bool{}
 		seqOf   = make(map[string]int64, len(msgs))
-		batch   = &LogBatch{s: s}
+		batch   = &LogBatch{s: s, marks: claimed}
 	)
 	for _, m := range msgs {
 		if !ready[m.Seq] {
@@ -161,7 +165,7 @@ const visibleWithin = 200 * time.Millisecond
 // looked up by seq, the primary key, and held messages of their keys in the same statement,
 // through the "pending_key" index: only messages up to the batch's last are looked at, and
 // those before a batch are mostly delivered already.
-func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Conn) (ready map[int64]bool, heldFrom map[string]int64, err error) {
+func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Conn) (ready map[int64]bool, heldFrom map[string]int64, claimed []int64, err error) {
 	l := s.newLogLookup(msgs, lookup)
 	missing := make([]int64, len(msgs))
 	logOnly := map[int64]bool{}
@@ -172,13 +176,13 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Co
 		}
 	}
 	if err := l.heldAlone(ctx); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	deadline := time.Now().Add(visibleWithin)
 	for wait := 100 * time.Microsecond; ; wait *= 2 {
 		found, err := l.rows(ctx, missing)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		// A log-only row is not in the table, unless its outcome was recorded there (it
 		// failed, or was handed over, before a crash): then polling owns it.
@@ -194,14 +198,14 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Co
 		}
 		select {
 		case <-ctx.Done():
-			return nil, nil, ctx.Err()
+			return nil, nil, nil, ctx.Err()
 		case <-time.After(wait):
 		}
 	}
 	if len(missing) > 0 {
 		s.log.Warn("logged outbox rows not found in the table: deleted, so not published", slog.Int("count", len(missing)))
 	}
-	return l.ready, l.heldFrom, nil
+	return l.ready, l.heldFrom, l.claimed, nil
 }
 
 // logLookup looks up the rows of a log batch, and the held messages of its keys up to the
@@ -215,16 +219,19 @@ type logLookup struct {
 	withHeld bool // the held messages go into the next lookup of rows
 	ready    map[int64]bool
 	heldFrom map[string]int64
+	keyOf    map[int64]string
+	claimed  []int64 // the batch's messages that a claim holds, not marked as held yet
 }
 
 func (s *Store) newLogLookup(msgs []LogMessage, lookup *sql.Conn) *logLookup {
-	l := &logLookup{s: s, db: s.db, ready: make(map[int64]bool, len(msgs)), heldFrom: map[string]int64{}}
+	l := &logLookup{s: s, db: s.db, ready: make(map[int64]bool, len(msgs)), heldFrom: map[string]int64{}, keyOf: make(map[int64]string, len(msgs))}
 	if lookup != nil {
 		l.db, l.lock = lookup, s.d.shareLock
 	}
 	seen := map[string]bool{}
 	for _, m := range msgs {
 		l.maxSeq = max(l.maxSeq, m.Seq)
+		l.keyOf[m.Seq] = m.Key
 		if m.Key != "" && !seen[m.Key] {
 			seen[m.Key] = true
 			l.keys = append(l.keys, m.Key)
@@ -235,14 +242,24 @@ func (s *Store) newLogLookup(msgs []LogMessage, lookup *sql.Conn) *logLookup {
 	return l
 }
 
-// held is the query of the held messages of keys: with StrictOrder, parked ones too.
+// held is the query of the held messages of keys that are marked as held: failed, handed
+// over, requeued, claimed by a sweep, or found claimed by an earlier batch (a retry time in
+// next_attempt_at, which claims do not change, so that the "held_key" index stays small and
+// claims stay heap-only updates). With StrictOrder, parked messages too.
 func (l *logLookup) held(b *builder, keys []string) string {
-	holding := "state = 'pending' AND held = 1"
+	holding := "state = 'pending' AND next_attempt_at > " + l.s.d.epoch + " AND held = 1"
 	if l.s.strict {
 		holding = "(" + holding + " OR state = 'parked')"
 	}
 	return "SELECT MIN(seq), -1, message_key FROM " + l.s.t.String() + " WHERE " + b.in("message_key", keys) +
 		" AND " + holding + " AND seq <= " + b.arg(l.maxSeq) + " GROUP BY message_key"
+}
+
+// hold records that key has a held message at seq.
+func (l *logLookup) hold(key string, seq int64) {
+	if from, ok := l.heldFrom[key]; !ok || seq < from {
+		l.heldFrom[key] = seq
+	}
 }
 
 // heldAlone looks the held messages up in statements of their own when the keys are too
@@ -262,7 +279,7 @@ func (l *logLookup) rows(ctx context.Context, seqs []int64) (map[int64]bool, err
 	found := make(map[int64]bool, len(seqs))
 	err := inChunks(seqs, (l.s.d.maxParams-16)/2, func(seqs []int64) error {
 		b := builder{d: l.s.d}
-		q := "SELECT seq, CASE WHEN (state = 'pending' AND held = 0) OR state = '" + LogOnlyState + "' THEN 1 ELSE 0 END, '' FROM " + l.s.t.String() +
+		q := "SELECT seq, CASE WHEN (state = 'pending' AND held = 0) OR state = '" + LogOnlyState + "' THEN 1 WHEN state = 'pending' THEN 2 ELSE 0 END, '' FROM " + l.s.t.String() +
 			" WHERE " + b.inSeqs("seq", seqs) + l.lock
 		if l.withHeld {
 			q = "(" + q + ") UNION ALL (" + l.held(&b, l.keys) + ")"
@@ -283,11 +300,17 @@ func (l *logLookup) rows(ctx context.Context, seqs []int64) (map[int64]bool, err
 				return err
 			}
 			if ok == -1 {
-				l.heldFrom[key] = seq
+				l.hold(key, seq)
 				continue
 			}
 			found[seq] = true
 			l.ready[seq] = ok == 1
+			if ok == 2 { // held, by a claim or a failure: its key waits behind it
+				l.claimed = append(l.claimed, seq)
+				if key := l.keyOf[seq]; key != "" {
+					l.hold(key, seq)
+				}
+			}
 		}
 		return rows.Err()
 	})
@@ -310,7 +333,9 @@ func (s *Store) scanHeld(ctx context.Context, db store.Querier, q string, args [
 		if err := rows.Scan(&seq, &ok, &key); err != nil {
 			return err
 		}
-		heldFrom[key] = seq
+		if from, ok := heldFrom[key]; !ok || seq < from {
+			heldFrom[key] = seq
+		}
 	}
 	return rows.Err()
 }
@@ -327,7 +352,7 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 			", claim_token = NULL, claimed_until = "+s.d.epoch+asyncCommit+" WHERE state = 'pending' AND "+b.inSeqs("seq", seqs), b.args...)
 		return err
 	}
-	if checkpoint == nil && len(failures)+len(handOver) == 0 && len(delivered) <= s.d.maxParams-8 {
+	if checkpoint == nil && len(failures)+len(handOver)+len(batch.marks) == 0 && len(delivered) <= s.d.maxParams-8 {
 		// The usual outcome, all delivered, is one statement in a transaction of its own.
 		if len(delivered) == 0 {
 			return nil // log-only messages: nothing to write
@@ -374,14 +399,25 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 	if err := s.insertLogOnly(ctx, tx, logOnly); err != nil {
 		return fmt.Errorf("outbox: put %d failed or handed-over log-only messages into %s: %w", len(logOnly), s.t, err)
 	}
+	// next_attempt_at marks them as held for the log reader's lookup; a message that never
+	// failed is due whatever it says.
 	err = inChunks(handOver, s.d.maxParams-8, func(seqs []int64) error {
 		b := builder{d: s.d}
-		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET claimed_until = "+s.d.now+
+		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET claimed_until = "+s.d.now+", next_attempt_at = "+s.d.now+
 			" WHERE state = 'pending' AND claimed_until = "+s.d.epoch+" AND "+b.inSeqs("seq", seqs), b.args...)
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("outbox: hand %d logged messages over to polling in %s: %w", len(handOver), s.t, err)
+	}
+	err = inChunks(batch.marks, s.d.maxParams-8, func(seqs []int64) error {
+		b := builder{d: s.d}
+		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET next_attempt_at = "+s.d.now+
+			" WHERE state = 'pending' AND next_attempt_at = "+s.d.epoch+" AND "+b.inSeqs("seq", seqs), b.args...)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("outbox: mark %d claimed messages as held in %s: %w", len(batch.marks), s.t, err)
 	}
 	if checkpoint != nil {
 		if err := checkpoint(ctx, tx); err != nil {

@@ -1,3 +1,2 @@
--- Claims change no indexed column: claims and log readers find the earlier messages of a key
--- through the messages by key and state.
-ALTER TABLE `outbox` ADD INDEX `outbox_pending_key` (message_key, state, seq), DROP INDEX `outbox_held`;
+-- With StrictOrder, claims look for a parked message of a key before an earlier one.
+ALTER TABLE `outbox` ADD INDEX `outbox_state_key` (state, message_key, seq);

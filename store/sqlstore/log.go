@@ -53,7 +53,9 @@ type LogBatch struct {
 
 // HoldsKeys reports whether recording the batch will hold back keys (failed or handed-over
 // messages): the next batch must then be published only after this one is recorded.
-func (b *LogBatch) HoldsKeys() bool { return len(b.failures) > 0 || len(b.handOver) > 0 || len(b.marks) > 0 }
+func (b *LogBatch) HoldsKeys() bool {
+	return len(b.failures) > 0 || len(b.handOver) > 0 || len(b.marks) > 0
+}
 
 // Merge adds o's outcome to b's, so that both are recorded in one transaction.
 func (b *LogBatch) Merge(o *LogBatch) {

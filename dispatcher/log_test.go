@@ -373,3 +373,58 @@ func TestRequeuedMessageGoesOutSoonBesideTheLog(t *testing.T) {
 		})
 	}
 }
+
+// When the log comes back while messages written during polling are still pending, those
+// messages are not in the log: the reader must not publish a newer message of their key
+// before them. With default settings (a one-minute SweepAfter), a slow broker keeps a
+// backlog pending across the switch, and new messages of the same keys follow it.
+func TestReturnToTheLogWithMessagesPendingKeepsKeyOrder(t *testing.T) {
+	_, db, st := sharedPostgres(t).prepare(t)
+	pub := outboxtest.NewPublisher()
+	var slow atomic.Bool
+	pub.Fail = func(string, *message.Message) error {
+		if slow.Load() {
+			time.Sleep(20 * time.Millisecond)
+		}
+		return nil
+	}
+	d := startDispatcher(t, st, pub, dispatcher.Config{Logger: quiet(), LogRetry: 300 * time.Millisecond})
+	waitMode(t, d, dispatcher.ModeLog)
+
+	slot, _ := pgstore.Names(st.QualifiedName())
+	require.Eventually(t, func() bool {
+		db.Exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", slot)
+		_, err := db.Exec("SELECT pg_drop_replication_slot($1)", slot)
+		return err == nil
+	}, 10*time.Second, 20*time.Millisecond)
+	waitMode(t, d, dispatcher.ModePolling)
+
+	const keys, before, after = 20, 30, 10
+	write := func(from, to int) {
+		for i := from; i < to; i++ {
+			msgs := make([]store.Message, keys)
+			for k := range msgs {
+				msgs[k] = store.Message{Topic: "log", Key: fmt.Sprintf("k%02d", k), Payload: []byte(fmt.Sprintf("k%02d/%d", k, i))}
+			}
+			require.NoError(t, st.Write(context.Background(), db, msgs...))
+		}
+	}
+	slow.Store(true)
+	write(0, before)
+	require.NoError(t, st.Migrate(context.Background()))
+	waitMode(t, d, dispatcher.ModeLog)
+	write(before, before+after)
+	slow.Store(false)
+
+	var published []string
+	require.Eventually(t, func() bool {
+		published = published[:0]
+		seen := map[string]bool{}
+		for _, m := range pub.Messages("log") {
+			published = append(published, string(m.Payload))
+			seen[string(m.Payload)] = true
+		}
+		return len(seen) == keys*(before+after)
+	}, 3*time.Minute, 20*time.Millisecond)
+	requireFirstDeliveriesInOrder(t, published, keys*(before+after))
+}

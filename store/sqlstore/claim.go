@@ -61,6 +61,9 @@ func (s *Store) sweepOnly(b *builder, p *store.ClaimParams) string {
 	if p.OlderThan <= 0 {
 		return ""
 	}
+	if upTo := s.catchUp.Load(); upTo > 0 {
+		return " AND (o.created_at < " + b.nowPlus(-p.OlderThan) + " OR o.held = 1 OR o.seq <= " + b.arg(upTo) + ")"
+	}
 	return " AND (o.created_at < " + b.nowPlus(-p.OlderThan) + " OR o.held = 1)"
 }
 

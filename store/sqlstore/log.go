@@ -3,8 +3,10 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -34,7 +36,43 @@ func (s *Store) ReadLog(ctx context.Context, c store.LogConsumer) error {
 	if c.Deliver == nil {
 		return fmt.Errorf("outbox: ReadLog: LogConsumer.Deliver is nil")
 	}
+	s.catchUp.Store(-1)
+	defer s.catchUp.Store(0)
 	return s.hooks.ReadLog(ctx, s, c)
+}
+
+// catchingUp reports whether messages that were pending before the first batch of this
+// reading session (first is its lowest seq) are still pending and not held; it looks them
+// up on that batch, and while some are: those not held, and those a claim holds now (a
+// polling batch in flight as the reader starts). Failed and handed-over ones need no
+// catching up: the reader's lookup of held messages keeps their keys back.
+func (s *Store) catchingUp(ctx context.Context, first int64) (bool, error) {
+	upTo := s.catchUp.Load()
+	if upTo == 0 {
+		return false, nil
+	}
+	if upTo < 0 {
+		var pending sql.NullInt64
+		b := builder{d: s.d}
+		if err := s.db.QueryRowContext(ctx, "SELECT MAX(seq) FROM "+s.t.String()+" WHERE state = 'pending' AND (held = 0 OR claimed_until > "+s.d.now+") AND seq < "+b.arg(first),
+			b.args...).Scan(&pending); err != nil {
+			return false, err
+		}
+		if upTo = pending.Int64; upTo == 0 {
+			s.catchUp.Store(0)
+			return false, nil
+		}
+		s.catchUp.Store(upTo)
+	}
+	b := builder{d: s.d}
+	var one int
+	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" WHERE state = 'pending' AND (held = 0 OR claimed_until > "+s.d.now+") AND seq <= "+b.arg(upTo)+
+		" ORDER BY seq LIMIT 1", b.args...).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		s.catchUp.Store(0)
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // LogBatch is a published log batch whose outcome is not recorded yet.
@@ -89,6 +127,17 @@ func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogM
 	if err != nil {
 		return nil, fmt.Errorf("outbox: look up logged messages in %s: %w", s.t, err)
 	}
+	// Messages pending from before this reading session may not be in the log, and an
+	// earlier message of a key must not be overtaken: until they are delivered, every
+	// message goes to the sweep, which takes them in write order.
+	first := int64(math.MaxInt64)
+	for _, m := range msgs {
+		first = min(first, m.Seq)
+	}
+	catchingUp, err := s.catchingUp(ctx, first)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: look up messages pending before the log reader started in %s: %w", s.t, err)
+	}
 	var (
 		deliver []store.ClaimedMessage
 		blocked = map[string]bool{}
@@ -102,6 +151,10 @@ func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogM
 		seqOf[m.ID] = m.Seq
 		if m.LogOnly {
 			batch.keepLogOnly(m)
+		}
+		if catchingUp {
+			batch.handOver = append(batch.handOver, m.Seq)
+			continue
 		}
 		if m.Key != "" {
 			if from, ok := heldFrom[m.Key]; (ok && from < m.Seq) || blocked[m.Key] {

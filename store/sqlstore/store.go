@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/outboxgo/outbox/store"
@@ -91,6 +92,12 @@ type Store struct {
 	hooks    Hooks
 	logOnly  *LogOnlyHook // set when Config.LogOnly
 	strict   bool         // Config.StrictOrder
+
+	// catchUp is, while a log reader starts, the highest seq of the messages that were
+	// pending when it began: the log may not carry them (written while the dispatchers
+	// polled), so until they are delivered the reader hands its messages over to the sweep,
+	// which takes these first. 0: none; -1: not looked up yet in this reading session.
+	catchUp atomic.Int64
 
 	mu           sync.Mutex
 	subs         map[chan struct{}]struct{}

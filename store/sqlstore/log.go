@@ -325,7 +325,7 @@ func (l *logLookup) heldAlone(ctx context.Context) error {
 	}
 	return inChunks(l.keys, l.s.d.maxParams-16, func(keys []string) error {
 		b := builder{d: l.s.d}
-		return l.s.scanHeld(ctx, l.db, l.held(&b, keys), b.args, l.heldFrom)
+		return l.scan(ctx, l.held(&b, keys), b.args, nil)
 	})
 }
 
@@ -340,41 +340,15 @@ func (l *logLookup) rows(ctx context.Context, seqs []int64) (map[int64]bool, err
 			q = "(" + q + ") UNION ALL (" + l.held(&b, l.keys) + ")"
 			l.withHeld = false
 		}
-		rows, err := l.db.QueryContext(ctx, q, b.args...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var (
-				seq int64
-				ok  int
-				key string
-			)
-			if err := rows.Scan(&seq, &ok, &key); err != nil {
-				return err
-			}
-			if ok == -1 {
-				l.hold(key, seq)
-				continue
-			}
-			found[seq] = true
-			l.ready[seq] = ok == 1
-			if ok == 2 { // held, by a claim or a failure: its key waits behind it
-				l.claimed = append(l.claimed, seq)
-				if key := l.keyOf[seq]; key != "" {
-					l.hold(key, seq)
-				}
-			}
-		}
-		return rows.Err()
+		return l.scan(ctx, q, b.args, found)
 	})
 	return found, err
 }
 
-// scanHeld runs the held-message lookup q and adds what it finds to heldFrom.
-func (s *Store) scanHeld(ctx context.Context, db store.Querier, q string, args []any, heldFrom map[string]int64) error {
-	rows, err := db.QueryContext(ctx, q, args...)
+// scan runs a lookup q and takes in what it returns: held messages of keys (-1), and rows
+// of the batch, which it adds to found: ready (1), held (2) or neither (0).
+func (l *logLookup) scan(ctx context.Context, q string, args []any, found map[int64]bool) error {
+	rows, err := l.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return err
 	}
@@ -388,8 +362,17 @@ func (s *Store) scanHeld(ctx context.Context, db store.Querier, q string, args [
 		if err := rows.Scan(&seq, &ok, &key); err != nil {
 			return err
 		}
-		if from, ok := heldFrom[key]; !ok || seq < from {
-			heldFrom[key] = seq
+		if ok == -1 {
+			l.hold(key, seq)
+			continue
+		}
+		found[seq] = true
+		l.ready[seq] = ok == 1
+		if ok == 2 { // held, by a claim or a failure: its key waits behind it
+			l.claimed = append(l.claimed, seq)
+			if key := l.keyOf[seq]; key != "" {
+				l.hold(key, seq)
+			}
 		}
 	}
 	return rows.Err()

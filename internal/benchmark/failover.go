@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
 	"time"
 
 	"github.com/outboxgo/outbox/dispatcher"
@@ -61,32 +58,11 @@ func failoverCase() error {
 		}
 	}()
 
-	exe, err := os.Executable()
+	child, err := startChild(pg.dsn, []string{silent.Addr().String()}, "-child-poll")
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(exe, "-child-drain", pg.dsn, "-child-brokers", silent.Addr().String(), "-child-poll")
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	if _, err := cmd.StdinPipe(); err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	killed := false
-	defer func() {
-		if !killed {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	}()
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
-		return fmt.Errorf("child did not start: %q %v", line, err)
-	}
+	defer child.kill()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var claimed int
@@ -125,11 +101,7 @@ func failoverCase() error {
 	}
 	defer d.Stop(context.Background())
 	killedAt := time.Now()
-	if err := cmd.Process.Kill(); err != nil {
-		return err
-	}
-	killed = true
-	cmd.Wait()
+	child.kill()
 	if _, err := readAll(ctx, consumer, n, publisher.MetadataID); err != nil {
 		return err
 	}

@@ -56,33 +56,12 @@ func memoryCase(n int) error {
 	}
 	defer consumer.Close()
 
-	exe, err := os.Executable()
+	child, err := startChild(pg.dsn, brokers)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(exe, "-child-drain", pg.dsn, "-child-brokers", strings.Join(brokers, ","))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := false
-	defer func() {
-		if !exited {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	}()
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
-		return fmt.Errorf("child did not start: %q %v", line, err)
-	}
+	defer child.kill()
+	cmd, stdin := child.cmd, child.stdin
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -98,12 +77,56 @@ func memoryCase(n int) error {
 	}
 	stdin.Close() // asks the child to stop
 	err = cmd.Wait()
-	exited = true
+	child.exited = true
 	if err != nil {
 		return fmt.Errorf("child: %w", err)
 	}
 	fmt.Printf("case=pg-memory n=%d peak_rss=%.0fMiB rate=%.0f elapsed=%v\n", n, float64(hwm)/1024, float64(n)/elapsed.Seconds(), elapsed.Round(time.Millisecond))
 	return nil
+}
+
+// child is a dispatcher process started by startChild.
+type child struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser // closing it asks the child to stop
+	exited bool
+}
+
+// startChild starts this program as a dispatcher draining the Postgres outbox at dsn
+// (-child-drain), with extra flags, and waits until it says it is ready.
+func startChild(dsn string, brokers []string, flags ...string) (*child, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, append([]string{"-child-drain", dsn, "-child-brokers", strings.Join(brokers, ",")}, flags...)...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &child{cmd: cmd, stdin: stdin}
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		c.kill()
+		return nil, fmt.Errorf("child did not start: %q %v", line, err)
+	}
+	return c, nil
+}
+
+// kill ends the child at once (SIGKILL) unless it has exited.
+func (c *child) kill() {
+	if !c.exited {
+		c.cmd.Process.Kill()
+		c.cmd.Wait()
+		c.exited = true
+	}
 }
 
 // vmHWM returns the peak resident set size of process pid, in KiB.

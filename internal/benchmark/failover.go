@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/outboxgo/outbox/dispatcher"
-	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -76,17 +75,12 @@ func failoverCase() error {
 		}
 	}
 
-	cluster, err := kafkatest.NewCluster()
+	kb, err := startKafka()
 	if err != nil {
 		return err
 	}
-	defer cluster.Close()
-	brokers := cluster.ListenAddrs()
-	consumer, err := kafkatest.NewConsumer(brokers, topic)
-	if err != nil {
-		return err
-	}
-	defer consumer.Close()
+	defer kb.Close()
+	brokers, consumer := kb.addrs, kb.consumer
 	pub, err := kafka.New(kafka.Config{Brokers: brokers})
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/internal/kafkatest"
@@ -93,4 +94,30 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 		return 0
 	}
 	return sorted[min(len(sorted)*p/100, len(sorted)-1)]
+}
+
+// kafkaBroker is a case's in-process Kafka broker, with a consumer of the bench topic that
+// is independent of the producer under test.
+type kafkaBroker struct {
+	cluster  *kfake.Cluster
+	addrs    []string
+	consumer *kafkatest.Consumer
+}
+
+func startKafka() (*kafkaBroker, error) {
+	cluster, err := kafkatest.NewCluster()
+	if err != nil {
+		return nil, err
+	}
+	consumer, err := kafkatest.NewConsumer(cluster.ListenAddrs(), topic)
+	if err != nil {
+		cluster.Close()
+		return nil, err
+	}
+	return &kafkaBroker{cluster: cluster, addrs: cluster.ListenAddrs(), consumer: consumer}, nil
+}
+
+func (k *kafkaBroker) Close() {
+	k.consumer.Close()
+	k.cluster.Close()
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/outboxgo/outbox/dispatcher"
-	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -44,17 +43,12 @@ func memoryCase(n int) error {
 		return fmt.Errorf("fill: %w", err)
 	}
 
-	cluster, err := kafkatest.NewCluster()
+	kb, err := startKafka()
 	if err != nil {
 		return err
 	}
-	defer cluster.Close()
-	brokers := cluster.ListenAddrs()
-	consumer, err := kafkatest.NewConsumer(brokers, topic)
-	if err != nil {
-		return err
-	}
-	defer consumer.Close()
+	defer kb.Close()
+	brokers, consumer := kb.addrs, kb.consumer
 
 	child, err := startChild(pg.dsn, brokers)
 	if err != nil {

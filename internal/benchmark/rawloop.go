@@ -12,7 +12,6 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/go-sql-driver/mysql"
 
-	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
@@ -40,17 +39,12 @@ func rawLoopCase(name string, n int) (float64, error) {
 	if err := fillRawLoop(db.st.DB(), name, table, n); err != nil {
 		return 0, fmt.Errorf("fill: %w", err)
 	}
-	cluster, err := kafkatest.NewCluster()
+	kb, err := startKafka()
 	if err != nil {
 		return 0, err
 	}
-	defer cluster.Close()
-	brokers := cluster.ListenAddrs()
-	consumer, err := kafkatest.NewConsumer(brokers, topic)
-	if err != nil {
-		return 0, err
-	}
-	defer consumer.Close()
+	defer kb.Close()
+	brokers, consumer := kb.addrs, kb.consumer
 
 	workers, lock, in := rawLoopWorkers, " FOR UPDATE SKIP LOCKED", func(seqs []int64) (string, []any) {
 		return "seq = ANY($1)", []any{seqs}

@@ -61,10 +61,11 @@ func (s *Store) sweepOnly(b *builder, p *store.ClaimParams) string {
 	if p.OlderThan <= 0 {
 		return ""
 	}
-	if upTo := s.catchUp.Load(); upTo > 0 {
-		return " AND (o.created_at < " + b.nowPlus(-p.OlderThan) + " OR o.held = 1 OR o.seq <= " + b.arg(upTo) + ")"
+	cond := "o.created_at < " + b.nowPlus(-p.OlderThan) + " OR o.held = 1"
+	if upTo := s.catchUp.Load(); upTo > 0 { // a log reader is catching up: these first
+		cond += " OR o.seq <= " + b.arg(upTo)
 	}
-	return " AND (o.created_at < " + b.nowPlus(-p.OlderThan) + " OR o.held = 1)"
+	return " AND (" + cond + ")"
 }
 
 // sweepMark is the extra SET clause of a sweep's claim: it marks the claimed messages as

@@ -36,8 +36,8 @@ func (s *Store) ReadLog(ctx context.Context, c store.LogConsumer) error {
 	if c.Deliver == nil {
 		return fmt.Errorf("outbox: ReadLog: LogConsumer.Deliver is nil")
 	}
+	// Not reset when reading ends: another dispatcher on this Store value may be reading.
 	s.catchUp.Store(-1)
-	defer s.catchUp.Store(0)
 	return s.hooks.ReadLog(ctx, s, c)
 }
 
@@ -51,23 +51,19 @@ func (s *Store) catchingUp(ctx context.Context, first int64) (bool, error) {
 	if upTo == 0 {
 		return false, nil
 	}
+	unfinished := "state = 'pending' AND (held = 0 OR claimed_until > " + s.d.now + ")"
+	b := builder{d: s.d}
 	if upTo < 0 {
 		var pending sql.NullInt64
-		b := builder{d: s.d}
-		if err := s.db.QueryRowContext(ctx, "SELECT MAX(seq) FROM "+s.t.String()+" WHERE state = 'pending' AND (held = 0 OR claimed_until > "+s.d.now+") AND seq < "+b.arg(first),
-			b.args...).Scan(&pending); err != nil {
+		err := s.db.QueryRowContext(ctx, "SELECT MAX(seq) FROM "+s.t.String()+" WHERE "+unfinished+" AND seq < "+b.arg(first), b.args...).Scan(&pending)
+		if err != nil {
 			return false, err
 		}
-		if upTo = pending.Int64; upTo == 0 {
-			s.catchUp.Store(0)
-			return false, nil
-		}
-		s.catchUp.Store(upTo)
+		s.catchUp.Store(pending.Int64)
+		return pending.Int64 > 0, nil
 	}
-	b := builder{d: s.d}
 	var one int
-	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" WHERE state = 'pending' AND (held = 0 OR claimed_until > "+s.d.now+") AND seq <= "+b.arg(upTo)+
-		" ORDER BY seq LIMIT 1", b.args...).Scan(&one)
+	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" WHERE "+unfinished+" AND seq <= "+b.arg(upTo)+" ORDER BY seq LIMIT 1", b.args...).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		s.catchUp.Store(0)
 		return false, nil
@@ -81,8 +77,9 @@ type LogBatch struct {
 	delivered []int64
 	failures  []store.Failure
 	handOver  []int64
-	// marks are messages the batch found held by a claim: recording marks them as held
-	// (next_attempt_at), so that later batches find them through the held-key index.
+	// marks are messages the batch found held (by a claim, or a failure): recording marks
+	// those not marked yet as held (next_attempt_at), so that later batches find them
+	// through the held-key index.
 	marks []int64
 	// logOnly are the batch's log-only messages that were not delivered, by id: recording
 	// inserts them into the table, failed or handed over, for polling.

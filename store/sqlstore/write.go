@@ -104,7 +104,7 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 			fmt.Fprintf(&q, "(%s,%s,%s,%s,%s,%s)", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
 				b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.now)
 		}
-		if err := s.insert(ctx, db, q.String(), &b, end-start); err != nil {
+		if err := s.insert(ctx, db, q.String(), &b, ids[start:end]); err != nil {
 			// Nothing of this Write stays: the statements before wrote all their messages.
 			if derr := s.unwrite(ctx, db, ids[:start]); derr != nil {
 				return errors.Join(err, derr)
@@ -118,11 +118,13 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 	return nil
 }
 
-// insert runs one INSERT of n messages. An id already in the outbox fails it with
+// insert runs one INSERT of the messages ids. An id already in the outbox fails it with
 // store.ErrDuplicateID, and a missing table with store.ErrNotMigrated. MySQL and SQLite undo
 // just the failed statement; Postgres would abort the caller's transaction, so there the
-// statement skips conflicting ids, and the rows it did insert are deleted again.
-func (s *Store) insert(ctx context.Context, db store.Execer, stmt string, b *builder, n int) error {
+// statement skips conflicting ids, and the rows it did insert are deleted again: those of
+// its ids from its lowest seq on, as a row that took an id before has a lower seq.
+func (s *Store) insert(ctx context.Context, db store.Execer, stmt string, b *builder, ids []string) error {
+	n := len(ids)
 	fail := func(err error) error {
 		if kind := s.d.classify(err); kind != nil {
 			return fmt.Errorf("%w: write %d messages to %s: %v", kind, n, s.t, err)
@@ -140,21 +142,22 @@ func (s *Store) insert(ctx context.Context, db store.Execer, stmt string, b *bui
 	}
 	// Postgres delivers the notification when the caller's transaction commits, once per
 	// channel and transaction however many statements sent it.
-	stmt = "WITH written AS (" + stmt + " ON CONFLICT (id) DO NOTHING RETURNING seq) SELECT count(*), coalesce(string_agg(seq::text, ','), ''), pg_notify(" +
+	stmt = "WITH written AS (" + stmt + " ON CONFLICT (id) DO NOTHING RETURNING seq) SELECT count(*), min(seq), pg_notify(" +
 		b.arg(s.t.channel()) + ", '') FROM written"
 	var (
 		written int
-		seqs    string
+		first   sql.NullInt64
 		notify  any
 	)
-	if err := q.QueryRowContext(ctx, stmt, b.args...).Scan(&written, &seqs, &notify); err != nil {
+	if err := q.QueryRowContext(ctx, stmt, b.args...).Scan(&written, &first, &notify); err != nil {
 		return fail(err)
 	}
 	if written == n {
 		return nil
 	}
-	if seqs != "" {
-		if _, err := db.ExecContext(ctx, "DELETE FROM "+s.t.String()+" WHERE seq IN ("+seqs+")"); err != nil {
+	if first.Valid {
+		u := builder{d: s.d}
+		if _, err := db.ExecContext(ctx, "DELETE FROM "+s.t.String()+" WHERE seq >= "+u.arg(first.Int64)+" AND "+u.in("id", ids), u.args...); err != nil {
 			return fmt.Errorf("outbox: write %d messages to %s: undo: %w", n, s.t, err)
 		}
 	}

@@ -391,7 +391,7 @@ func (d *Dispatcher) dispatch(ctx context.Context) (claimed, published int, err 
 	var errs []error
 	if len(out.delivered) > 0 {
 		errs = append(errs, retry(rctx, func() error {
-			return d.st.MarkDelivered(rctx, &store.MarkDeliveredParams{IDs: out.delivered})
+			return d.st.MarkDelivered(rctx, &store.MarkDeliveredParams{IDs: out.delivered, Delete: d.cfg.DeleteDelivered})
 		}))
 	}
 	if len(out.failures) > 0 {

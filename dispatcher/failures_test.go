@@ -16,48 +16,64 @@ import (
 )
 
 // 10% of publishes fail at random while 3,000 messages over 1,000 keys flow, on every
-// database and in log and polling mode: nothing is lost, and each key's first deliveries come
-// in write order.
+// database and in log and polling mode, marking delivered messages or deleting them: nothing
+// is lost, and each key's first deliveries come in write order. Deleting leaves an empty
+// outbox.
 func TestRandomPublishFailuresLoseNothingAndKeepKeyOrder(t *testing.T) {
 	const n, keys, perTx = 3000, 1000, 100
 	for _, newDB := range allDBs {
-		shared := newDB(t)
-		t.Run(shared.name, func(t *testing.T) {
-			_, db, st := shared.prepare(t)
-			pub := outboxtest.NewPublisher()
-			var (
-				mu       sync.Mutex
-				rng      = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-				failures int
-			)
-			pub.Fail = func(string, *message.Message) error {
+		for _, del := range []bool{false, true} {
+			shared := newDB(t)
+			name := shared.name
+			if del {
+				name += "-delete"
+			}
+			t.Run(name, func(t *testing.T) {
+				_, db, st := shared.prepare(t)
+				pub := outboxtest.NewPublisher()
+				var (
+					mu       sync.Mutex
+					rng      = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+					failures int
+				)
+				pub.Fail = func(string, *message.Message) error {
+					mu.Lock()
+					defer mu.Unlock()
+					if rng.IntN(10) == 0 {
+						failures++
+						return errors.New("injected failure")
+					}
+					return nil
+				}
+				cfg := logConfig()
+				cfg.DeleteDelivered = del
+				startDispatcher(t, st, pub, shared.config(cfg))
+				for tx := range n / perTx {
+					msgs := make([]store.Message, perTx)
+					for i := range msgs {
+						// "<transaction>-<index>": requireKeyOrder ranks by both.
+						msgs[i] = store.Message{Topic: "log", Key: fmt.Sprintf("k%d", (tx*perTx+i)%keys), Payload: []byte(fmt.Sprintf("%c-%d", 'A'+tx, i))}
+					}
+					tdb, err := db.Begin()
+					require.NoError(t, err)
+					require.NoError(t, st.Write(t.Context(), tdb, msgs...))
+					require.NoError(t, tdb.Commit())
+				}
+				waitPublished(t, pub, "log", n)
+				requireKeyOrder(t, pub.Messages("log"))
 				mu.Lock()
 				defer mu.Unlock()
-				if rng.IntN(10) == 0 {
-					failures++
-					return errors.New("injected failure")
+				require.Positive(t, failures)
+				distinct, all := distinctPublished(pub, "log")
+				t.Logf("%s: %d injected failures; 0 lost, %d duplicates, 0 inversions", name, failures, all-distinct)
+				if del {
+					require.Eventually(t, func() bool {
+						left, err := st.List(t.Context(), &store.ListParams{Limit: 1})
+						require.NoError(t, err)
+						return len(left.Messages) == 0
+					}, time.Minute, 20*time.Millisecond, "every delivered message is deleted")
 				}
-				return nil
-			}
-			startDispatcher(t, st, pub, shared.config(logConfig()))
-			for tx := range n / perTx {
-				msgs := make([]store.Message, perTx)
-				for i := range msgs {
-					// "<transaction>-<index>": requireKeyOrder ranks by both.
-					msgs[i] = store.Message{Topic: "log", Key: fmt.Sprintf("k%d", (tx*perTx+i)%keys), Payload: []byte(fmt.Sprintf("%c-%d", 'A'+tx, i))}
-				}
-				tdb, err := db.Begin()
-				require.NoError(t, err)
-				require.NoError(t, st.Write(t.Context(), tdb, msgs...))
-				require.NoError(t, tdb.Commit())
-			}
-			waitPublished(t, pub, "log", n)
-			requireKeyOrder(t, pub.Messages("log"))
-			mu.Lock()
-			defer mu.Unlock()
-			require.Positive(t, failures)
-			distinct, all := distinctPublished(pub, "log")
-			t.Logf("%s: %d injected failures; 0 lost, %d duplicates, 0 inversions", shared.name, failures, all-distinct)
-		})
+			})
+		}
 	}
 }

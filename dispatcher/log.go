@@ -182,8 +182,9 @@ func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 			d.followUp(out)
 			return &store.LogOutcome{Delivered: out.delivered, Failures: out.failures, Unattempted: out.unattempted}
 		},
-		Status:    d.logStatus,
-		BatchSize: d.cfg.BatchSize,
+		Status:          d.logStatus,
+		DeleteDelivered: d.cfg.DeleteDelivered,
+		BatchSize:       d.cfg.BatchSize,
 	}
 	wait := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
 		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))

@@ -49,6 +49,9 @@ type LogConsumer struct {
 	// may publish one batch while it records the one before, so a crash can send two batches
 	// again.
 	BatchSize int
+	// DeleteDelivered has the reader delete delivered messages instead of marking them, as
+	// [MarkDeliveredParams.Delete] does.
+	DeleteDelivered bool
 	// Status, when set, receives the reader's status whenever it changes, and at least every
 	// few seconds while it reads.
 	Status func(LogStatus)

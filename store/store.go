@@ -118,6 +118,10 @@ type MarkDeliveredParams struct {
 	// IDs of the delivered messages. A message is marked even if its claim has expired: it was
 	// acknowledged, and marking it spares a duplicate.
 	IDs []string
+	// Delete removes the messages instead of keeping them as delivered: about half the
+	// database work of a mark, and nothing left to purge, at the cost of no delivered
+	// messages for operators to look at.
+	Delete bool
 }
 
 // FailParams are the parameters of [Store.Fail].

@@ -4,13 +4,14 @@
 //
 //	go run ./internal/benchmark [-cases drain,idle,forwarder,live,memory] [-dbs sqlite,postgres,mariadb]
 //	    [-modes poll,log,logonly] [-n 50000] [-idle 20s] [-live-rate 1000] [-live-for 20s] [-memory-n 1000000]
-//	    [-batch N] [-concurrency N] [-workers N]
+//	    [-batch N] [-concurrency N] [-workers N] [-delete=false]
 //
 // It prints one line per case:
 //
 //	case=broker n=<messages> batch=<n> rate=<msgs/s>   (the same publishing, from memory: the ceiling)
 //	case=<db>-rawloop-drain n=<messages> rate=<msgs/s>   (a hand-written loop: the reference)
 //	case=<db>-<mode>-drain n=<messages> rate=<msgs/s> vs_rawloop=<x> duplicates=<n>
+//	case=<db>-<mode>-delete-drain ...   (the same with Config.DeleteDelivered: rows deleted, as the hand loop does)
 //	case=<db>-<mode>-idle queries_per_s=<q> wake_p50=<ms> wake_p99=<ms> other_instance_wake_p50=<ms> ...
 //	case=pg-vs-forwarder n=<n> outbox=<msgs/s> forwarder=<msgs/s> ratio=<x>
 //	case=<db>-<mode>-live rate=<msgs/s> n=<n> p50=<ms> p99=<ms>   (and forwarder-live)
@@ -72,6 +73,7 @@ func main() {
 	modes := flag.String("modes", "poll,log,logonly", "how dispatchers find messages in the drain, idle and live cases: poll; log where the database has a change log; logonly (Postgres) for log-only writes")
 	liveRate := flag.Int("live-rate", 1000, "messages per second written in the live cases")
 	liveFor := flag.Duration("live-for", 20*time.Second, "how long the live cases write")
+	deleted := flag.Bool("delete", true, "drain a second time with Config.DeleteDelivered (the <db>-<mode>-delete-drain lines)")
 	memoryN := flag.Int("memory-n", 1000000, "backlog size for the memory case")
 	childDSN := flag.String("child-drain", "", "internal: drain this Postgres outbox as the memory case's child process")
 	childBrokers := flag.String("child-brokers", "", "internal: the brokers of -child-drain")
@@ -143,7 +145,12 @@ func main() {
 			rawRates[name] = rate
 		}
 		each("drain", func(name, label string, cfg dispatcher.Config) error {
-			return drainCase(name, label, *n, cfg, rawRates[strings.TrimSuffix(name, "-logonly")])
+			raw := rawRates[strings.TrimSuffix(name, "-logonly")]
+			if err := drainCase(name, label, *n, cfg, raw); err != nil || !*deleted || strings.HasSuffix(name, "-logonly") {
+				return err // log-only messages have no rows to delete
+			}
+			cfg.DeleteDelivered = true
+			return drainCase(name, label+"-delete", *n, cfg, raw)
 		})
 	}
 	if run["idle"] && *idle > 0 {

@@ -42,9 +42,10 @@ type Dialect struct {
 	interval string
 	claim    claimStyle
 	notify   bool // Write sends pg_notify on the table's channel
-	// asyncCommit, appended to an UPDATE's SET list, lets the statement's own transaction
-	// commit without waiting for the WAL flush. Marking messages delivered can: a mark lost in
-	// a server crash only publishes them again, which at-least-once allows.
+	// asyncCommit, a table expression joined to an UPDATE (FROM) or a DELETE (USING), lets
+	// the statement's own transaction commit without waiting for the WAL flush. Marking
+	// messages delivered can: a mark lost in a server crash only publishes them again, which
+	// at-least-once allows.
 	asyncCommit string
 	// shareLock, appended to a SELECT, makes it a locking read, which waits for the
 	// transactions that wrote the rows to commit.
@@ -113,7 +114,7 @@ func Postgres() Dialect {
 		interval:      "(%s * interval '1 microsecond')",
 		claim:         claimAdvisoryLock,
 		notify:        true,
-		asyncCommit:   " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit",
+		asyncCommit:   "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit",
 		migrationsDir: "migrations/postgres",
 		classify: func(err error) error {
 			var pgErr interface{ SQLState() string }

@@ -74,6 +74,7 @@ func (s *Store) catchingUp(ctx context.Context, first int64) (bool, error) {
 // LogBatch is a published log batch whose outcome is not recorded yet.
 type LogBatch struct {
 	s         *Store
+	del       bool // delivered messages are deleted (LogConsumer.DeleteDelivered)
 	delivered []int64
 	failures  []store.Failure
 	handOver  []int64
@@ -120,7 +121,7 @@ func (b *LogBatch) keepLogOnly(m LogMessage) {
 // A message whose key has an earlier message held by polling is handed over to polling, with
 // the later messages of its key, so that the key stays in order.
 func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogMessage, lookup *sql.Conn) (*LogBatch, error) {
-	ready, heldFrom, claimed, err := s.logFilter(ctx, msgs, lookup)
+	ready, heldFrom, claimed, err := s.logFilter(ctx, msgs, lookup, c.DeleteDelivered)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: look up logged messages in %s: %w", s.t, err)
 	}
@@ -139,7 +140,7 @@ func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogM
 		deliver []store.ClaimedMessage
 		blocked = map[string]bool{}
 		seqOf   = make(map[string]int64, len(msgs))
-		batch   = &LogBatch{s: s, marks: claimed}
+		batch   = &LogBatch{s: s, del: c.DeleteDelivered, marks: claimed}
 	)
 	for _, m := range msgs {
 		if !ready[m.Seq] {
@@ -209,7 +210,9 @@ func (b *LogBatch) Record(ctx context.Context, checkpoint func(context.Context, 
 // WAL is flushed, before the transaction leaves the running set; MySQL writes the binlog
 // before InnoDB commits), so a row the filter does not find is looked up again, first after
 // 100 µs, as the gap is mostly far shorter than a millisecond, then at doubling waits. A row
-// still missing was deleted: its message is not handed over.
+// still missing was deleted: its message is not handed over. Where delivered messages are
+// deleted (LogConsumer.DeleteDelivered), a reader that reads again what polling delivered
+// meanwhile pays this wait once per batch.
 const visibleWithin = 200 * time.Millisecond
 
 // logFilter returns the seqs of msgs that are pending and not held by polling, and for each
@@ -217,7 +220,7 @@ const visibleWithin = 200 * time.Millisecond
 // looked up by seq, the primary key, and held messages of their keys in the same statement,
 // through the "pending_key" index: only messages up to the batch's last are looked at, and
 // those before a batch are mostly delivered already.
-func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Conn) (ready map[int64]bool, heldFrom map[string]int64, claimed []int64, err error) {
+func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Conn, deleting bool) (ready map[int64]bool, heldFrom map[string]int64, claimed []int64, err error) {
 	l := s.newLogLookup(msgs, lookup)
 	missing := make([]int64, len(msgs))
 	logOnly := map[int64]bool{}
@@ -254,7 +257,7 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Co
 		case <-time.After(wait):
 		}
 	}
-	if len(missing) > 0 {
+	if len(missing) > 0 && !deleting { // where delivered messages are deleted, polling delivered these
 		s.log.Warn("logged outbox rows not found in the table: deleted, so not published", slog.Int("count", len(missing)))
 	}
 	return l.ready, l.heldFrom, l.claimed, nil
@@ -381,10 +384,9 @@ func (l *logLookup) scan(ctx context.Context, q string, args []any, found map[in
 func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(context.Context, *sql.Tx) error) error {
 	delivered, failures, handOver := batch.delivered, batch.failures, batch.handOver
 	t := s.t.String()
-	markDelivered := func(db store.Execer, seqs []int64, asyncCommit string) error {
+	markDelivered := func(db store.Execer, seqs []int64, async bool) error {
 		b := builder{d: s.d}
-		_, err := db.ExecContext(ctx, "UPDATE "+t+" SET state = 'delivered', delivered_at = "+s.d.now+
-			", claim_token = NULL, claimed_until = "+s.d.epoch+asyncCommit+" WHERE state = 'pending' AND "+b.inSeqs("seq", seqs), b.args...)
+		_, err := db.ExecContext(ctx, s.markDelivered(b.inSeqs("seq", seqs), batch.del, async), b.args...)
 		return err
 	}
 	if checkpoint == nil && len(failures)+len(handOver)+len(batch.marks) == 0 && len(delivered) <= s.d.maxParams-8 {
@@ -392,7 +394,7 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 		if len(delivered) == 0 {
 			return nil // log-only messages: nothing to write
 		}
-		if err := markDelivered(s.db, delivered, s.d.asyncCommit); err != nil {
+		if err := markDelivered(s.db, delivered, true); err != nil {
 			return fmt.Errorf("outbox: mark %d logged messages delivered in %s: %w", len(delivered), s.t, err)
 		}
 		return nil
@@ -408,7 +410,7 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 			return err
 		}
 	}
-	err = inChunks(delivered, s.d.maxParams-8, func(seqs []int64) error { return markDelivered(tx, seqs, "") })
+	err = inChunks(delivered, s.d.maxParams-8, func(seqs []int64) error { return markDelivered(tx, seqs, false) })
 	if err != nil {
 		return fmt.Errorf("outbox: mark %d logged messages delivered in %s: %w", len(delivered), s.t, err)
 	}

@@ -11,13 +11,30 @@ import (
 func (s *Store) MarkDelivered(ctx context.Context, p *store.MarkDeliveredParams) error {
 	return s.inChunks(p.IDs, func(ids []string) error {
 		b := builder{d: s.d}
-		q := "UPDATE " + s.t.String() + " SET state = 'delivered', delivered_at = " + s.d.now +
-			", claim_token = NULL, claimed_until = " + s.d.epoch + s.d.asyncCommit + " WHERE state = 'pending' AND " + b.in("id", ids)
+		q := s.markDelivered(b.in("id", ids), p.Delete, true)
 		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: mark %d messages delivered in %s: %w", len(ids), s.t, err)
 		}
 		return nil
 	})
+}
+
+// markDelivered is the statement that records the pending messages that cond selects as
+// delivered: it marks them, or with del deletes them. With async, where the database allows
+// it, the statement's own transaction does not wait for the WAL flush.
+func (s *Store) markDelivered(cond string, del, async bool) string {
+	t, join := s.t.String(), ""
+	if async && s.d.asyncCommit != "" {
+		join = " USING " + s.d.asyncCommit
+	}
+	if del {
+		return "DELETE FROM " + t + join + " WHERE state = 'pending' AND " + cond
+	}
+	if join != "" {
+		join = " FROM " + s.d.asyncCommit
+	}
+	return "UPDATE " + t + " SET state = 'delivered', delivered_at = " + s.d.now + ", claim_token = NULL, claimed_until = " + s.d.epoch +
+		join + " WHERE state = 'pending' AND " + cond
 }
 
 // Release implements [store.Store].

@@ -74,6 +74,23 @@ func testMarkDelivered(t *testing.T, h Harness) {
 	}
 }
 
+// testMarkDeliveredDelete: with Delete, delivered messages leave the outbox; a message
+// that is no longer pending (parked meanwhile) stays, as a mark would leave it.
+func testMarkDeliveredDelete(t *testing.T, h Harness) {
+	ctx := ctxFor(t)
+	want := write(t, h, msg("t", "a", "1"), msg("t", "b", "2"), msg("t", "c", "3"))
+	res := claim(t, h, 10, lease)
+	require.Equal(t, want, ids(res))
+	require.NoError(t, h.Store.Fail(ctx, &store.FailParams{Token: res.Token, Failures: []store.Failure{{ID: want[2], Error: "bad", Park: true}}}))
+	require.NoError(t, h.Store.MarkDelivered(ctx, &store.MarkDeliveredParams{IDs: want, Delete: true}))
+	list, err := h.Store.List(ctx, &store.ListParams{})
+	require.NoError(t, err)
+	require.Len(t, list.Messages, 1, "the two delivered messages are deleted")
+	require.Equal(t, want[2], list.Messages[0].ID)
+	require.Equal(t, store.Parked, list.Messages[0].State, "a parked message is not deleted by a late acknowledgement")
+	require.Empty(t, claim(t, h, 10, lease).Messages)
+}
+
 func testFailRetry(t *testing.T, h Harness) {
 	ctx := ctxFor(t)
 	want := write(t, h, msg("t", "a", "1"))

@@ -49,6 +49,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"ClaimHoldsMessagesUntilLeaseExpires", testLease},
 		{"ExtendLeaseKeepsAClaimPastItsFirstLease", testExtendLease},
 		{"MarkDeliveredIsFinal", testMarkDelivered},
+		{"MarkDeliveredCanDelete", testMarkDeliveredDelete},
 		{"FailDelaysRetryAndRecordsError", testFailRetry},
 		{"FailWithStaleTokenIsIgnored", testStaleToken},
 		{"ParkLetsTheKeyMoveOn", testPark},

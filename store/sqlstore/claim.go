@@ -163,23 +163,29 @@ func scanClaimed(rows *sql.Rows) ([]claimedRow, error) {
 // each claim then sees every earlier claim committed, which keeps the messages of a key in
 // order across dispatchers. Postgres claims skip locked rows (FOR UPDATE SKIP LOCKED) rather
 // than wait on rows that other dispatchers are marking; MySQL claims read without locks (see
-// claimNamed). A cheap look first keeps an idle outbox at one query per poll;
-// its ORDER BY has the planner read the pending index from its head, not all of it.
+// claimNamed). A cheap look first keeps an idle outbox at one query per poll (its ORDER BY
+// has the planner read the pending index from its head, not all of it); after a full claim,
+// a sign of a backlog, the next claim goes straight to the lock.
 func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
-	b := builder{d: s.d}
-	var one int
-	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" o WHERE "+s.due("o")+s.sweepOnly(&b, p)+
-		" ORDER BY o.seq LIMIT 1", b.args...).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
+	if !s.backlog.Load() {
+		b := builder{d: s.d}
+		var one int
+		err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" o WHERE "+s.due("o")+s.sweepOnly(&b, p)+
+			" ORDER BY o.seq LIMIT 1", b.args...).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	if err != nil {
-		return nil, err
-	}
+	claim := s.claimNamed
 	if s.d.claim == claimAdvisoryLock {
-		return s.claimAdvisory(ctx, token, p)
+		claim = s.claimAdvisory
 	}
-	return s.claimNamed(ctx, token, p)
+	got, err := claim(ctx, token, p)
+	s.backlog.Store(err == nil && len(got) == p.Limit)
+	return got, err
 }
 
 func (s *Store) claimAdvisory(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {

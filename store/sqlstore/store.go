@@ -98,6 +98,9 @@ type Store struct {
 	// polled), so until they are delivered the reader hands its messages over to the sweep,
 	// which takes these first. 0: none; -1: not looked up yet in this reading session.
 	catchUp atomic.Int64
+	// backlog is true after a claim came back full: the next claim skips the cheap look for
+	// a due message that keeps an idle outbox at one query per poll.
+	backlog atomic.Bool
 
 	mu           sync.Mutex
 	subs         map[chan struct{}]struct{}

@@ -221,6 +221,22 @@ type Stats struct {
 	OldestPending time.Time
 	// DeliveredLastMinute counts the messages marked delivered in the last minute.
 	DeliveredLastMinute int64
+	// ParkedKeys are the keys with parked messages, the key of the oldest first: at most
+	// MaxParkedKeys, found among the oldest thousand parked messages. With strict order per
+	// key, each holds back the later messages of its key until an operator requeues or
+	// deletes what is parked. Messages without a key are not counted here.
+	ParkedKeys []ParkedKey
+}
+
+// MaxParkedKeys is the most keys [Stats].ParkedKeys lists.
+const MaxParkedKeys = 10
+
+// ParkedKey is a key with parked messages.
+type ParkedKey struct {
+	Topic string
+	Key   string
+	// Parked counts its parked messages among those looked at.
+	Parked int64
 }
 
 // RequeueParams selects parked messages to requeue: by IDs, or by Topic and/or Key, or All.

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/outboxgo/outbox/store/mysqlstore"
@@ -30,8 +31,16 @@ type statusReport struct {
 	OldestPending           time.Time `json:"oldest_pending,omitzero"`
 	OldestPendingAgeSeconds float64   `json:"oldest_pending_age_seconds"`
 	Parked                  int64     `json:"parked"`
-	DeliveredLastMinute     int64     `json:"delivered_last_minute"`
-	Log                     logReport `json:"log"`
+	// ParkedKeys are the keys with parked messages, the oldest first (at most ten).
+	ParkedKeys          []parkedKey `json:"parked_keys,omitempty"`
+	DeliveredLastMinute int64       `json:"delivered_last_minute"`
+	Log                 logReport   `json:"log"`
+}
+
+type parkedKey struct {
+	Topic  string `json:"topic"`
+	Key    string `json:"key"`
+	Parked int64  `json:"parked"`
 }
 
 // logReport is the state of the change log reader.
@@ -63,6 +72,11 @@ func setupStatus(*flag.FlagSet) func(context.Context, *app) error {
 			Parked:              stats.Parked,
 			DeliveredLastMinute: stats.DeliveredLastMinute,
 		}
+		var keys []string
+		for _, k := range stats.ParkedKeys {
+			r.ParkedKeys = append(r.ParkedKeys, parkedKey{Topic: k.Topic, Key: k.Key, Parked: k.Parked})
+			keys = append(keys, fmt.Sprintf("%s/%s (%d)", k.Topic, k.Key, k.Parked))
+		}
 		if !stats.OldestPending.IsZero() {
 			r.OldestPendingAgeSeconds = max(0, now.Sub(stats.OldestPending).Seconds())
 		}
@@ -86,6 +100,7 @@ func setupStatus(*flag.FlagSet) func(context.Context, *app) error {
 				field{"pending", strconv.FormatInt(r.Pending, 10)},
 				field{"lag", lag},
 				field{"parked", strconv.FormatInt(r.Parked, 10)},
+				field{"parked keys", strings.Join(keys, ", ")},
 				field{"delivered last minute", strconv.FormatInt(r.DeliveredLastMinute, 10)},
 				field{"log mode", r.Log.Mode},
 				field{"why not log", r.Log.Reason},

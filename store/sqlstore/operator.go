@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/outboxgo/outbox/store"
@@ -29,7 +30,33 @@ func (s *Store) Stats(ctx context.Context) (*store.Stats, error) {
 		return nil, fmt.Errorf("outbox: stats of %s: %w", s.t, err)
 	}
 	st.OldestPending = oldest.t
+	if st.Parked > 0 {
+		if st.ParkedKeys, err = s.parkedKeys(ctx); err != nil {
+			return nil, fmt.Errorf("outbox: parked keys of %s: %w", s.t, err)
+		}
+	}
 	return &st, nil
+}
+
+// parkedKeys lists the keys of the oldest parked messages. It looks at the oldest thousand
+// only, so that a table with many parked messages costs a bounded read.
+func (s *Store) parkedKeys(ctx context.Context) ([]store.ParkedKey, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT topic, message_key, count(*) FROM (SELECT topic, message_key, seq FROM "+s.t.String()+
+		" WHERE state = 'parked' AND message_key <> '' ORDER BY seq LIMIT 1000) p GROUP BY topic, message_key ORDER BY min(seq) LIMIT "+
+		strconv.Itoa(store.MaxParkedKeys))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var keys []store.ParkedKey
+	for rows.Next() {
+		var k store.ParkedKey
+		if err := rows.Scan(&k.Topic, &k.Key, &k.Parked); err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, rows.Err()
 }
 
 // Requeue implements [store.Operator].

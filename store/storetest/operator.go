@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -58,6 +59,23 @@ func testOperatorStats(t *testing.T, h Harness) {
 	require.EqualValues(t, 1, st.Parked)
 	require.EqualValues(t, 1, st.DeliveredLastMinute)
 	require.WithinRange(t, st.OldestPending, before, time.Now().Add(time.Second))
+	require.Equal(t, []store.ParkedKey{{Topic: "t", Key: "a", Parked: 1}}, st.ParkedKeys)
+
+	// Parked keys come oldest first, counted per topic and key; messages without a key and
+	// keys past MaxParkedKeys are left out.
+	var more []store.Message
+	for i := range store.MaxParkedKeys + 2 {
+		more = append(more, msg("u", fmt.Sprintf("k%02d", i), "x"), msg("u", "", "no key"))
+	}
+	more = append(more, msg("t", "a", "again"))
+	park(t, h, write(t, h, more...)...)
+	st, err = op.Stats(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 2*(store.MaxParkedKeys+2)+2, st.Parked)
+	require.Len(t, st.ParkedKeys, store.MaxParkedKeys)
+	require.Equal(t, store.ParkedKey{Topic: "t", Key: "a", Parked: 2}, st.ParkedKeys[0])
+	require.Equal(t, store.ParkedKey{Topic: "u", Key: "k00", Parked: 1}, st.ParkedKeys[1])
+	require.Equal(t, "k08", st.ParkedKeys[store.MaxParkedKeys-1].Key)
 }
 
 func testOperatorRequeue(t *testing.T, h Harness) {

@@ -1,8 +1,10 @@
 package store
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -63,6 +65,23 @@ type Message struct {
 // NewID returns a new message id: a UUIDv7, so ids sort by creation time.
 func NewID() string {
 	return uuid.Must(uuid.NewV7()).String()
+}
+
+// WriteIDs writes msgs through st as [Store.Write] does, and returns the id of each message,
+// in order: the one the caller set, or the one given to it ([NewID]). msgs is not changed.
+func WriteIDs(ctx context.Context, st Store, db Execer, msgs ...Message) ([]string, error) {
+	withIDs := slices.Clone(msgs)
+	ids := make([]string, len(msgs))
+	for i := range withIDs {
+		if withIDs[i].ID == "" {
+			withIDs[i].ID = NewID()
+		}
+		ids[i] = withIDs[i].ID
+	}
+	if err := st.Write(ctx, db, withIDs...); err != nil {
+		return nil, err
+	}
+	return ids, nil
 }
 
 // Validate checks m against the limits above and a payload limit of maxPayload bytes.

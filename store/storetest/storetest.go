@@ -45,6 +45,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"WriteRejectsBadInputAndKeepsTxUsable", testBadInput},
 		{"LargestPayloadRoundTrips", testLargestPayload},
 		{"WriteManyInOneCall", testWriteMany},
+		{"WriteIDsTellsTheIDsItStored", testWriteIDs},
 		{"WriteRefusesATakenIDAndKeepsTxUsable", testDuplicateID},
 		{"ClaimHoldsMessagesUntilLeaseExpires", testLease},
 		{"ExtendLeaseKeepsAClaimPastItsFirstLease", testExtendLease},

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/store"
@@ -143,4 +144,38 @@ func testWriteMany(t *testing.T, h Harness) {
 		require.NoError(t, h.Store.MarkDelivered(ctxFor(t), &store.MarkDeliveredParams{IDs: ids(res)}))
 	}
 	require.Equal(t, want, got)
+}
+
+// testWriteIDs: WriteIDs returns the id of each message in order, keeps an id the caller set,
+// and gives the others new UUIDv7s; Write alone gives UUIDv7s too.
+func testWriteIDs(t *testing.T, h Harness) {
+	ctx := ctxFor(t)
+	mine := store.NewID()
+	in := []store.Message{msg("t", "a", "1"), {ID: mine, Topic: "t", Key: "a", Payload: []byte("2")}, msg("t", "b", "3")}
+	tx, err := h.DB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	got, err := store.WriteIDs(ctx, h.Store, tx, in...)
+	require.NoError(t, err)
+	require.NoError(t, h.Store.Write(ctx, tx, msg("t", "c", "4")))
+	require.NoError(t, tx.Commit())
+	require.Len(t, got, 3)
+	require.Equal(t, mine, got[1], "an id the caller set is kept")
+	require.Empty(t, in[0].ID, "the caller's messages are not changed")
+
+	list, err := h.Store.List(ctx, &store.ListParams{})
+	require.NoError(t, err)
+	require.Len(t, list.Messages, 4)
+	for i, m := range list.Messages {
+		if i < 3 {
+			require.Equal(t, got[i], m.ID, "WriteIDs returns the stored ids in write order")
+		}
+		id, err := uuid.Parse(m.ID)
+		require.NoError(t, err)
+		if m.ID != mine {
+			require.Equal(t, uuid.Version(7), id.Version(), "message %d: ids given by Write are UUIDv7s", i)
+		}
+	}
+
+	_, err = store.WriteIDs(ctx, h.Store, h.DB, store.Message{Payload: []byte("no topic")})
+	require.ErrorIs(t, err, store.ErrEmptyTopic, "bad input gets Write's error and no ids")
 }

@@ -128,6 +128,7 @@ var commands = []command{
 	{"requeue", "--id id... | --topic t [--key k] | --key k | --all", "make parked messages pending again", setupRequeue},
 	{"purge", "--older-than 7d", "delete delivered messages older than a duration", setupPurge},
 	{"migrate", "[--print]", "create or upgrade the outbox table (--print: show its SQL)", setupMigrate},
+	{"serve", "[--addr 127.0.0.1:8080] [--read-only]", "serve the operator console in the browser", setupServe},
 }
 
 // app is one run of the program.

@@ -69,7 +69,7 @@ func main() {
 	batch := flag.Int("batch", 0, "dispatcher BatchSize (0: default)")
 	concurrency := flag.Int("concurrency", 0, "dispatcher Concurrency (0: default)")
 	workers := flag.Int("workers", 0, "dispatcher Workers (0: default)")
-	cases := flag.String("cases", "broker,drain,idle,forwarder,live,memory,failover", "cases to run")
+	cases := flag.String("cases", "broker,brokers,drain,idle,forwarder,live,memory,failover", "cases to run")
 	modes := flag.String("modes", "poll,log,logonly", "how dispatchers find messages in the drain, idle and live cases: poll; log where the database has a change log; logonly (Postgres) for log-only writes")
 	liveRate := flag.Int("live-rate", 1000, "messages per second written in the live cases")
 	liveFor := flag.Duration("live-for", 20*time.Second, "how long the live cases write")
@@ -98,7 +98,7 @@ func main() {
 	}
 	run := map[string]bool{}
 	for _, c := range strings.Split(*cases, ",") {
-		if !slices.Contains([]string{"broker", "drain", "idle", "forwarder", "live", "memory", "failover"}, c) {
+		if !slices.Contains([]string{"broker", "brokers", "drain", "idle", "forwarder", "live", "memory", "failover"}, c) {
 			fmt.Fprintf(os.Stderr, "unknown case %q\n", c)
 			os.Exit(2)
 		}
@@ -130,6 +130,12 @@ func main() {
 	if run["broker"] {
 		if err := brokerCase(*n, cmp.Or(*batch, dispatcher.DefaultBatchSize)); err != nil {
 			fmt.Fprintf(os.Stderr, "case=broker: %v\n", err)
+			failed = true
+		}
+	}
+	if run["brokers"] {
+		if err := brokersCase(*n, cfg); err != nil { // NATS JetStream and Redis Streams (brokers.go)
+			fmt.Fprintf(os.Stderr, "case=brokers: %v\n", err)
 			failed = true
 		}
 	}

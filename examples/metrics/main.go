@@ -1,11 +1,11 @@
-// Metrics: the dispatcher's OpenTelemetry metrics, exported for Prometheus, and its status
-// handler, on one machine with no services.
+// Metrics: the dispatcher's OpenTelemetry metrics, exported for Prometheus, its status
+// handler and the operator console, on one machine with no services.
 //
 // The dispatcher reports through the OpenTelemetry metric API (dispatcher.Config.MeterProvider);
 // the application brings the exporter. This program builds an SDK MeterProvider whose reader
 // is the OpenTelemetry Prometheus exporter, registered on its own prometheus.Registry (not the
 // global one), and serves that registry at /metrics and the dispatcher's status handler at
-// /status. It writes messages to a few topics in transactions (SQLite outbox, in-process Kafka
+// /status, and the operator console (package dispatcher/console) under /console/. It writes messages to a few topics in transactions (SQLite outbox, in-process Kafka
 // broker on loopback), one of them to a topic whose every publish fails, so that after
 // dispatcher.Config.MaxAttempts attempts it is parked. Once every other message is delivered
 // and that one is parked, it scrapes its own endpoints over HTTP, checks what they report
@@ -55,6 +55,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/dispatcher/console"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
@@ -204,10 +205,17 @@ func run(ctx context.Context, args []string, out io.Writer, serving func(report)
 		d.Stop(stopCtx)
 	}()
 
-	// The endpoints.
+	// The endpoints. The console, like the others, has no authentication of its own: an
+	// application mounts it behind its own.
+	ops, err := console.New(console.Config{Store: outbox, Dispatcher: d, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer ops.Close()
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	mux.Handle("GET /status", d.StatusHandler(dispatcher.StatusConfig{MaxLag: 30 * time.Second}))
+	mux.Handle("/console/", http.StripPrefix("/console", ops))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -216,7 +224,7 @@ func run(ctx context.Context, args []string, out io.Writer, serving func(report)
 		defer cancel()
 		srv.Shutdown(shutCtx)
 	}()
-	fmt.Fprintf(out, "outbox metrics: serving http://%s/metrics and http://%s/status\n", bound, bound)
+	fmt.Fprintf(out, "outbox metrics: serving http://%s/metrics, http://%s/status and the console at http://%s/console/\n", bound, bound, bound)
 
 	// The application: messages written in transactions.
 	settleCtx, cancel := context.WithTimeout(ctx, *timeout)

@@ -26,6 +26,7 @@ type scraped struct {
 	metrics    string
 	statusCode int
 	status     string
+	console    string // the console's parked page
 }
 
 func TestMetricsExampleServesWhatTheDispatcherDid(t *testing.T) {
@@ -83,6 +84,9 @@ func TestMetricsExampleServesWhatTheDispatcherDid(t *testing.T) {
 			require.Contains(t, got.status, `"parked":1,`)
 			require.Contains(t, got.status, `"pending":0,`)
 			require.Contains(t, got.status, `"healthy":true`)
+
+			require.Contains(t, got.console, "refuses every message", "the console lists the parked message with its error")
+			require.Contains(t, got.console, "Messages 1 to 1")
 		})
 	}
 }
@@ -124,6 +128,8 @@ func scrape(t *testing.T, ctx context.Context, r report) *scraped {
 	require.Equal(t, http.StatusOK, code, metrics)
 	s.metrics = metrics
 	s.statusCode, s.status = get("/status")
+	code, s.console = get("/console/parked?topic=" + r.FailingTopic)
+	require.Equal(t, http.StatusOK, code, s.console)
 	return s
 }
 

@@ -2,11 +2,17 @@
 //
 // A SQLite file holds the payments and the outbox; an in-process Kafka broker (franz-go's
 // kfake, on loopback) receives the events. Each payment and its PaymentEvent are written in
-// one transaction; the dispatcher publishes the events through watermill-kafka; a watermill
-// Kafka subscriber reads them back. It prints progress, then a summary, and exits 0 only if
-// every event arrived.
+// one transaction; the dispatcher publishes the events through the Kafka publisher; a
+// watermill Kafka subscriber reads them back. It prints progress, then a summary, and exits 0
+// only if every event arrived.
 //
-//	go run ./examples/quickstart [-payments 2000] [-rate 500] [-db path]
+//	go run ./examples/quickstart [-payments 2000] [-rate 500] [-db path] [-broker URL]
+//
+// -broker sends the events to a broker of yours instead, with this module's publisher for it
+// and watermill's subscriber reading them back: nats://127.0.0.1:4222 (NATS JetStream, a
+// stream of the run's own), redis://127.0.0.1:6379 (Redis Streams), amqp://guest:guest@127.0.0.1:5672/
+// (RabbitMQ, a durable queue of the run's own) or kafka://host:port. The run's stream or
+// queue is removed when it ends.
 package main
 
 import (
@@ -24,15 +30,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/IBM/sarama"
-	"github.com/ThreeDotsLabs/watermill"
-	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/sqlitedialect"
 
 	"github.com/outboxgo/outbox/dispatcher"
-	"github.com/outboxgo/outbox/publisher/kafka"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 	"github.com/outboxgo/outbox/store/sqlstore"
@@ -63,17 +64,18 @@ func main() {
 	rate := flag.Int("rate", 500, "payments written per second (0: as fast as possible)")
 	dbPath := flag.String("db", "", "SQLite file (default: a new file in a temporary directory)")
 	timeout := flag.Duration("timeout", 2*time.Minute, "give up after this long")
+	brokerURL := flag.String("broker", "", brokerFlag)
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	if err := run(ctx, *payments, *rate, *dbPath); err != nil {
+	if err := run(ctx, *payments, *rate, *dbPath, *brokerURL); err != nil {
 		fmt.Fprintln(os.Stderr, "quickstart:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, n, rate int, dbPath string) error {
+func run(ctx context.Context, n, rate int, dbPath, brokerURL string) error {
 	if n <= 0 {
 		return errors.New("-payments must be positive")
 	}
@@ -82,13 +84,12 @@ func run(ctx context.Context, n, rate int, dbPath string) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	// An in-process Kafka broker on loopback.
-	cluster, err := startKafka()
+	// An in-process Kafka broker on loopback, or the one -broker names.
+	b, err := openBroker(ctx, brokerURL, logger)
 	if err != nil {
-		return fmt.Errorf("start kafka: %w", err)
+		return err
 	}
-	defer cluster.Close()
-	brokers := cluster.ListenAddrs()
+	defer b.close()
 
 	// The application's database: payments and the outbox, in one SQLite file.
 	if dbPath == "" {
@@ -115,15 +116,10 @@ func run(ctx context.Context, n, rate int, dbPath string) error {
 	if err := outbox.Migrate(ctx); err != nil {
 		return err
 	}
-	fmt.Printf("outbox quickstart: %d payments, SQLite %s, Kafka %s\n", n, dbPath, brokers[0])
+	fmt.Printf("outbox quickstart: %d payments, SQLite %s, %s\n", n, dbPath, b.desc)
 
 	// The dispatcher publishes what the outbox holds.
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
-	if err != nil {
-		return fmt.Errorf("kafka publisher: %w", err)
-	}
-	defer pub.Close()
-	d, err := dispatcher.New(outbox, pub, dispatcher.Config{Logger: logger})
+	d, err := dispatcher.New(outbox, b.pub, dispatcher.Config{Logger: logger})
 	if err != nil {
 		return err
 	}
@@ -145,7 +141,7 @@ func run(ctx context.Context, n, rate int, dbPath string) error {
 		dups     atomic.Int64
 		consumed atomic.Int64
 	)
-	stopConsumer, err := consume(ctx, brokers, logger, func(id string, at time.Time) {
+	stopConsumer, err := consume(ctx, b, func(id string, at time.Time) {
 		mu.Lock()
 		defer mu.Unlock()
 		if seen[id] {
@@ -167,7 +163,7 @@ func run(ctx context.Context, n, rate int, dbPath string) error {
 	var written atomic.Int64
 	writeErr := make(chan error, 1)
 	go func() {
-		writeErr <- writePayments(ctx, db, outbox, n, rate, &written, &commits)
+		writeErr <- writePayments(ctx, db, outbox, b.topic, n, rate, &written, &commits)
 	}()
 
 	tick := time.NewTicker(500 * time.Millisecond)
@@ -196,7 +192,7 @@ func run(ctx context.Context, n, rate int, dbPath string) error {
 	}
 	elapsed := time.Since(start)
 
-	// Every event is in Kafka; the outbox agrees once the last marks land.
+	// Every event is in the broker; the outbox agrees once the last marks land.
 	var delivered int
 	for ctx.Err() == nil {
 		delivered, err = count(ctx, outbox, store.Delivered)
@@ -232,7 +228,7 @@ func run(ctx context.Context, n, rate int, dbPath string) error {
 	return nil
 }
 
-func writePayments(ctx context.Context, db *bun.DB, outbox *sqlstore.Store, n, rate int, written *atomic.Int64, commits *sync.Map) error {
+func writePayments(ctx context.Context, db *bun.DB, outbox *sqlstore.Store, topic string, n, rate int, written *atomic.Int64, commits *sync.Map) error {
 	var pace <-chan time.Time
 	if rate > 0 {
 		t := time.NewTicker(time.Second / time.Duration(rate))
@@ -280,23 +276,12 @@ func writePayments(ctx context.Context, db *bun.DB, outbox *sqlstore.Store, n, r
 	return nil
 }
 
-// consume reads the topic with watermill's Kafka subscriber in a consumer group, calling got
-// for each message. It returns a function that stops the consumer and waits for it.
-func consume(ctx context.Context, brokers []string, logger *slog.Logger, got func(id string, at time.Time)) (func(), error) {
-	cfg := wmkafka.DefaultSaramaSubscriberConfig()
-	cfg.Version = sarama.V3_6_0_0
-	cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
-	sub, err := wmkafka.NewSubscriber(wmkafka.SubscriberConfig{
-		Brokers:               brokers,
-		Unmarshaler:           kafka.Marshaler{},
-		OverwriteSaramaConfig: cfg,
-		ConsumerGroup:         "quickstart-consumer",
-	}, watermill.NewSlogLogger(logger))
-	if err != nil {
-		return nil, fmt.Errorf("kafka subscriber: %w", err)
-	}
+// consume reads the broker's topic with its subscriber, calling got for each message. It
+// returns a function that stops the consumer and waits for it.
+func consume(ctx context.Context, b *broker, got func(id string, at time.Time)) (func(), error) {
+	sub := b.sub
 	subCtx, cancel := context.WithCancel(ctx)
-	msgs, err := sub.Subscribe(subCtx, topic)
+	msgs, err := sub.Subscribe(subCtx, b.topic)
 	if err != nil {
 		cancel()
 		sub.Close()
@@ -331,15 +316,4 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 		return 0
 	}
 	return sorted[min(len(sorted)-1, len(sorted)*p/100)]
-}
-
-// startKafka starts an in-process Kafka broker, franz-go's kfake, on a free loopback port, so
-// that the example needs no services. Topics are created on first use with 8 partitions. A
-// real application passes its brokers' addresses to kafka.Config instead.
-func startKafka() (*kfake.Cluster, error) {
-	return kfake.NewCluster(
-		kfake.NumBrokers(1),
-		kfake.AllowAutoTopicCreation(),
-		kfake.DefaultNumPartitions(8),
-	)
 }

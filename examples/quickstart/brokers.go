@@ -175,8 +175,9 @@ func redisBroker(ctx context.Context, spec, topic string, logger *slog.Logger) (
 		client.Close()
 		return nil, fmt.Errorf("redis publisher: %w", err)
 	}
+	// The subscriber closes its client when it closes: one of its own.
 	sub, err := wmredis.NewSubscriber(wmredis.SubscriberConfig{
-		Client:                        client,
+		Client:                        redis.NewClient(opts),
 		ConsumerGroup:                 "quickstart-consumer",
 		OldestId:                      "0",
 		BlockTime:                     100 * time.Millisecond,

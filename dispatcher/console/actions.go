@@ -42,22 +42,28 @@ func (c *Console) requeue(w http.ResponseWriter, r *http.Request) {
 	scope := r.PostFormValue("scope")
 	id, topic, key := r.PostFormValue("id"), r.PostFormValue("topic"), r.PostFormValue("key")
 	var (
-		params store.RequeueParams
-		what   string
-		back   = "parked"
+		params    store.RequeueParams
+		what      string // for the question
+		selection string // for the report
+		back      = "parked"
 	)
 	switch {
 	case scope == "id" && id != "":
-		params.IDs, what = []string{id}, "the parked message "+strconv.Quote(id)
+		params.IDs = []string{id}
+		what, selection = "the parked message "+strconv.Quote(id), "id "+strconv.Quote(id)
 	case scope == "key" && key != "":
-		params.Topic, params.Key, what = topic, key, "the parked messages of key "+strconv.Quote(key)
+		params.Topic, params.Key = topic, key
+		selection = "key " + strconv.Quote(key)
 		if topic != "" {
-			what += " in topic " + strconv.Quote(topic)
+			selection += " in topic " + strconv.Quote(topic)
 		}
+		what = "the parked messages of " + selection
 	case scope == "topic" && topic != "":
-		params.Topic, what = topic, "the parked messages of topic "+strconv.Quote(topic)
+		params.Topic = topic
+		selection = "topic " + strconv.Quote(topic)
+		what = "the parked messages of " + selection
 	case scope == "all":
-		params.All, what, back = true, "every parked message", "./"
+		params.All, what, selection, back = true, "every parked message", "all parked", "./"
 	default:
 		c.fail(w, r, http.StatusBadRequest, "Say which parked messages to requeue: one id, a key, a topic, or all.")
 		return
@@ -72,10 +78,10 @@ func (c *Console) requeue(w http.ResponseWriter, r *http.Request) {
 		c.storeFailed(w, r, "requeue", err)
 		return
 	}
-	c.cfg.Logger.Info("outbox console: requeued parked messages", "selection", what, "requeued", n)
-	report := fmt.Sprintf("Requeued %d %s: %s.", n, plural(n, "message", "messages"), what)
+	c.cfg.Logger.Info("outbox console: requeued parked messages", "selection", selection, "requeued", n)
+	report := fmt.Sprintf("Requeued %d %s (%s): pending again, due now.", n, plural(n, "message", "messages"), selection)
 	if n == 0 {
-		report = "Requeued 0 messages: nothing parked matched " + what + " (requeued or deleted meanwhile?)."
+		report = "Requeued 0 messages: none parked matched (" + selection + "); they may have been requeued or deleted meanwhile."
 	}
 	c.render(w, r, http.StatusOK, "done", "Done", doneData{Report: report, Back: back})
 }

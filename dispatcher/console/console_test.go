@@ -99,10 +99,10 @@ func (c *client) post(path string, form url.Values, header http.Header) (int, st
 
 var tokenInPage = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
-// token loads a page and returns the token its forms carry.
+// token loads the overview and returns the token its forms carry.
 func (c *client) token() string {
 	c.t.Helper()
-	code, body := c.get("parked")
+	code, body := c.get("")
 	require.Equal(c.t, http.StatusOK, code, body)
 	m := tokenInPage.FindStringSubmatch(body)
 	require.NotNil(c.t, m, "no token in the page:\n%s", body)
@@ -152,7 +152,7 @@ func TestPagesEscapeWhatMessagesHold(t *testing.T) {
 
 func TestActionsNeedTheTokenAndConfirmation(t *testing.T) {
 	st, db := sqliteStore(t)
-	park(t, st, db, "failed", store.Message{Topic: "orders", Key: "a"}, store.Message{Topic: "orders", Key: "b"})
+	park(t, st, db, "failed", store.Message{Topic: "orders", Key: "a"}, store.Message{Topic: "orders", Key: "b"}, store.Message{Topic: "payments", Key: "c"})
 	c := serve(t, Config{Store: st})
 	token := c.token()
 	requeueAll := url.Values{"scope": {"all"}, "confirmed": {"yes"}}
@@ -166,18 +166,26 @@ func TestActionsNeedTheTokenAndConfirmation(t *testing.T) {
 	withToken := url.Values{"scope": {"all"}, "confirmed": {"yes"}, "csrf": {token}}
 	code, _ = c.post("requeue", withToken, http.Header{"Sec-Fetch-Site": {"cross-site"}})
 	require.Equal(t, http.StatusForbidden, code, "a browser's request from another site")
-	require.Equal(t, 2, parkedCount(t, st), "a refused request changed something")
+	require.Equal(t, 3, parkedCount(t, st), "a refused request changed something")
 
 	unconfirmed := url.Values{"scope": {"all"}, "csrf": {token}}
 	code, body = c.post("requeue", unconfirmed, nil)
 	require.Equal(t, http.StatusOK, code, body)
 	require.Contains(t, body, "Requeue every parked message?")
-	require.Equal(t, 2, parkedCount(t, st), "the question changed something")
+	require.Equal(t, 3, parkedCount(t, st), "the question changed something")
 
+	code, body = c.post("requeue", url.Values{"scope": {"topic"}, "topic": {"payments"}, "confirmed": {"yes"}, "csrf": {token}}, nil)
+	require.Equal(t, http.StatusOK, code, body)
+	require.Contains(t, body, `Requeued 1 message (topic &#34;payments&#34;)`)
 	code, body = c.post("requeue", withToken, http.Header{"Sec-Fetch-Site": {"same-origin"}})
 	require.Equal(t, http.StatusOK, code, body)
-	require.Contains(t, body, "Requeued 2 messages")
+	require.Contains(t, body, "Requeued 2 messages (all parked)")
 	require.Equal(t, 0, parkedCount(t, st))
+	code, body = c.post("requeue", url.Values{"scope": {"id"}, "id": {"no-such-id"}, "confirmed": {"yes"}, "csrf": {token}}, nil)
+	require.Equal(t, http.StatusOK, code, body)
+	require.Contains(t, body, "Requeued 0 messages: none parked matched")
+	code, _ = c.post("requeue", url.Values{"scope": {"key"}, "confirmed": {"yes"}, "csrf": {token}}, nil)
+	require.Equal(t, http.StatusBadRequest, code, "a key scope without a key")
 }
 
 func TestReadOnlyHidesAndRefusesActions(t *testing.T) {
@@ -277,4 +285,59 @@ func TestHistoryKeepsAnHourOfMinutes(t *testing.T) {
 	require.Len(t, ch.Bars, historyMinutes)
 	require.Equal(t, int64(59*10+3), ch.Published)
 	require.Equal(t, chartHeight, ch.Bars[0].PubHeight, "the highest minute fills the chart")
+}
+
+func TestPurgeDeletesOnlyOldDeliveredMessages(t *testing.T) {
+	st, db := sqliteStore(t)
+	ctx := context.Background()
+	require.NoError(t, st.Write(ctx, db, store.Message{Topic: "orders", Key: "a"}, store.Message{Topic: "orders", Key: "b"}))
+	res, err := st.Claim(ctx, &store.ClaimParams{Limit: 2, Lease: time.Minute})
+	require.NoError(t, err)
+	require.NoError(t, st.MarkDelivered(ctx, &store.MarkDeliveredParams{IDs: []string{res.Messages[0].ID, res.Messages[1].ID}}))
+	require.NoError(t, st.Write(ctx, db, store.Message{Topic: "orders", Key: "c"}))
+	c := serve(t, Config{Store: st})
+	token := c.token()
+
+	code, body := c.post("purge", url.Values{"older_than": {"7d"}, "csrf": {token}}, nil)
+	require.Equal(t, http.StatusOK, code, body)
+	require.Contains(t, body, "Delete the messages delivered more than 7d ago?")
+	code, body = c.post("purge", url.Values{"older_than": {"7d"}, "csrf": {token}, "confirmed": {"yes"}}, nil)
+	require.Equal(t, http.StatusOK, code, body)
+	require.Contains(t, body, "Deleted 0 delivered messages older than 7d.")
+	code, body = c.post("purge", url.Values{"older_than": {"1ms"}, "csrf": {token}, "confirmed": {"yes"}}, nil)
+	require.Equal(t, http.StatusOK, code, body)
+	require.Contains(t, body, "Deleted 2 delivered messages older than 1ms.")
+	left, err := st.List(ctx, &store.ListParams{})
+	require.NoError(t, err)
+	require.Len(t, left.Messages, 1)
+	require.Equal(t, store.Pending, left.Messages[0].State)
+
+	code, body = c.post("purge", url.Values{"older_than": {"soon"}, "csrf": {token}, "confirmed": {"yes"}}, nil)
+	require.Equal(t, http.StatusBadRequest, code)
+	require.Contains(t, body, "is not an age such as 7d")
+}
+
+func TestKeyPageShowsPendingInOrderAndWhatHoldsThem(t *testing.T) {
+	st, db := sqliteStore(t)
+	ctx := context.Background()
+	var msgs []store.Message
+	for _, p := range []string{"first", "second", "third"} {
+		msgs = append(msgs, store.Message{ID: store.NewID(), Topic: "orders", Key: "order-7", Payload: []byte(p)})
+	}
+	require.NoError(t, st.Write(ctx, db, msgs...))
+	res, err := st.Claim(ctx, &store.ClaimParams{Limit: 1, Lease: time.Minute})
+	require.NoError(t, err)
+	require.Equal(t, msgs[0].ID, res.Messages[0].ID)
+	require.NoError(t, st.Fail(ctx, &store.FailParams{Token: res.Token,
+		Failures: []store.Failure{{ID: msgs[0].ID, Error: "broker unreachable", RetryAfter: time.Hour}}}))
+	c := serve(t, Config{Store: st})
+
+	code, body := c.get("key?topic=orders&key=order-7")
+	require.Equal(t, http.StatusOK, code, body)
+	require.Contains(t, body, `id="held"`)
+	require.Contains(t, body, "broker unreachable")
+	at := []int{strings.Index(body, msgs[0].ID), strings.Index(body, msgs[1].ID), strings.Index(body, msgs[2].ID)}
+	require.True(t, at[0] > 0 && at[0] < at[1] && at[1] < at[2], "not in write order: %v", at)
+	_, body = c.get("key")
+	require.NotContains(t, body, "pending-list", "no key asked for, nothing listed")
 }

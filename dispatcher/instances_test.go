@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/dispatcher"
@@ -288,6 +290,7 @@ func startDispatcherProcess(t *testing.T, shared sharedDB, brokers []string, unt
 	log, err := os.CreateTemp(t.TempDir(), "dispatcher-*.log")
 	require.NoError(t, err)
 	defer log.Close()
+	cmd.Env = append(cmd.Env, "OUTBOX_PROCESS_LABEL="+filepath.Base(log.Name()))
 	cmd.Stdout, cmd.Stderr = log, log
 	require.NoError(t, cmd.Start())
 	return cmd, log.Name()
@@ -306,9 +309,10 @@ func TestDispatcherProcess(t *testing.T) {
 	}
 	db, st := open(t, os.Getenv("OUTBOX_PROCESS_DSN"), os.Getenv("OUTBOX_PROCESS_TABLE"))
 	defer db.Close()
-	pub, err := kafka.New(kafka.Config{Brokers: strings.Split(os.Getenv("OUTBOX_PROCESS_BROKERS"), ",")})
+	kpub, err := kafka.New(kafka.Config{Brokers: strings.Split(os.Getenv("OUTBOX_PROCESS_BROKERS"), ",")})
 	require.NoError(t, err)
-	defer pub.Close()
+	defer kpub.Close()
+	pub := labelled{kpub, os.Getenv("OUTBOX_PROCESS_LABEL")}
 	batch, _ := strconv.Atoi(os.Getenv("OUTBOX_PROCESS_BATCH"))
 	pollOnly, _ := strconv.ParseBool(os.Getenv("OUTBOX_PROCESS_POLL_ONLY"))
 	d, err := dispatcher.New(st, pub, dispatcher.Config{BatchSize: batch, Concurrency: 32, Lease: processLease, PollOnly: pollOnly, Logger: slog.Default()})
@@ -320,6 +324,27 @@ func TestDispatcherProcess(t *testing.T) {
 	waitNonePending(t, st, 3*time.Minute)
 	require.NoError(t, d.Stop(context.Background()))
 	t.Logf("published %d", d.Stats().Published)
+}
+
+// processHeader names the dispatcher process that published a message, so that a test
+// reading Kafka can tell which process a duplicate came from.
+const processHeader = "outbox-test-process"
+
+// labelled is a Kafka publisher that sets processHeader on every message.
+type labelled struct {
+	*kafka.Publisher
+	label string
+}
+
+func (p labelled) Publish(topic string, msgs ...*message.Message) error {
+	return p.PublishBatch(topic, msgs)
+}
+
+func (p labelled) PublishBatch(topic string, msgs []*message.Message) error {
+	for _, m := range msgs {
+		m.Metadata.Set(processHeader, p.label)
+	}
+	return p.Publisher.PublishBatch(topic, msgs)
 }
 
 // processLease is short so that a killed process's messages come back quickly, and long enough

@@ -200,6 +200,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		require.Equal(t, fmt.Sprint(o.payments), text(t, ctx, "#published-hour"))
 		require.Equal(t, "6", text(t, ctx, "#failed-hour"), "two attempts of each parked order")
 		require.Contains(t, text(t, ctx, "#topics"), "orders")
+		require.Contains(t, text(t, ctx, "#parked-keys"), "order-1001")
 		if path := os.Getenv(screenshotEnv); path != "" {
 			png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 			require.NoError(t, err)

@@ -6,11 +6,14 @@ import (
 	"html/template"
 	"time"
 	"unicode/utf8"
+
+	"github.com/outboxgo/outbox/store"
 )
 
 var funcs = template.FuncMap{
-	"when": when,
-	"ago":  ago,
+	"when":          when,
+	"ago":           ago,
+	"maxParkedKeys": func() int { return store.MaxParkedKeys },
 }
 
 // when shows a time in UTC to the second; the zero time shows as a dash.

@@ -27,6 +27,9 @@ const (
 	QueryTimeoutDefault = 10 * time.Second
 )
 
+// maxFormBytes bounds an action's form, which holds a few short fields.
+const maxFormBytes = 64 << 10
+
 // sampleInterval is how often the publish history reads the dispatcher's counters.
 const sampleInterval = time.Minute
 
@@ -171,8 +174,11 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "" {
 		// Mounted with StripPrefix("/outbox") and asked for "/outbox": the relative links
 		// need the trailing slash.
-		base := path.Base(strings.SplitN(r.RequestURI, "?", 2)[0])
-		http.Redirect(w, r, base+"/", http.StatusFound)
+		target := "./"
+		if base := path.Base(strings.SplitN(r.RequestURI, "?", 2)[0]); base != "/" && base != "." {
+			target = base + "/"
+		}
+		http.Redirect(w, r, target, http.StatusFound)
 		return
 	}
 	if strings.HasPrefix(r.URL.Path, "/static/") {
@@ -213,6 +219,7 @@ func (c *Console) servePost(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, http.StatusForbidden, "This console is read-only: it changes nothing.")
 		return
 	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 	if why := c.refusal(r); why != "" {
 		c.fail(w, r, http.StatusForbidden, "Refused: "+why+" Reload the console and try again.")
 		return

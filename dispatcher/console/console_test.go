@@ -173,6 +173,10 @@ func TestActionsNeedTheTokenAndConfirmation(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, body)
 	require.Contains(t, body, "Requeue every parked message?")
 	require.Equal(t, 3, parkedCount(t, st), "the question changed something")
+	oversized := url.Values{"scope": {"all"}, "confirmed": {"yes"}, "csrf": {token}, "pad": {strings.Repeat("x", maxFormBytes)}}
+	code, _ = c.post("requeue", oversized, nil)
+	require.Equal(t, http.StatusForbidden, code, "a form larger than maxFormBytes is not read")
+	require.Equal(t, 3, parkedCount(t, st), "an oversized form changed something")
 
 	code, body = c.post("requeue", url.Values{"scope": {"topic"}, "topic": {"payments"}, "confirmed": {"yes"}, "csrf": {token}}, nil)
 	require.Equal(t, http.StatusOK, code, body)

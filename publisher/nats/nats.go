@@ -216,8 +216,9 @@ func (p *Publisher) PublishBatch(topic string, msgs []*message.Message) error {
 	return b.result()
 }
 
-// Close implements message.Publisher: it waits for the batches in progress, then closes the
-// connection if New opened it.
+// Close implements message.Publisher: it waits for the batches in progress, drops the
+// subscription that received their acknowledgements, and closes the connection if New
+// opened it.
 func (p *Publisher) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -225,6 +226,9 @@ func (p *Publisher) Close() error {
 		return nil
 	}
 	p.closed = true
+	if p.js != nil {
+		p.js.CleanupPublisher()
+	}
 	if p.ownConn && p.nc != nil {
 		p.nc.Close()
 	}

@@ -358,3 +358,18 @@ func delayProxy(t *testing.T, target string, delay time.Duration) string {
 	}()
 	return l.Addr().String()
 }
+
+// A publisher on a connection it was given leaves the connection open, and nothing of its
+// own on it, when it closes.
+func TestNATSCloseLeavesAGivenConnection(t *testing.T) {
+	nc := connect(t)
+	js, subject := stream(t, nc, jetstream.StreamConfig{})
+	subs := nc.NumSubscriptions()
+	pub := newPublisher(t, nats.Config{Conn: nc})
+	require.NoError(t, pub.PublishBatch(subject, []*message.Message{keyed(1, "a")}))
+	require.NoError(t, pub.Close())
+	require.NoError(t, pub.Close(), "Close twice")
+	require.False(t, nc.IsClosed())
+	require.Equal(t, subs, nc.NumSubscriptions(), "the acknowledgements' subscription is gone")
+	require.Len(t, read(t, js, subject), 1)
+}

@@ -270,7 +270,7 @@ func (p *Publisher) provision(topic string) error {
 		}
 	}
 	if errors.Is(err, jetstream.ErrInvalidStreamName) {
-		return fmt.Errorf("outbox: nats: AutoProvision cannot name a stream %q (no '.', '*', '>' or white space): create a stream that takes subject %q: %w", topic, topic, err)
+		return fmt.Errorf("outbox: nats: AutoProvision cannot name a stream %q (no '.', '*', '>', '/', '\\' or white space): create a stream that takes subject %q: %w", topic, topic, err)
 	}
 	if err != nil {
 		return fmt.Errorf("outbox: nats: stream %s for topic %s: %w", topic, topic, err)

@@ -146,6 +146,10 @@ func brokerDrain(b benchBroker, n int, cfg dispatcher.Config, ceiling float64) e
 		return err
 	}
 	elapsed := time.Since(start)
+	if mode := d.Mode(); mode != dispatcher.ModeLog {
+		// Another run on the same server holding the replication slot, say.
+		return fmt.Errorf("the dispatcher drained in %s mode, not log mode (see its warnings)", mode)
+	}
 	rate := float64(n) / elapsed.Seconds()
 	fmt.Printf("case=postgres-log-%s-drain n=%d rate=%.0f vs_ceiling=%.2f duplicates=%d elapsed=%v publishing=%v\n",
 		b.name, n, rate, rate/ceiling, dups, elapsed.Round(time.Millisecond), timed.total().Round(time.Millisecond))

@@ -23,7 +23,8 @@
 //
 // # Commands
 //
-//	status                       pending and parked messages, the lag (the age of the oldest
+//	status                       pending and parked messages (and the keys they are parked
+//	                             on), the lag (the age of the oldest
 //	                             pending message), deliveries in the last minute, and the
 //	                             change log reader: "log" when a dispatcher reads the log
 //	                             (a connected replication slot on Postgres, the reader's
@@ -37,6 +38,10 @@
 //	                             (a Go duration such as 36h, or days: 7d, 1d12h)
 //	migrate [--print]            create or upgrade the table; --print shows the SQL of
 //	                             every step for this database and table, without connecting
+//	serve [--addr 127.0.0.1:8080] [--read-only] [--allow-remote]
+//	                             serve the operator console (package dispatcher/console) in
+//	                             the browser; it has no authentication of its own, so it
+//	                             listens on loopback unless --allow-remote
 //
 // For example:
 //

@@ -66,7 +66,7 @@ func TestRandomPublishFailuresLoseNothingAndKeepKeyOrder(t *testing.T) {
 				require.Positive(t, failures)
 				distinct, all := distinctPublished(pub, "log")
 				t.Logf("%s: %d injected failures; 0 lost, %d duplicates, 0 inversions", name, failures, all-distinct)
-			require.Equal(t, distinct, all, "a failed publish reached no one: nothing goes out twice")
+				require.Equal(t, distinct, all, "a failed publish reached no one: nothing goes out twice")
 				if del {
 					require.Eventually(t, func() bool {
 						left, err := st.List(t.Context(), &store.ListParams{Limit: 1})

@@ -9,7 +9,7 @@ help: ## list the targets
 quickstart: ## run the quickstart: SQLite + in-process Kafka, no services needed
 	$(GO) run ./examples/quickstart
 
-services: ## make sure Postgres, MariaDB and RabbitMQ are installed, running and reachable
+services: ## make sure Postgres, MariaDB, RabbitMQ, NATS (JetStream), Redis and Chromium are installed, and the servers running and reachable
 	./.ci/services
 
 test: ## start the test services (.ci/services), run every test with the race detector, then the database restart test alone

@@ -57,6 +57,16 @@ type logState struct {
 	sweptAt      atomic.Int64 // unix nanoseconds of the last sweep claim
 	handedOverAt atomic.Int64 // unix nanoseconds of the last claim of handed-over messages
 	busyUntil    atomic.Int64 // unix nanoseconds
+
+	// logPublished counts the messages the log reader's batches published. An outage (the
+	// dispatcher polls because the log cannot be read) began at outageAt (unix nanoseconds;
+	// 0: none), when Stats().Published and logPublished were outagePublished and
+	// outageLogPublished: what polling published meanwhile is the difference.
+	logPublished       atomic.Int64
+	outageAt           atomic.Int64
+	outagePublished    atomic.Int64
+	outageLogPublished atomic.Int64
+	outageReason       atomic.Pointer[string] // the reason last logged
 }
 
 // handedOverEvery is how often, beside a log reader, the sweep claims the messages handed
@@ -163,7 +173,8 @@ func (d *Dispatcher) claimParams() *store.ClaimParams {
 
 // readLog runs the store's log reader until the run stops: it becomes the reader or a
 // standby, falls back to polling while the log is unavailable, and tries the log again every
-// Config.LogRetry.
+// Config.LogRetry. An outage is logged once as a warning when it begins, and once when the
+// log is read again (see logStatus).
 func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 	readCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -174,11 +185,13 @@ func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 		}
 		cancel()
 	}()
+	d.logs.outageAt.Store(0) // an outage of an earlier run ended with it
 	consumer := store.LogConsumer{
 		// Publishing ends only with the run's context, not when reading stops: a graceful
 		// stop finishes the batch in hand.
 		Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
 			out := d.deliver(ctx, msgs)
+			d.logs.logPublished.Add(int64(len(out.delivered)))
 			d.followUp(out)
 			return &store.LogOutcome{Delivered: out.delivered, Failures: out.failures, Unattempted: out.unattempted}
 		},
@@ -188,10 +201,7 @@ func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 	}
 	wait := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
 		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
-	var (
-		unavailable  string
-		failingSince time.Time // first failure since the reader last read
-	)
+	var failingSince time.Time // first failure since the reader last read
 	for {
 		started := time.Now()
 		err := lr.ReadLog(readCtx, consumer)
@@ -200,28 +210,29 @@ func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 		}
 		var pause time.Duration
 		if errors.Is(err, store.ErrLogUnavailable) {
-			if err.Error() != unavailable || d.mode() != ModePolling {
-				d.log.Warn("change log unavailable; polling", slog.Any("reason", err), slog.Duration("retry_in", d.cfg.LogRetry))
-			}
-			unavailable = err.Error()
-			d.setMode(ModePolling)
 			pause = d.cfg.LogRetry
+			d.logOutage("change log unavailable; polling", err, pause)
+			d.setMode(ModePolling)
 		} else {
-			unavailable = ""
 			if time.Since(started) > logFailover {
 				wait.Reset()
 			}
 			if lastRead := time.Unix(0, d.logs.readAt.Load()); failingSince.IsZero() || lastRead.After(failingSince) {
 				failingSince = time.Now()
 			}
-			// A new reader often fails a few times at first (the server still holds the slot
-			// for the one that died): poll only if failures last.
-			if d.mode() != ModePolling && time.Since(failingSince) > logFailover {
-				d.log.Warn("change log reader keeps failing; polling until it is back", slog.Any("error", err))
-				d.setMode(ModePolling)
-			}
 			pause = wait.NextBackOff()
-			d.log.Warn("change log reader stopped; retrying", slog.Any("error", err), slog.Duration("retry_in", pause))
+			switch {
+			case d.mode() == ModePolling:
+				// The outage goes on: it was logged when it began.
+				d.logOutage("change log reader keeps failing; polling until it is back", err, pause)
+			case time.Since(failingSince) > logFailover:
+				// A new reader often fails a few times at first (the server still holds the
+				// slot for the one that died): poll only if failures last.
+				d.logOutage("change log reader keeps failing; polling until it is back", err, pause)
+				d.setMode(ModePolling)
+			default:
+				d.log.Warn("change log reader stopped; retrying", slog.Any("error", err), slog.Duration("retry_in", pause))
+			}
 		}
 		timer := time.NewTimer(pause)
 		select {
@@ -233,13 +244,47 @@ func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 	}
 }
 
+// logOutage logs that the log cannot be read and the dispatcher polls: a warning when the
+// outage begins, and afterwards only a change of reason, at info level; the same reason again
+// at debug level. The outage ends when the log is read again (logStatus).
+func (d *Dispatcher) logOutage(msg string, err error, retry time.Duration) {
+	reason := err.Error()
+	last := d.logs.outageReason.Swap(&reason)
+	now := time.Now()
+	switch {
+	case d.logs.outageAt.CompareAndSwap(0, now.UnixNano()):
+		d.logs.outagePublished.Store(d.published.Load())
+		d.logs.outageLogPublished.Store(d.logs.logPublished.Load())
+		d.log.Warn(msg, slog.Any("reason", err), slog.Duration("retry_in", retry))
+	case last == nil || *last != reason:
+		d.log.Info("change log still unavailable; polling", slog.Any("reason", err), slog.Duration("retry_in", retry))
+	default:
+		d.log.Debug("change log still unavailable; polling", slog.Any("reason", err), slog.Duration("retry_in", retry))
+	}
+}
+
+// endOutage logs, once, that an outage of the log ended: how long it lasted, and how many
+// messages went out by polling meanwhile.
+func (d *Dispatcher) endOutage(how string) {
+	began := d.logs.outageAt.Swap(0)
+	if began == 0 {
+		return
+	}
+	polled := (d.published.Load() - d.logs.outagePublished.Load()) - (d.logs.logPublished.Load() - d.logs.outageLogPublished.Load())
+	d.log.Info("change log back; "+how, slog.Duration("unavailable_for", time.Since(time.Unix(0, began)).Round(time.Millisecond)),
+		slog.Int64("published_by_polling", polled))
+}
+
 // logStatus takes the log reader's reports.
+// A reader reports that it reads only once the server streams to it, so a mode of log holds.
 func (d *Dispatcher) logStatus(s store.LogStatus) {
 	if !s.Reading {
 		d.logs.caughtUp.Store(0)
 		d.setMode(ModeStandby)
+		d.endOutage("another instance reads it; standing by")
 		return
 	}
+	d.endOutage("reading it again")
 	d.logs.readAt.Store(time.Now().UnixNano())
 	if !s.CaughtUp.IsZero() {
 		d.logs.caughtUp.Store(s.CaughtUp.UnixNano())

@@ -84,6 +84,9 @@ type LogOutcome struct {
 // LogStatus is the state of a [LogReader].
 type LogStatus struct {
 	// Reading is true while this instance reads the log, false while it waits as a standby.
+	// A reader reports it only once the server streams the log to it (it sent a first
+	// message: an event, a keepalive), so that a stream the server refuses a moment after it
+	// starts (a purged position, a dropped slot) is never reported as read.
 	Reading bool
 	// CaughtUp is the last time at which the reader had handed over and recorded every
 	// message committed before it. Messages written before it (less a margin for long

@@ -68,7 +68,9 @@ func (r *reader) tick(ctx context.Context) error {
 	if err := r.sample(ctx); err != nil {
 		return err
 	}
-	r.status(store.LogStatus{Reading: true, CaughtUp: r.caughtUp, LagBytes: r.lag})
+	if r.streaming {
+		r.status(store.LogStatus{Reading: true, CaughtUp: r.caughtUp, LagBytes: r.lag})
+	}
 	return nil
 }
 

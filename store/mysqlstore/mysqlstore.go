@@ -35,7 +35,11 @@
 // published, so after a crash at most those two batches are published again. Migrate records the server's current position there; messages
 // written before it are delivered by the dispatchers' sweep. When the binlog no longer
 // holds the stored position (its files were purged while no reader ran), ReadLog says so
-// with [store.ErrLogUnavailable] until the row is deleted.
+// with [store.ErrLogUnavailable] and deletes the row, and the next try (a dispatcher's
+// LogRetry later) starts from the server's current position: every message not yet delivered
+// is in the table, and the sweep delivers what was written in between before the reader
+// publishes from the binlog, in key order. With Config.ManualLogRecovery it leaves the row, and
+// says so until an operator deletes it.
 //
 // The binlog holds every table of the server: the reader decodes only the inserts into its
 // outbox table, and keeps its position when other tables change at most once a second.

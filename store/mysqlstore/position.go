@@ -171,7 +171,33 @@ func (r *reader) startPosition(ctx context.Context) (position, error) {
 	if p, ok, err = loadPosition(ctx, r.lockConn, r.posTable); err != nil || !ok {
 		return p, fmt.Errorf("outbox: log reader: read %s: %v", r.posTable, err)
 	}
+	// Messages written before this position are not in the binlog the reader reads: those
+	// still pending go out through the sweep first, in write order.
+	upTo, err := r.writtenUpTo(ctx)
+	if err != nil {
+		return p, err
+	}
+	r.s.CatchUpTo(upTo)
+	r.log.Info("the log reader starts from the server's current binlog position; the sweep delivers the messages written before it",
+		slog.String("gtid_set", formatGTIDs(p.gtids)), slog.String("file", p.file), slog.Uint64("pos", uint64(p.pos)))
 	return p, nil
+}
+
+// writtenUpTo is at least the highest seq written so far: the table's next AUTO_INCREMENT
+// value less one, which counts transactions still open (and which MySQL 8 may read from its
+// statistics cache, as information_schema_stats_expiry allows), and the highest seq in the
+// table. Read after the server's current position, it covers every message written before
+// that position, whether or not its transaction is visible yet (the binlog has a
+// transaction a moment before the storage engine commits it).
+func (r *reader) writtenUpTo(ctx context.Context) (int64, error) {
+	var upTo sql.NullInt64
+	err := r.lockConn.QueryRowContext(ctx, "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM "+r.s.Table()+"), 0),"+
+		" COALESCE((SELECT AUTO_INCREMENT - 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?), 0))",
+		r.schema, r.s.TableName()).Scan(&upTo)
+	if err != nil {
+		return 0, fmt.Errorf("outbox: log reader: read the last seq of %s: %w", r.s.Table(), err)
+	}
+	return upTo.Int64, nil
 }
 
 func (r *reader) savePosition(ctx context.Context, q querier, p position) error {
@@ -187,6 +213,33 @@ func (r *reader) lostPosition(p position, err error) error {
 	if r.mariadb && len(p.gtids) > 0 {
 		at = "GTID " + formatGTIDs(p.gtids)
 	}
+	return &lostPositionError{at: at, err: err, manual: store.LogUnavailable("the binlog no longer holds the reader's position %s (purged, or the log was reset): %v; "+
+		"delete the row of %s to restart from the current position (the sweep delivers what was written meanwhile)", at, err, r.posTable)}
+}
+
+// lostPositionError is a position the binlog no longer holds. It wraps
+// store.ErrLogUnavailable, and says what an operator does about it.
+type lostPositionError struct {
+	at     string
+	err    error // the server's
+	manual error
+}
+
+func (e *lostPositionError) Error() string { return e.manual.Error() }
+func (e *lostPositionError) Unwrap() error { return e.manual }
+
+// forgetPosition deletes the stored position that the binlog no longer holds, so that the
+// reader's next try starts from the server's current position, as an operator deleting the
+// row would have it, and says so. Every message the lost position was to carry is pending in
+// the table, and the sweep delivers it. Called while the reader holds the log lock, after
+// its last batch is recorded (which stores the position too).
+func (r *reader) forgetPosition(ctx context.Context, lost *lostPositionError) error {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := r.lockConn.ExecContext(dctx, "DELETE FROM "+r.posTable+" WHERE id = 1"); err != nil {
+		return fmt.Errorf("%w (and deleting it to start again from the current position failed: %v)", lost, err)
+	}
 	return store.LogUnavailable("the binlog no longer holds the reader's position %s (purged, or the log was reset): %v; "+
-		"delete the row of %s to restart from the current position (the sweep delivers what was written meanwhile)", at, err, r.posTable)
+		"the reader starts again from the server's current position at its next try, and the sweep delivers what was written meanwhile "+
+		"(mysqlstore Config.ManualLogRecovery leaves it to an operator)", lost.at, lost.err)
 }

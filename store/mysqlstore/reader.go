@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -56,7 +57,11 @@ func readLog(ctx context.Context, s *sqlstore.Store, c store.LogConsumer, conn *
 		r.lookup.Raw(func(any) error { return driver.ErrBadConn })
 		r.lookup.Close()
 	}()
-	return r.run(ctx, start)
+	err = r.run(ctx, start)
+	if lost := (*lostPositionError)(nil); errors.As(err, &lost) && s.RecoversLostLog() {
+		return r.forgetPosition(ctx, lost)
+	}
+	return err
 }
 
 // reader is one run of the binlog reader. Only the goroutine that called ReadLog uses it,
@@ -108,6 +113,11 @@ type reader struct {
 	sampledAt time.Time
 	caughtUp  time.Time
 	lag       int64
+
+	// streaming is set once the server sent the first event: only then does the reader
+	// report that it reads, so that a stream the server refuses a moment after it started
+	// (a purged position) never shows as read.
+	streaming bool
 }
 
 // identify finds the outbox table's database, the server's flavour, and the lock name.
@@ -189,6 +199,10 @@ func (r *reader) run(ctx context.Context, start position) error {
 			continue
 		}
 		r.heard = time.Now()
+		if !r.streaming {
+			r.streaming = true
+			r.status(store.LogStatus{Reading: true, LagBytes: -1})
+		}
 		if err := r.handle(ctx, e, false); err != nil {
 			return err
 		}
@@ -236,7 +250,6 @@ func (r *reader) startAt(start position) {
 	}
 	r.curFile, r.curPos = start.file, start.pos
 	r.storedAt, r.heard = now, now
-	r.status(store.LogStatus{Reading: true, LagBytes: -1})
 }
 
 // next returns the next event. It returns nil after it took something else instead: a

@@ -13,6 +13,7 @@ const (
 	codeInsufficientPrivilege = "42501"
 	codeUndefinedObject       = "42704"
 	codeDuplicateObject       = "42710"
+	codeConfigLimitExceeded   = "53400" // configuration_limit_exceeded: no free replication slot
 )
 
 // sqlState is the SQLSTATE of the server's error in err, or "" when err is none of the

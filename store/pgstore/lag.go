@@ -42,6 +42,11 @@ func (r *reader) sample(ctx context.Context) (walSample, int64, error) {
 		return walSample{}, 0, err
 	}
 	if !lag.Valid {
+		if r.s.RecoversLostLog() {
+			r.loss = slotMissing
+			r.s.LogLost() // the next try creates it
+			return walSample{}, 0, r.lostSlot()
+		}
 		return walSample{}, 0, fmt.Errorf("%w: replication slot %s was dropped", store.ErrLogUnavailable, r.slot)
 	}
 	return walSample{at: at, lsn: lsn}, lag.Int64, nil
@@ -70,7 +75,7 @@ func (r *reader) report(ctx context.Context, p *progress) error {
 		p.caughtUp = p.samples[0].at
 		p.samples = p.samples[1:]
 	}
-	if r.c.Status != nil {
+	if r.c.Status != nil && r.streaming.Load() {
 		r.c.Status(store.LogStatus{Reading: true, CaughtUp: p.caughtUp, LagBytes: p.lag})
 	}
 	return nil

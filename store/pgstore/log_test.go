@@ -256,13 +256,20 @@ func TestReadLogResumesAfterItsConnectionIsKilled(t *testing.T) {
 // Each reason the log cannot be read is reported as ErrLogUnavailable with what to do.
 func TestReadLogReportsWhyTheLogIsUnavailable(t *testing.T) {
 	t.Run("slot dropped", func(t *testing.T) {
-		st, db := newStore(t)
-		slot, _ := pgstore.Names(st.QualifiedName())
-		_, err := db.Exec("SELECT pg_drop_replication_slot($1)", slot)
+		// With ManualLogRecovery, as an operator asked: Migrate brings the slot back. (By
+		// default the reader makes a new one: see TestReadLogCreatesALostSlotAgain.)
+		db, schema := dbtest.Postgres(t)
+		st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox", ManualLogRecovery: true})
 		require.NoError(t, err)
-		err = st.ReadLog(context.Background(), newConsumer().LogConsumer())
-		require.ErrorIs(t, err, store.ErrLogUnavailable)
-		require.ErrorContains(t, err, "run Migrate")
+		require.NoError(t, st.Migrate(context.Background()))
+		slot, _ := pgstore.Names(st.QualifiedName())
+		_, err = db.Exec("SELECT pg_drop_replication_slot($1)", slot)
+		require.NoError(t, err)
+		for range 2 { // and again at the next try
+			err = st.ReadLog(context.Background(), newConsumer().LogConsumer())
+			require.ErrorIs(t, err, store.ErrLogUnavailable)
+			require.ErrorContains(t, err, "run Migrate")
+		}
 
 		require.NoError(t, st.Migrate(context.Background()), "Migrate creates the slot again")
 		c := newConsumer()

@@ -22,8 +22,8 @@
 //   - the REPLICATION attribute for the user of the DSN (ALTER ROLE ... REPLICATION), and a
 //     pg_hba.conf line that admits its replication connections to the database;
 //   - Migrate run once by a user that may create the publication and the slot: creating a
-//     slot waits for every write transaction open at that moment, so it is never done at
-//     start.
+//     slot waits for every write transaction open at that moment, so it is not done at start
+//     (the reader creates one only in place of a lost slot, while the dispatchers poll).
 //
 // Otherwise ReadLog returns an error wrapping [store.ErrLogUnavailable] that says what is
 // missing, and dispatchers poll. One reader per outbox holds the slot; other instances wait on
@@ -33,10 +33,15 @@
 // consumer's batch size (a larger transaction is cut, and read again from its start after a
 // crash, skipping what was marked), and is recorded while the next is published: after a
 // crash at most those two batches are published again. A slot that
-// no reader consumes keeps WAL on the server: drop it (pg_drop_replication_slot) if the
-// outbox is retired, or set max_slot_wal_keep_size, past which the server invalidates it:
-// dispatchers then poll (the sweep delivers what the log lost) until the slot is dropped and
-// Migrate creates it again.
+// no reader consumes keeps WAL on the server: drop it (pg_drop_replication_slot) once the
+// outbox is retired, or set max_slot_wal_keep_size, past which the server invalidates it.
+//
+// A slot that is dropped or invalidated loses no message: every message not yet delivered is
+// in the table, and the dispatchers poll. The reader says so at its first try, and at its next
+// (a dispatcher's LogRetry later) drops an invalidated slot and creates a new one, which
+// carries what commits from then on; before it publishes from it, the sweep delivers what was
+// written in between, in key order. With Config.ManualLogRecovery the dispatchers poll instead
+// until an operator (drops an invalidated slot and) runs Migrate. See docs/modes.md.
 //
 // # Log-only writes
 //
@@ -47,7 +52,7 @@
 // Migrate, Check and Write fail (Write writing nothing, with an error wrapping
 // store.ErrLogUnavailable) unless the slot and the publication exist and the slot is valid,
 // and a slot dropped or invalidated (max_slot_wal_keep_size) loses what it had not
-// confirmed. While no reader runs, messages wait in the WAL. After a crash, the two batches
+// confirmed; the reader does not create a new one: Migrate does. While no reader runs, messages wait in the WAL. After a crash, the two batches
 // in flight are published again, and so is every part of a transaction larger than the
 // consumer's batch that was being read.
 package pgstore

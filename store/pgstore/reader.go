@@ -29,8 +29,14 @@ func readLog(ctx context.Context, s *sqlstore.Store, c store.LogConsumer) error 
 	r := &reader{s: s, c: c, lockConn: lockConn}
 	r.slot, r.pub = Names(s.QualifiedName())
 	if err := r.check(ctx); err != nil {
-		return err
+		if r.loss == slotFine || !s.RecoversLostLog() {
+			return err
+		}
+		if err := r.recover(ctx); err != nil {
+			return err
+		}
 	}
+	s.LogFound()
 	return r.run(ctx)
 }
 
@@ -43,6 +49,12 @@ type reader struct {
 	lockConn  *sql.Conn
 	slot, pub string
 	relID     uint32
+	loss      slotLoss // what check found of a slot that cannot be read
+
+	// streaming is set once the server sent something on the replication stream: only then
+	// does the reader report that it reads, so that a stream the server refuses a moment
+	// after it started never shows as read.
+	streaming atomic.Bool
 
 	mu        sync.Mutex
 	confirmed pglogrepl.LSN // every message before it is recorded
@@ -86,9 +98,6 @@ func (r *reader) run(ctx context.Context) error {
 		recvErr <- r.receive(ctx, conn, txns)
 		cancel()
 	}()
-	if r.c.Status != nil {
-		r.c.Status(store.LogStatus{Reading: true, LagBytes: -1})
-	}
 	err = r.deliver(ctx, txns)
 	cancel()
 	if rerr := <-recvErr; err == nil || errors.Is(err, context.Canceled) {

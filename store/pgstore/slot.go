@@ -93,8 +93,29 @@ func slotElsewhere(slot, database string) string {
 	return fmt.Sprintf("replication slot %s belongs to database %s: slot names are server-wide, so outboxes in two databases of one server need different table or schema names", slot, database)
 }
 
-// check tells why the log cannot be read, as an error wrapping store.ErrLogUnavailable.
+// slotLoss is what check found of a slot that the reader can no longer read from.
+type slotLoss int
+
+const (
+	slotFine    slotLoss = iota
+	slotMissing          // dropped, or never created
+	slotLost             // invalidated: it lost WAL it needed (max_slot_wal_keep_size)
+)
+
+func (l slotLoss) String() string {
+	switch l {
+	case slotMissing:
+		return "dropped, or never created"
+	case slotLost:
+		return "invalidated"
+	}
+	return "none"
+}
+
+// check tells why the log cannot be read, as an error wrapping store.ErrLogUnavailable. A
+// slot that is missing or invalidated is also noted in r.loss.
 func (r *reader) check(ctx context.Context) error {
+	r.loss = slotFine
 	var (
 		walLevel, currentDB       string
 		pubExists                 bool
@@ -120,12 +141,83 @@ func (r *reader) check(ctx context.Context) error {
 	case !pubExists:
 		return unavailable("publication %s does not exist; run Migrate", r.pub)
 	case !slotDB.Valid:
+		r.loss = slotMissing
 		return unavailable("replication slot %s does not exist; run Migrate to create it", r.slot)
 	case plugin.String != "pgoutput":
 		return unavailable("replication slot %s uses the %s plugin, not pgoutput", r.slot, plugin.String)
 	case walStatus.String == "lost":
+		r.loss = slotLost
 		return unavailable("replication slot %s lost WAL it needed (max_slot_wal_keep_size); drop it and run Migrate", r.slot)
 	}
 	r.relID = uint32(relID.Int64)
 	return nil
+}
+
+// recover makes a new slot in place of one that is missing or invalidated, once the
+// dispatchers poll: at the first try it only says so, with an error wrapping
+// store.ErrLogUnavailable, and at the next it drops an invalidated slot and creates a new
+// one. Creating a slot waits for the write transactions open at that moment to end (it holds
+// none of them up), while the dispatchers poll. The new slot carries what commits from then
+// on; what was written before is pending in the table, and the reader catches up with it
+// through the sweep before it publishes from the log ([sqlstore.Store.CatchUpTo]).
+func (r *reader) recover(ctx context.Context) error {
+	s := r.s
+	if !s.LogLost() {
+		return r.lostSlot()
+	}
+	if r.loss == slotLost {
+		_, err := r.lockConn.ExecContext(ctx, "SELECT pg_drop_replication_slot($1)", r.slot)
+		if err != nil && sqlState(err) != codeUndefinedObject {
+			return fmt.Errorf("outbox: drop the invalidated replication slot %s: %w", r.slot, err)
+		}
+	}
+	_, err := r.lockConn.ExecContext(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", r.slot)
+	switch {
+	case isPermission(err):
+		return fmt.Errorf("%w: cannot create replication slot %s in place of the lost one (the user needs the REPLICATION attribute): %w", store.ErrLogUnavailable, r.slot, err)
+	case sqlState(err) == codeConfigLimitExceeded:
+		return fmt.Errorf("%w: cannot create replication slot %s in place of the lost one (max_replication_slots): %w", store.ErrLogUnavailable, r.slot, err)
+	case sqlState(err) == codeDuplicateObject: // created meanwhile, by Migrate
+	case err != nil:
+		return fmt.Errorf("outbox: create replication slot %s: %w", r.slot, err)
+	default:
+		s.Logger().Info("created a new replication slot for the log reader in place of the lost one; the sweep delivers what was written meanwhile",
+			"slot", r.slot, "lost", r.loss.String())
+	}
+	upTo, err := r.writtenUpTo(ctx)
+	if err != nil {
+		return err
+	}
+	if err := r.check(ctx); err != nil {
+		return err
+	}
+	s.LogFound()
+	s.CatchUpTo(upTo)
+	return nil
+}
+
+// lostSlot says that the slot is lost and that the reader makes a new one at its next try.
+func (r *reader) lostSlot() error {
+	what := "was dropped, or never created: the log reader creates it"
+	if r.loss == slotLost {
+		what = "lost WAL it needed (max_slot_wal_keep_size): the log reader drops it and creates a new one"
+	}
+	return store.LogUnavailable("replication slot %s %s at its next try, and the sweep delivers what the new slot will not carry (pgstore Config.ManualLogRecovery leaves it to Migrate)",
+		r.slot, what)
+}
+
+// writtenUpTo is at least the highest seq written so far: the identity sequence's last
+// value, which counts transactions still open, where the user may read it, and the highest
+// seq in the table. Read after a slot is created, it covers every message that committed
+// before the slot's start.
+func (r *reader) writtenUpTo(ctx context.Context) (int64, error) {
+	table := r.s.Table()
+	var upTo sql.NullInt64
+	err := r.lockConn.QueryRowContext(ctx, `SELECT GREATEST((SELECT MAX(seq) FROM `+table+`),
+		CASE WHEN has_sequence_privilege(pg_get_serial_sequence($1, 'seq'), 'SELECT')
+		THEN pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')) END)`, table).Scan(&upTo)
+	if err != nil {
+		return 0, fmt.Errorf("outbox: read the last seq of %s: %w", table, err)
+	}
+	return upTo.Int64, nil
 }

@@ -76,6 +76,11 @@ func (r *reader) connect(ctx context.Context) (*pgconn.PgConn, error) {
 // too, so that a quiet outbox does not pin WAL.
 func (r *reader) receive(ctx context.Context, conn *pgconn.PgConn, txns chan<- txn) error {
 	rc := &receiver{r: r, conn: conn, txns: txns, relations: map[uint32]*pglogrepl.RelationMessage{}}
+	// The server answers with a keepalive: the first message, which tells that it streams.
+	// No position is confirmed by it (the server ignores positions of 0).
+	if err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{ReplyRequested: true}); err != nil {
+		return fmt.Errorf("outbox: ask the replication stream for a keepalive: %w", err)
+	}
 	for {
 		if r.takeConfirmNow() || !time.Now().Before(rc.nextSend) {
 			if err := rc.confirm(ctx); err != nil {
@@ -88,6 +93,12 @@ func (r *reader) receive(ctx context.Context, conn *pgconn.PgConn, txns chan<- t
 		}
 		if raw == nil {
 			continue
+		}
+		if _, ok := raw.(*pgproto3.CopyData); ok && !r.streaming.Load() {
+			if r.c.Status != nil {
+				r.c.Status(store.LogStatus{Reading: true, LagBytes: -1})
+			}
+			r.streaming.Store(true)
 		}
 		if err := rc.take(ctx, raw); err != nil {
 			return err

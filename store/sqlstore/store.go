@@ -41,6 +41,17 @@ type Config struct {
 	// move on: one message that cannot be published does not stop its key for good, and it
 	// waits to be requeued on its own.
 	StrictOrder bool
+	// ManualLogRecovery leaves it to an operator to bring back a change log position that was
+	// lost: a Postgres replication slot dropped, or invalidated by max_slot_wal_keep_size, or
+	// a MySQL binlog position that the server purged. By default the log reader that finds it
+	// lost says so (the dispatchers poll meanwhile: every undelivered message is still in the
+	// table) and, at its next try, starts again from the log's current position: it creates
+	// a new slot, or stores the server's current binlog position. The sweep then delivers
+	// what was written in between, ahead of what the log carries, in each key's order. With
+	// ManualLogRecovery the dispatchers poll until an operator runs Migrate (Postgres) or
+	// deletes the stored position (MySQL). A log-only store (LogOnly) always leaves it to the
+	// operator: the messages a lost slot held are in no table.
+	ManualLogRecovery bool
 }
 
 // Listener waits for notifications that messages were written, from any process, and calls
@@ -92,6 +103,10 @@ type Store struct {
 	hooks    Hooks
 	logOnly  *LogOnlyHook // set when Config.LogOnly
 	strict   bool         // Config.StrictOrder
+	// manualLog is Config.ManualLogRecovery; lostLog what a log reader found lost (see
+	// logreturn.go).
+	manualLog bool
+	lostLog   lostLog
 
 	// catchUp is, while a log reader starts, the highest seq of the messages that were
 	// pending when it began: the log may not carry them (written while the dispatchers
@@ -153,6 +168,7 @@ func New(db *sql.DB, d Dialect, cfg Config, hooks Hooks) (*Store, error) {
 		strict:   cfg.StrictOrder,
 		subs:     make(map[chan struct{}]struct{}),
 	}
+	s.manualLog = cfg.ManualLogRecovery
 	if cfg.LogOnly {
 		h := hooks.LogOnly(s)
 		s.logOnly = &h

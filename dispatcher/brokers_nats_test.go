@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
-	natspub "github.com/outboxgo/outbox/publisher/nats"
+	natspub "github.com/outboxgo/outbox/publisher/natspub"
 )
 
 // NATS JetStream keeps each key's order with one stream per topic, in the order the server
@@ -128,7 +128,7 @@ func TestNATSEndToEnd(t *testing.T) {
 	require.Greater(t, res.deliveries, brokerMessages, "the copies published again were read, and dropped by the inbox")
 }
 
-// publisher/nats: batches with pipelined acknowledgements, and Nats-Msg-Id, so that the
+// publisher/natspub: batches with pipelined acknowledgements, and Nats-Msg-Id, so that the
 // stream itself drops the copies published again within its duplicate window.
 func TestNATSBatchEndToEnd(t *testing.T) {
 	f := setup(t)

@@ -13,7 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
-	"github.com/outboxgo/outbox/publisher/redisstream"
+	"github.com/outboxgo/outbox/publisher/redispub"
 )
 
 // Redis Streams keep each key's order with one stream per topic, in the order the server
@@ -100,12 +100,12 @@ func TestRedisEndToEnd(t *testing.T) {
 	require.Greater(t, res.deliveries, brokerMessages, "Redis keeps the copies published again: the inbox dropped them")
 }
 
-// publisher/redisstream: a batch as one pipeline of XADDs.
+// publisher/redispub: a batch as one pipeline of XADDs.
 func TestRedisBatchEndToEnd(t *testing.T) {
 	f := setup(t)
 	url := redisURL(t)
 	topic := redisStream(t, url)
-	pub, err := redisstream.New(redisstream.Config{URL: url})
+	pub, err := redispub.New(redispub.Config{URL: url})
 	require.NoError(t, err)
 	t.Cleanup(func() { pub.Close() })
 	res := requireEndToEndThroughInbox(t, f, pub, topic, redisSubscriber(t, url))
@@ -125,7 +125,7 @@ func TestRedisOutageLosesNothingAndResumes(t *testing.T) {
 	requireOutageLosesNothing(t, outageBroker{
 		server: server,
 		publisher: func(t *testing.T) message.Publisher {
-			pub, err := redisstream.New(redisstream.Config{URL: url, Timeout: 2 * time.Second})
+			pub, err := redispub.New(redispub.Config{URL: url, Timeout: 2 * time.Second})
 			require.NoError(t, err)
 			t.Cleanup(func() { pub.Close() })
 			return pub

@@ -13,7 +13,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/dbtest"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 )
 
 // killer ends every database connection of the dispatcher's pool, from another connection.
@@ -94,7 +94,7 @@ func killConnections(t *testing.T, n int, setup func(t *testing.T) (string, shar
 	brokers, admin, st := shared.prepare(t)
 	victimDB, victim := shared.open(t, dsn, shared.table)
 	defer victimDB.Close()
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 	require.NoError(t, err)
 	defer pub.Close()
 	d, err := dispatcher.New(victim, pub, shared.config(dispatcher.Config{BatchSize: 100, Lease: 2 * time.Second, PollInterval: 100 * time.Millisecond, Logger: quiet()}))

@@ -73,7 +73,7 @@ type Stats struct {
 // New returns a dispatcher that delivers the messages of st through pub.
 func New(st store.Store, pub message.Publisher, cfg Config) (*Dispatcher, error) {
 	// A nil pointer in an interface is not == nil: the *T of a constructor whose error was
-	// ignored (pub, _ := kafka.New(...)) would get through and fail every publish.
+	// ignored (pub, _ := kafkapub.New(...)) would get through and fail every publish.
 	refuseNil := func(what string, v any) error {
 		if v == nil {
 			return fmt.Errorf("outbox: dispatcher.New: %s is nil", what)

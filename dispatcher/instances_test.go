@@ -21,7 +21,7 @@ import (
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -215,7 +215,7 @@ func TestThreeDispatchersShareOneDatabase(t *testing.T) {
 			for i := range dispatchers {
 				idb, ist := shared.open(t, shared.dsn, shared.table) // a pool of its own
 				defer idb.Close()
-				pub, err := kafka.New(kafka.Config{Brokers: brokers})
+				pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 				require.NoError(t, err)
 				defer pub.Close()
 				d, err := dispatcher.New(ist, pub, shared.config(dispatcher.Config{BatchSize: 500, Concurrency: 32, Logger: quiet()}))
@@ -309,7 +309,7 @@ func TestDispatcherProcess(t *testing.T) {
 	}
 	db, st := open(t, os.Getenv("OUTBOX_PROCESS_DSN"), os.Getenv("OUTBOX_PROCESS_TABLE"))
 	defer db.Close()
-	kpub, err := kafka.New(kafka.Config{Brokers: strings.Split(os.Getenv("OUTBOX_PROCESS_BROKERS"), ",")})
+	kpub, err := kafkapub.New(kafkapub.Config{Brokers: strings.Split(os.Getenv("OUTBOX_PROCESS_BROKERS"), ",")})
 	require.NoError(t, err)
 	defer kpub.Close()
 	pub := labelled{kpub, os.Getenv("OUTBOX_PROCESS_LABEL")}
@@ -332,7 +332,7 @@ const processHeader = "outbox-test-process"
 
 // labelled is a Kafka publisher that sets processHeader on every message.
 type labelled struct {
-	*kafka.Publisher
+	*kafkapub.Publisher
 	label string
 }
 

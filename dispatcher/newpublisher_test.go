@@ -8,7 +8,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlstore"
 )
@@ -17,8 +17,8 @@ import (
 // publish later: in an interface a nil pointer is not == nil.
 func TestNewRefusesANilPublisher(t *testing.T) {
 	f := setup(t)
-	d, err := dispatcher.New(f.st, (*kafka.Publisher)(nil), dispatcher.Config{Logger: quiet()})
-	require.EqualError(t, err, "outbox: dispatcher.New: publisher is nil: a nil *kafka.Publisher (was its constructor's error checked?)")
+	d, err := dispatcher.New(f.st, (*kafkapub.Publisher)(nil), dispatcher.Config{Logger: quiet()})
+	require.EqualError(t, err, "outbox: dispatcher.New: publisher is nil: a nil *kafkapub.Publisher (was its constructor's error checked?)")
 	require.Nil(t, d)
 
 	for name, tc := range map[string]struct {
@@ -26,11 +26,11 @@ func TestNewRefusesANilPublisher(t *testing.T) {
 		pub message.Publisher
 		err string
 	}{
-		"nil publisher":                            {f.st, nil, "publisher is nil"},
-		"nil *kafka.Publisher":                     {f.st, (*kafka.Publisher)(nil), "publisher is nil"},
-		"nil *kafka.Publisher as a BatchPublisher": {f.st, publisher.BatchPublisher((*kafka.Publisher)(nil)), "publisher is nil"},
-		"nil store":                                {nil, f.pub, "store is nil"},
-		"nil *sqlstore.Store":                      {(*sqlstore.Store)(nil), f.pub, "store is nil: a nil *sqlstore.Store"},
+		"nil publisher":                               {f.st, nil, "publisher is nil"},
+		"nil *kafkapub.Publisher":                     {f.st, (*kafkapub.Publisher)(nil), "publisher is nil"},
+		"nil *kafkapub.Publisher as a BatchPublisher": {f.st, publisher.BatchPublisher((*kafkapub.Publisher)(nil)), "publisher is nil"},
+		"nil store":                                   {nil, f.pub, "store is nil"},
+		"nil *sqlstore.Store":                         {(*sqlstore.Store)(nil), f.pub, "store is nil: a nil *sqlstore.Store"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			d, err := dispatcher.New(tc.st, tc.pub, dispatcher.Config{Logger: quiet()})

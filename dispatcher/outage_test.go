@@ -12,7 +12,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 )
 
 // On each database, the broker goes away for 10 s (every request's connection is closed) while the application
@@ -40,9 +40,9 @@ func TestBrokerOutageLosesNothingAndResumes(t *testing.T) {
 				return nil, nil, false
 			})
 			brokers := cluster.ListenAddrs()
-			cfg := kafka.SaramaConfig()
+			cfg := kafkapub.SaramaConfig()
 			cfg.Net.DialTimeout, cfg.Net.ReadTimeout, cfg.Net.WriteTimeout = time.Second, 2*time.Second, 2*time.Second
-			pub, err := kafka.New(kafka.Config{Brokers: brokers, Sarama: cfg})
+			pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers, Sarama: cfg})
 			require.NoError(t, err)
 			defer pub.Close()
 			d, err := dispatcher.New(st, pub, shared.config(dispatcher.Config{RetryInitial: 100 * time.Millisecond, RetryMax: retryCap, MaxAttempts: 1 << 20, Logger: quiet()}))

@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/dispatcher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlstore"
 )
@@ -36,7 +36,7 @@ func TestDatabaseRestartLosesNothing(t *testing.T) {
 			brokers, db, st := shared.prepare(t)
 			ddb, dst := shared.open(t, shared.dsn, shared.table)
 			defer ddb.Close()
-			pub, err := kafka.New(kafka.Config{Brokers: brokers})
+			pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 			require.NoError(t, err)
 			defer pub.Close()
 			d, err := dispatcher.New(dst, pub, shared.config(dispatcher.Config{BatchSize: 100, PollInterval: 100 * time.Millisecond,

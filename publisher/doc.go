@@ -1,6 +1,6 @@
 // Package publisher is the contract between the outbox dispatcher and the publishers it
 // sends messages through. It holds no broker code: the Kafka publisher lives in
-// [github.com/outboxgo/outbox/publisher/kafka], and any watermill [message.Publisher] works
+// [github.com/outboxgo/outbox/publisher/kafkapub], and any watermill [message.Publisher] works
 // with the dispatcher as it is.
 //
 // # What the dispatcher hands a publisher

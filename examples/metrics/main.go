@@ -57,7 +57,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/console"
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 )
@@ -179,7 +179,7 @@ func run(ctx context.Context, args []string, out io.Writer, serving func(report)
 
 	// The dispatcher, with the MeterProvider. Short retry waits park the failing message in
 	// well under a second; production settings would be the defaults.
-	pub, err := kafka.New(kafka.Config{Brokers: cluster.ListenAddrs()})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: cluster.ListenAddrs()})
 	if err != nil {
 		return fmt.Errorf("kafka publisher: %w", err)
 	}
@@ -295,7 +295,7 @@ func run(ctx context.Context, args []string, out io.Writer, serving func(report)
 // dispatcher retries the message until Config.MaxAttempts and then parks it. failTopic keeps
 // the Kafka publisher's batch publishing ([publisher.BatchPublisher]).
 type failTopic struct {
-	*kafka.Publisher
+	*kafkapub.Publisher
 	topic string
 }
 
@@ -480,7 +480,7 @@ func formatCounts(counts map[string]int) string {
 
 // startKafka starts an in-process Kafka broker, franz-go's kfake, on a free loopback port, so
 // that the example needs no services. Topics are created on first use with 8 partitions. A
-// real application passes its brokers' addresses to kafka.Config instead.
+// real application passes its brokers' addresses to kafkapub.Config instead.
 func startKafka() (*kfake.Cluster, error) {
 	return kfake.NewCluster(
 		kfake.NumBrokers(1),

@@ -21,9 +21,9 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/outboxgo/outbox/publisher/kafka"
-	natspub "github.com/outboxgo/outbox/publisher/nats"
-	"github.com/outboxgo/outbox/publisher/redisstream"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
+	natspub "github.com/outboxgo/outbox/publisher/natspub"
+	"github.com/outboxgo/outbox/publisher/redispub"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -86,7 +86,7 @@ func inProcessKafka(logger *slog.Logger) (*broker, error) {
 // kafkaBroker is the Kafka publisher of this module and watermill's Kafka subscriber in a
 // consumer group.
 func kafkaBroker(brokers []string, desc, topic string, logger *slog.Logger, stop func()) (*broker, error) {
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("kafka publisher: %w", err)
@@ -96,7 +96,7 @@ func kafkaBroker(brokers []string, desc, topic string, logger *slog.Logger, stop
 	cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
 	sub, err := wmkafka.NewSubscriber(wmkafka.SubscriberConfig{
 		Brokers:               brokers,
-		Unmarshaler:           kafka.Marshaler{},
+		Unmarshaler:           kafkapub.Marshaler{},
 		OverwriteSaramaConfig: cfg,
 		ConsumerGroup:         "quickstart-consumer",
 	}, watermill.NewSlogLogger(logger))
@@ -170,7 +170,7 @@ func redisBroker(ctx context.Context, spec, topic string, logger *slog.Logger) (
 		client.Close()
 		return nil, fmt.Errorf("redis %s: %w", spec, err)
 	}
-	pub, err := redisstream.New(redisstream.Config{Client: client})
+	pub, err := redispub.New(redispub.Config{Client: client})
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("redis publisher: %w", err)

@@ -13,7 +13,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 )
 
 // copyHeader marks the copies chaos publishes, so that they are not copied again.
@@ -31,7 +31,7 @@ const (
 // chaos injects the faults of -chaos. Each one produces what a service must survive in
 // production: a redelivery, a repeated publish, or a transaction that does not commit.
 type chaos struct {
-	copier *kafka.Publisher // a second publisher, for the copies
+	copier *kafkapub.Publisher // a second publisher, for the copies
 	track  *tracker
 	log    *slog.Logger
 
@@ -42,7 +42,7 @@ type chaos struct {
 	restarts, lostAcks, copies, rolledBack atomic.Int64
 }
 
-func newChaos(copier *kafka.Publisher, track *tracker, log *slog.Logger) *chaos {
+func newChaos(copier *kafkapub.Publisher, track *tracker, log *slog.Logger) *chaos {
 	return &chaos{copier: copier, track: track, log: log, failed: map[string]bool{}}
 }
 
@@ -100,11 +100,11 @@ var errLostAck = errors.New("chaos: the broker stored the batch, but its ack was
 // lossyPublisher publishes, then reports some batches as failed although Kafka stored them,
 // as when an ack is lost on the network: the dispatcher publishes them again.
 type lossyPublisher struct {
-	*kafka.Publisher
+	*kafkapub.Publisher
 	c *chaos
 }
 
-func (c *chaos) loseAcks(pub *kafka.Publisher) message.Publisher {
+func (c *chaos) loseAcks(pub *kafkapub.Publisher) message.Publisher {
 	return &lossyPublisher{Publisher: pub, c: c}
 }
 

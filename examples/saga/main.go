@@ -35,7 +35,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 )
 
 // Topics of the saga's events.
@@ -152,7 +152,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	track := newTracker()
 	var chaos *chaos
 	if cfg.Chaos {
-		dup, err := kafka.New(kafka.Config{Brokers: brokers})
+		dup, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 		if err != nil {
 			return fmt.Errorf("kafka publisher for duplicates: %w", err)
 		}
@@ -352,7 +352,7 @@ func printSummary(out io.Writer, r *checkResult, elapsed time.Duration, o, p *se
 
 // startKafka starts an in-process Kafka broker, franz-go's kfake, on a free loopback port, so
 // that the example needs no services. Topics are created on first use with 8 partitions. A
-// real application passes its brokers' addresses to kafka.Config instead.
+// real application passes its brokers' addresses to kafkapub.Config instead.
 func startKafka() (*kfake.Cluster, error) {
 	return kfake.NewCluster(
 		kfake.NumBrokers(1),

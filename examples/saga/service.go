@@ -25,7 +25,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/middleware/idempotency"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlitestore"
@@ -185,13 +185,13 @@ type service struct {
 // dispatcherRun is one dispatcher and its publisher, from start to stop or crash.
 type dispatcherRun struct {
 	d      *dispatcher.Dispatcher
-	pub    *kafka.Publisher
+	pub    *kafkapub.Publisher
 	cancel context.CancelFunc // cancels its Start context
 }
 
 // startDispatcher starts a new dispatcher, with a new Kafka producer, over the service's outbox.
 func (s *service) startDispatcher(ctx context.Context) error {
-	pub, err := kafka.New(kafka.Config{Brokers: s.brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: s.brokers})
 	if err != nil {
 		return err
 	}
@@ -346,7 +346,7 @@ func newSubscriber(brokers []string, group string, logger watermill.LoggerAdapte
 	cfg.Consumer.Offsets.Initial = sarama.OffsetOldest // events written before the group joined count too
 	return wmkafka.NewSubscriber(wmkafka.SubscriberConfig{
 		Brokers:               brokers,
-		Unmarshaler:           kafka.Marshaler{},
+		Unmarshaler:           kafkapub.Marshaler{},
 		OverwriteSaramaConfig: cfg,
 		ConsumerGroup:         group,
 		NackResendSleep:       50 * time.Millisecond,

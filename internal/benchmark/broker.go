@@ -9,7 +9,7 @@ import (
 
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -23,7 +23,7 @@ func brokerCase(n, batch int) error {
 	}
 	defer cluster.Close()
 	brokers := cluster.ListenAddrs()
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 	if err != nil {
 		return err
 	}

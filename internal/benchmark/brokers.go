@@ -20,13 +20,13 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/publisher"
-	natspub "github.com/outboxgo/outbox/publisher/nats"
-	"github.com/outboxgo/outbox/publisher/redisstream"
+	natspub "github.com/outboxgo/outbox/publisher/natspub"
+	"github.com/outboxgo/outbox/publisher/redispub"
 	"github.com/outboxgo/outbox/store"
 )
 
 // The brokers case: the drain of a Postgres log-mode outbox into NATS JetStream
-// (publisher/nats) and into Redis Streams (publisher/redisstream), the servers .ci/services
+// (publisher/natspub) and into Redis Streams (publisher/redispub), the servers .ci/services
 // starts (OUTBOX_TEST_NATS, OUTBOX_TEST_REDIS), each beside the broker's own ceiling measured
 // in the same run. It prints, per broker:
 //
@@ -240,7 +240,7 @@ func redisBench() benchBroker {
 		}
 		name := topic
 		reader.Del(context.Background(), name) // what a killed run left
-		pub, err := redisstream.New(redisstream.Config{URL: url})
+		pub, err := redispub.New(redispub.Config{URL: url})
 		if err != nil {
 			reader.Close()
 			return nil, "", nil, nil, err

@@ -8,7 +8,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store/pgstore"
 )
 
@@ -81,7 +81,7 @@ func failoverCase() error {
 	}
 	defer kb.Close()
 	brokers, consumer := kb.addrs, kb.consumer
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 	if err != nil {
 		return err
 	}

@@ -17,7 +17,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/pgstore"
 )
@@ -63,7 +63,7 @@ func dispatcherDrain(n int, cfg dispatcher.Config) (float64, error) {
 	}
 	defer cluster.Close()
 	brokers := cluster.ListenAddrs()
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 	if err != nil {
 		return 0, err
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -39,7 +39,7 @@ func liveCase(name, label string, rate int, window time.Duration, cfg dispatcher
 	}
 	defer cluster.Close()
 	brokers := cluster.ListenAddrs()
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 	if err != nil {
 		return err
 	}

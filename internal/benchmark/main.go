@@ -52,7 +52,7 @@ import (
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -357,7 +357,7 @@ func drainCase(name, label string, n int, cfg dispatcher.Config, rawRate float64
 	}
 	defer cluster.Close()
 	brokers := cluster.ListenAddrs()
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 	if err != nil {
 		return err
 	}
@@ -432,7 +432,7 @@ func idleCase(name, label string, window time.Duration, cfg dispatcher.Config) e
 	}
 	defer cluster.Close()
 	brokers := cluster.ListenAddrs()
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -67,7 +67,7 @@ func rawLoopCase(name string, n int) (float64, error) {
 		done = make(chan struct{})
 	)
 	for range workers {
-		producer, err := sarama.NewSyncProducer(brokers, kafka.SaramaConfig())
+		producer, err := sarama.NewSyncProducer(brokers, kafkapub.SaramaConfig())
 		if err != nil {
 			return 0, err
 		}

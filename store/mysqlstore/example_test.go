@@ -5,7 +5,7 @@ import (
 	"log"
 
 	"github.com/outboxgo/outbox/dispatcher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 )
@@ -43,7 +43,7 @@ func Example() {
 		log.Fatal(err)
 	}
 
-	pub, err := kafka.New(kafka.Config{Brokers: []string{"127.0.0.1:9092"}})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: []string{"127.0.0.1:9092"}})
 	if err != nil {
 		log.Fatal(err)
 	}

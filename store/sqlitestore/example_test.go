@@ -16,7 +16,7 @@ import (
 
 // Open a database file, apply the schema, write a message in the same transaction as a
 // domain row, and deliver it (here to an in-memory publisher; in an application, to Kafka
-// through publisher/kafka, with Start and Stop).
+// through publisher/kafkapub, with Start and Stop).
 func Example() {
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "outbox-example-")

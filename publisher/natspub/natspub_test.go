@@ -1,4 +1,4 @@
-package nats_test
+package natspub_test
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/nats"
+	"github.com/outboxgo/outbox/publisher/natspub"
 )
 
 // natsURL is the NATS server (with JetStream) for tests; make test starts it with
@@ -63,12 +63,12 @@ func stream(t *testing.T, nc *natsio.Conn, cfg jetstream.StreamConfig) (jetstrea
 	return js, name
 }
 
-func newPublisher(t *testing.T, cfg nats.Config) *nats.Publisher {
+func newPublisher(t *testing.T, cfg natspub.Config) *natspub.Publisher {
 	t.Helper()
 	if cfg.URL == "" && cfg.Conn == nil {
 		cfg.URL = natsURL()
 	}
-	pub, err := nats.New(cfg)
+	pub, err := natspub.New(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { pub.Close() })
 	return pub
@@ -115,20 +115,20 @@ func TestNewChecksItsConfig(t *testing.T) {
 	require.NoError(t, err)
 	defer own.Close()
 	for _, tc := range []struct {
-		cfg  nats.Config
+		cfg  natspub.Config
 		want string
 	}{
-		{nats.Config{}, "URL: required"},
-		{nats.Config{URL: "nats://127.0.0.1:4222", Conn: own}, "Conn: set URL or Conn"},
-		{nats.Config{Conn: own, Options: []natsio.Option{natsio.Name("x")}}, "Options:"},
-		{nats.Config{Conn: own}, "Conn: connect with nats.ReconnectBufSize(-1)"},
-		{nats.Config{URL: "nats://127.0.0.1:1", AckTimeout: -time.Second}, "AckTimeout: must not be negative"},
-		{nats.Config{URL: "nats://127.0.0.1:1", MaxPending: -1}, "MaxPending: must not be negative"},
-		{nats.Config{URL: "nats://[::1"}, "URL:"},
+		{natspub.Config{}, "URL: required"},
+		{natspub.Config{URL: "nats://127.0.0.1:4222", Conn: own}, "Conn: set URL or Conn"},
+		{natspub.Config{Conn: own, Options: []natsio.Option{natsio.Name("x")}}, "Options:"},
+		{natspub.Config{Conn: own}, "Conn: connect with nats.ReconnectBufSize(-1)"},
+		{natspub.Config{URL: "nats://127.0.0.1:1", AckTimeout: -time.Second}, "AckTimeout: must not be negative"},
+		{natspub.Config{URL: "nats://127.0.0.1:1", MaxPending: -1}, "MaxPending: must not be negative"},
+		{natspub.Config{URL: "nats://[::1"}, "URL:"},
 	} {
-		_, err := nats.New(tc.cfg)
+		_, err := natspub.New(tc.cfg)
 		require.ErrorContains(t, err, tc.want)
-		require.True(t, strings.HasPrefix(err.Error(), "outbox: nats.New: "), err.Error())
+		require.True(t, strings.HasPrefix(err.Error(), "outbox: natspub.New: "), err.Error())
 	}
 }
 
@@ -137,7 +137,7 @@ func TestNewChecksItsConfig(t *testing.T) {
 func TestNATSPublishesABatchInOrder(t *testing.T) {
 	nc := connect(t)
 	js, subject := stream(t, nc, jetstream.StreamConfig{})
-	pub := newPublisher(t, nats.Config{})
+	pub := newPublisher(t, natspub.Config{})
 	var batch []*message.Message
 	for i := range 500 {
 		batch = append(batch, keyed(i, fmt.Sprintf("k%d", i%7)))
@@ -164,7 +164,7 @@ func TestNATSAutoProvisionCreatesTheStream(t *testing.T) {
 	require.NoError(t, err)
 	topic := fmt.Sprintf("outbox_test_auto_%d", time.Now().UnixNano())
 	t.Cleanup(func() { js.DeleteStream(context.Background(), topic) })
-	pub := newPublisher(t, nats.Config{AutoProvision: true})
+	pub := newPublisher(t, natspub.Config{AutoProvision: true})
 	require.NoError(t, pub.PublishBatch(topic, []*message.Message{keyed(1, "a"), keyed(2, "a")}))
 	require.Len(t, read(t, js, topic), 2)
 
@@ -178,7 +178,7 @@ func TestNATSAutoProvisionCreatesTheStream(t *testing.T) {
 // often created by the deploy after the one that starts writing.
 func TestNATSNoStreamIsRetried(t *testing.T) {
 	connect(t)
-	pub := newPublisher(t, nats.Config{})
+	pub := newPublisher(t, natspub.Config{})
 	batch := []*message.Message{keyed(1, "a"), keyed(2, "b")}
 	err := pub.PublishBatch(fmt.Sprintf("outbox_test_nostream_%d", time.Now().UnixNano()), batch)
 	var be *publisher.BatchError
@@ -195,7 +195,7 @@ func TestNATSNoStreamIsRetried(t *testing.T) {
 func TestNATSFailureHoldsItsKeyOnly(t *testing.T) {
 	nc := connect(t)
 	js, subject := stream(t, nc, jetstream.StreamConfig{MaxMsgSize: 1000})
-	pub := newPublisher(t, nats.Config{})
+	pub := newPublisher(t, natspub.Config{})
 	bad := keyed(1, "A")
 	bad.Metadata.Set("bad:name", "x") // a header name NATS cannot carry
 	large := keyed(4, "B")
@@ -223,7 +223,7 @@ func TestNATSFailureHoldsItsKeyOnly(t *testing.T) {
 
 func TestNATSPermanentErrors(t *testing.T) {
 	connect(t)
-	pub := newPublisher(t, nats.Config{})
+	pub := newPublisher(t, natspub.Config{})
 	for _, topic := range []string{"a b", "a..b", ".a", "a.*", "orders.>"} {
 		err := pub.PublishBatch(topic, []*message.Message{keyed(1, "")})
 		require.Error(t, err, topic)
@@ -252,7 +252,7 @@ func TestNATSStartsWhileTheServerIsDown(t *testing.T) {
 	require.NoError(t, err)
 	addr := l.Addr().String()
 	l.Close()
-	pub := newPublisher(t, nats.Config{URL: "nats://" + addr, AckTimeout: time.Second})
+	pub := newPublisher(t, natspub.Config{URL: "nats://" + addr, AckTimeout: time.Second})
 	err = pub.PublishBatch("orders", []*message.Message{keyed(1, "a"), keyed(2, "a"), keyed(3, "b")})
 	var be *publisher.BatchError
 	require.ErrorAs(t, err, &be)
@@ -270,7 +270,7 @@ func TestNATSBatchIsPipelined(t *testing.T) {
 	nc := connect(t)
 	js, subject := stream(t, nc, jetstream.StreamConfig{})
 	proxy := delayProxy(t, strings.TrimPrefix(natsURL(), "nats://"), 20*time.Millisecond)
-	pub := newPublisher(t, nats.Config{URL: "nats://" + proxy})
+	pub := newPublisher(t, natspub.Config{URL: "nats://" + proxy})
 	require.NoError(t, pub.PublishBatch(subject, []*message.Message{keyed(-1, "")})) // connected, reply subscription made
 	var batch []*message.Message
 	for i := range 500 {
@@ -365,7 +365,7 @@ func TestNATSCloseLeavesAGivenConnection(t *testing.T) {
 	nc := connect(t)
 	js, subject := stream(t, nc, jetstream.StreamConfig{})
 	subs := nc.NumSubscriptions()
-	pub := newPublisher(t, nats.Config{Conn: nc})
+	pub := newPublisher(t, natspub.Config{Conn: nc})
 	require.NoError(t, pub.PublishBatch(subject, []*message.Message{keyed(1, "a")}))
 	require.NoError(t, pub.Close())
 	require.NoError(t, pub.Close(), "Close twice")

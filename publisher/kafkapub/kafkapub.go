@@ -1,4 +1,4 @@
-package kafka
+package kafkapub
 
 import (
 	"errors"
@@ -109,7 +109,7 @@ var errClosed = errors.New("outbox: kafka publisher closed")
 // but does not connect: the first publish does (see [Publisher]).
 func New(cfg Config) (*Publisher, error) {
 	if len(cfg.Brokers) == 0 {
-		return nil, errors.New("outbox: kafka.New: no brokers")
+		return nil, errors.New("outbox: kafkapub.New: no brokers")
 	}
 	if cfg.Sarama == nil {
 		cfg.Sarama = SaramaConfig()
@@ -120,10 +120,10 @@ func New(cfg Config) (*Publisher, error) {
 	// What sarama.NewSyncProducer checks before it dials, so that a bad configuration fails
 	// here and not on every publish.
 	if err := cfg.Sarama.Validate(); err != nil {
-		return nil, fmt.Errorf("outbox: kafka.New: Sarama: %w", err)
+		return nil, fmt.Errorf("outbox: kafkapub.New: Sarama: %w", err)
 	}
 	if !cfg.Sarama.Producer.Return.Successes || !cfg.Sarama.Producer.Return.Errors {
-		return nil, errors.New("outbox: kafka.New: Sarama: Producer.Return.Successes and Producer.Return.Errors must be true")
+		return nil, errors.New("outbox: kafkapub.New: Sarama: Producer.Return.Successes and Producer.Return.Errors must be true")
 	}
 	p := &Publisher{brokers: slices.Clone(cfg.Brokers), conf: cfg.Sarama, marshaler: cfg.Marshaler,
 		maxBytes: cfg.Sarama.Producer.MaxMessageBytes, recordVersion: 1}

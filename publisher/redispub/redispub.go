@@ -1,8 +1,8 @@
-// Package redisstream is a Redis Streams publisher for the outbox dispatcher: a batch goes
+// Package redispub is a Redis Streams publisher for the outbox dispatcher: a batch goes
 // out as one pipeline of XADD commands, one round trip per batch rather than one per message,
 // and the call reports which messages failed.
 //
-//	pub, err := redisstream.New(redisstream.Config{URL: "redis://127.0.0.1:6379/0"})
+//	pub, err := redispub.New(redispub.Config{URL: "redis://127.0.0.1:6379/0"})
 //	if err != nil {
 //		return err
 //	}
@@ -44,7 +44,7 @@
 // marshaled (metadata under the marshaller's reserved name) is marked [publisher.Permanent]
 // and parked at once; every error of Redis itself is retried, a key holding another type
 // (WRONGTYPE) or a server out of memory among them, which an operator can fix.
-package redisstream
+package redispub
 
 import (
 	"context"
@@ -106,7 +106,7 @@ var errClosed = errors.New("outbox: redisstream publisher closed")
 // publish does (see [Publisher]). Its errors name the field at fault.
 func New(cfg Config) (*Publisher, error) {
 	fail := func(field, format string, args ...any) (*Publisher, error) {
-		return nil, fmt.Errorf("outbox: redisstream.New: %s: %s", field, fmt.Sprintf(format, args...))
+		return nil, fmt.Errorf("outbox: redispub.New: %s: %s", field, fmt.Sprintf(format, args...))
 	}
 	switch {
 	case cfg.URL == "" && cfg.Client == nil:

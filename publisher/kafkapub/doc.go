@@ -1,7 +1,7 @@
-// Package kafka is a Kafka publisher for the outbox dispatcher, built on sarama and set up so
+// Package kafkapub is a Kafka publisher for the outbox dispatcher, built on sarama and set up so
 // that it neither loses nor reorders messages.
 //
-//	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+//	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 //	if err != nil {
 //		return err
 //	}
@@ -40,4 +40,4 @@
 // room under it for the key and headers: a payload as large as Write accepts by default is
 // delivered. For a broker or topic with a lower limit, lower Producer.MaxMessageBytes and the
 // store's MaxPayloadBytes with it.
-package kafka
+package kafkapub

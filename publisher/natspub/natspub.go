@@ -1,4 +1,4 @@
-package nats
+package natspub
 
 import (
 	"context"
@@ -82,7 +82,7 @@ var errClosed = errors.New("outbox: nats publisher closed")
 // server that is down does not fail it (see [Publisher]). Its errors name the field at fault.
 func New(cfg Config) (*Publisher, error) {
 	fail := func(field, format string, args ...any) (*Publisher, error) {
-		return nil, fmt.Errorf("outbox: nats.New: %s: %s", field, fmt.Sprintf(format, args...))
+		return nil, fmt.Errorf("outbox: natspub.New: %s: %s", field, fmt.Sprintf(format, args...))
 	}
 	switch {
 	case cfg.URL == "" && cfg.Conn == nil:

@@ -1,4 +1,4 @@
-package redisstream_test
+package redispub_test
 
 import (
 	"log"
@@ -6,14 +6,14 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/redisstream"
+	"github.com/outboxgo/outbox/publisher/redispub"
 )
 
 // A batch goes to the stream named after the topic as one pipeline of XADDs; a partial
 // failure names the messages that failed (a *publisher.BatchError). The dispatcher takes the
 // publisher as it is: dispatcher.New(outbox, pub, dispatcher.Config{}).
 func ExampleNew() {
-	pub, err := redisstream.New(redisstream.Config{URL: "redis://127.0.0.1:6379/0"})
+	pub, err := redispub.New(redispub.Config{URL: "redis://127.0.0.1:6379/0"})
 	if err != nil {
 		log.Fatal(err) // a bad config; New does not connect
 	}

@@ -1,4 +1,4 @@
-package kafka_test
+package kafkapub_test
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 	"github.com/outboxgo/outbox/store/sqlstore"
@@ -83,7 +83,7 @@ func TestKafkaConnectsOnceTheBrokerIsUp(t *testing.T) {
 	t.Parallel()
 	port := freePort(t)
 	brokers := []string{fmt.Sprintf("127.0.0.1:%d", port)}
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 	require.NoError(t, err, "Kafka down is no reason to refuse to start")
 	defer pub.Close()
 
@@ -119,10 +119,10 @@ func TestKafkaCloseDoesNotWaitForAConnection(t *testing.T) {
 			accepted <- c
 		}
 	}()
-	cfg := kafka.SaramaConfig()
+	cfg := kafkapub.SaramaConfig()
 	cfg.Net.ReadTimeout = time.Second
 	cfg.Metadata.Retry.Max = 0
-	pub, err := kafka.New(kafka.Config{Brokers: []string{l.Addr().String()}, Sarama: cfg})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: []string{l.Addr().String()}, Sarama: cfg})
 	require.NoError(t, err)
 	published := make(chan error, 1)
 	go func() { published <- pub.Publish("orders", keyed(1, "a")) }()
@@ -154,10 +154,10 @@ func TestNewChecksTheConfig(t *testing.T) {
 		"negative dial timeout": {func(c *sarama.Config) { c.Net.DialTimeout = -1 }, "Net.DialTimeout"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			cfg := kafka.SaramaConfig()
+			cfg := kafkapub.SaramaConfig()
 			tc.change(cfg)
-			_, err := kafka.New(kafka.Config{Brokers: []string{"127.0.0.1:1"}, Sarama: cfg})
-			require.ErrorContains(t, err, "kafka.New")
+			_, err := kafkapub.New(kafkapub.Config{Brokers: []string{"127.0.0.1:1"}, Sarama: cfg})
+			require.ErrorContains(t, err, "kafkapub.New")
 			require.ErrorContains(t, err, tc.want)
 		})
 	}
@@ -187,10 +187,10 @@ func TestKafkaCircuitBreakerSaysWhy(t *testing.T) {
 	t.Parallel()
 	cluster, err := kafkatest.NewCluster()
 	require.NoError(t, err)
-	cfg := kafka.SaramaConfig()
+	cfg := kafkapub.SaramaConfig()
 	cfg.Metadata.Retry.Max = 0 // fail fast
 	cfg.Producer.Retry.Max = 1
-	pub, err := kafka.New(kafka.Config{Brokers: cluster.ListenAddrs(), Sarama: cfg})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: cluster.ListenAddrs(), Sarama: cfg})
 	require.NoError(t, err)
 	defer pub.Close()
 	require.NoError(t, pub.PublishBatch("orders", []*message.Message{keyed(0, "a")}))
@@ -216,7 +216,7 @@ func TestDispatcherWaitsForKafka(t *testing.T) {
 	t.Parallel()
 	port := freePort(t)
 	brokers := []string{fmt.Sprintf("127.0.0.1:%d", port)}
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 	require.NoError(t, err)
 	defer pub.Close()
 	f := startDispatcher(t, pub)
@@ -246,7 +246,7 @@ type dispatcherFixture struct {
 	ctx context.Context
 }
 
-func startDispatcher(t *testing.T, pub *kafka.Publisher) *dispatcherFixture {
+func startDispatcher(t *testing.T, pub *kafkapub.Publisher) *dispatcherFixture {
 	t.Helper()
 	ctx := ctxWithTimeout(t, 2*time.Minute)
 	db, err := sqlitestore.Open(filepath.Join(t.TempDir(), "outbox.db"))

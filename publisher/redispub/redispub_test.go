@@ -1,4 +1,4 @@
-package redisstream_test
+package redispub_test
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/redisstream"
+	"github.com/outboxgo/outbox/publisher/redispub"
 )
 
 // redisURL is the Redis server for tests; make test starts it with .ci/services.
@@ -54,12 +54,12 @@ func streamName(t *testing.T, c *redis.Client) string {
 	return name
 }
 
-func newPublisher(t *testing.T, cfg redisstream.Config) *redisstream.Publisher {
+func newPublisher(t *testing.T, cfg redispub.Config) *redispub.Publisher {
 	t.Helper()
 	if cfg.URL == "" && cfg.Client == nil {
 		cfg.URL = redisURL()
 	}
-	pub, err := redisstream.New(cfg)
+	pub, err := redispub.New(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { pub.Close() })
 	return pub
@@ -93,18 +93,18 @@ func TestNewChecksItsConfig(t *testing.T) {
 	other := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer other.Close()
 	for _, tc := range []struct {
-		cfg  redisstream.Config
+		cfg  redispub.Config
 		want string
 	}{
-		{redisstream.Config{}, "URL: required"},
-		{redisstream.Config{URL: "redis://127.0.0.1:6379", Client: other}, "Client: set URL or Client"},
-		{redisstream.Config{URL: "http://127.0.0.1:6379"}, "URL: "},
-		{redisstream.Config{URL: "redis://127.0.0.1:6379", MaxLen: -1}, "MaxLen: must not be negative"},
-		{redisstream.Config{URL: "redis://127.0.0.1:6379", Timeout: -time.Second}, "Timeout: must not be negative"},
+		{redispub.Config{}, "URL: required"},
+		{redispub.Config{URL: "redis://127.0.0.1:6379", Client: other}, "Client: set URL or Client"},
+		{redispub.Config{URL: "http://127.0.0.1:6379"}, "URL: "},
+		{redispub.Config{URL: "redis://127.0.0.1:6379", MaxLen: -1}, "MaxLen: must not be negative"},
+		{redispub.Config{URL: "redis://127.0.0.1:6379", Timeout: -time.Second}, "Timeout: must not be negative"},
 	} {
-		_, err := redisstream.New(tc.cfg)
+		_, err := redispub.New(tc.cfg)
 		require.ErrorContains(t, err, tc.want)
-		require.True(t, strings.HasPrefix(err.Error(), "outbox: redisstream.New: "), err.Error())
+		require.True(t, strings.HasPrefix(err.Error(), "outbox: redispub.New: "), err.Error())
 	}
 }
 
@@ -113,7 +113,7 @@ func TestNewChecksItsConfig(t *testing.T) {
 func TestRedisPublishesABatchInOrder(t *testing.T) {
 	c := client(t)
 	stream := streamName(t, c)
-	pub := newPublisher(t, redisstream.Config{})
+	pub := newPublisher(t, redispub.Config{})
 	var batch []*message.Message
 	for i := range 500 {
 		batch = append(batch, keyed(i, fmt.Sprintf("k%d", i%7)))
@@ -135,7 +135,7 @@ func TestRedisPublishesABatchInOrder(t *testing.T) {
 func TestRedisFailureHoldsItsKeyOnly(t *testing.T) {
 	c := client(t)
 	stream := streamName(t, c)
-	pub := newPublisher(t, redisstream.Config{Client: c})
+	pub := newPublisher(t, redispub.Config{Client: c})
 	bad := keyed(1, "A")
 	bad.Metadata.Set(wmredis.UUIDHeaderKey, "reserved")
 	batch := []*message.Message{keyed(0, "A"), bad, keyed(2, "A"), keyed(3, "B"), keyed(4, "")}
@@ -161,7 +161,7 @@ func TestRedisRefusalIsRetried(t *testing.T) {
 	c := client(t)
 	stream := streamName(t, c)
 	require.NoError(t, c.Set(context.Background(), stream, "not a stream", 0).Err())
-	pub := newPublisher(t, redisstream.Config{})
+	pub := newPublisher(t, redispub.Config{})
 	err := pub.PublishBatch(stream, []*message.Message{keyed(1, "a"), keyed(2, "b")})
 	var be *publisher.BatchError
 	require.ErrorAs(t, err, &be)
@@ -175,7 +175,7 @@ func TestRedisRefusalIsRetried(t *testing.T) {
 func TestRedisMaxLenTrims(t *testing.T) {
 	c := client(t)
 	stream := streamName(t, c)
-	pub := newPublisher(t, redisstream.Config{MaxLen: 100})
+	pub := newPublisher(t, redispub.Config{MaxLen: 100})
 	for range 20 {
 		var batch []*message.Message
 		for i := range 100 {
@@ -194,7 +194,7 @@ func TestRedisStartsWhileTheServerIsDown(t *testing.T) {
 	require.NoError(t, err)
 	addr := l.Addr().String()
 	l.Close()
-	pub := newPublisher(t, redisstream.Config{URL: "redis://" + addr, Timeout: time.Second})
+	pub := newPublisher(t, redispub.Config{URL: "redis://" + addr, Timeout: time.Second})
 	err = pub.PublishBatch("orders", []*message.Message{keyed(1, "a"), keyed(2, "b")})
 	require.Error(t, err)
 	require.False(t, publisher.IsPermanent(err), "%v", err)
@@ -214,7 +214,7 @@ func TestRedisBatchIsPipelined(t *testing.T) {
 	c := client(t)
 	stream := streamName(t, c)
 	proxy := delayProxy(t, c.Options().Addr, 20*time.Millisecond)
-	pub := newPublisher(t, redisstream.Config{URL: "redis://" + proxy})
+	pub := newPublisher(t, redispub.Config{URL: "redis://" + proxy})
 	require.NoError(t, pub.PublishBatch(stream, []*message.Message{keyed(-1, "")})) // connected
 	var batch []*message.Message
 	for i := range 500 {

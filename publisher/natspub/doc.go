@@ -1,9 +1,9 @@
-// Package nats is a NATS JetStream publisher for the outbox dispatcher: a batch goes out as
+// Package natspub is a NATS JetStream publisher for the outbox dispatcher: a batch goes out as
 // pipelined asynchronous publishes, and the call returns once the server has acknowledged
 // every message (or said why not), so that JetStream costs one round trip per batch, not one
 // per message.
 //
-//	pub, err := nats.New(nats.Config{URL: "nats://127.0.0.1:4222", AutoProvision: true})
+//	pub, err := natspub.New(natspub.Config{URL: "nats://127.0.0.1:4222", AutoProvision: true})
 //	if err != nil {
 //		return err
 //	}
@@ -62,4 +62,4 @@
 // space, a value with a line break or leading or trailing white space). Everything else is
 // retried: no stream for the subject yet, a stream that is full, a timeout, a lost
 // connection.
-package nats
+package natspub

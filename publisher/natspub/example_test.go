@@ -1,4 +1,4 @@
-package nats_test
+package natspub_test
 
 import (
 	"log"
@@ -6,14 +6,14 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/nats"
+	"github.com/outboxgo/outbox/publisher/natspub"
 )
 
 // A batch goes to JetStream as pipelined publishes whose acknowledgements are awaited
 // together; a partial failure names the messages that failed (a *publisher.BatchError). The
 // dispatcher takes the publisher as it is: dispatcher.New(outbox, pub, dispatcher.Config{}).
 func ExampleNew() {
-	pub, err := nats.New(nats.Config{URL: "nats://127.0.0.1:4222", AutoProvision: true})
+	pub, err := natspub.New(natspub.Config{URL: "nats://127.0.0.1:4222", AutoProvision: true})
 	if err != nil {
 		log.Fatal(err) // a bad config; a server that is down is no error here
 	}

@@ -1,4 +1,4 @@
-package kafka_test
+package kafkapub_test
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 )
@@ -86,11 +86,11 @@ func (valueOnly) Marshal(topic string, msg *message.Message) (*sarama.ProducerMe
 func TestKafkaProducerLimitIsTheBrokers(t *testing.T) {
 	t.Parallel()
 	cluster := newCluster(t)
-	pub, err := kafka.New(kafka.Config{Brokers: cluster.ListenAddrs(), Marshaler: valueOnly{}})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: cluster.ListenAddrs(), Marshaler: valueOnly{}})
 	require.NoError(t, err)
 	t.Cleanup(func() { pub.Close() })
 	// Sarama's estimate of a record with no key and no headers: its value and 36 bytes.
-	largest := kafka.SaramaConfig().Producer.MaxMessageBytes - 36
+	largest := kafkapub.SaramaConfig().Producer.MaxMessageBytes - 36
 
 	require.NoError(t, pub.PublishBatch("limit", []*message.Message{message.NewMessage("largest", payloadOf(largest))}))
 	consumer, err := kafkatest.NewConsumer(cluster.ListenAddrs(), "limit")

@@ -1,4 +1,4 @@
-package kafka_test
+package kafkapub_test
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 )
@@ -45,7 +45,7 @@ func TestDispatcherToKafkaEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 	require.NoError(t, err)
 	defer pub.Close()
 	d, err := dispatcher.New(st, pub, dispatcher.Config{Logger: slog.New(slog.DiscardHandler)})
@@ -116,7 +116,7 @@ func TestDispatcherToKafkaEndToEnd(t *testing.T) {
 }
 
 func TestNewNeedsBrokers(t *testing.T) {
-	_, err := kafka.New(kafka.Config{})
+	_, err := kafkapub.New(kafkapub.Config{})
 	require.ErrorContains(t, err, "no brokers")
 }
 

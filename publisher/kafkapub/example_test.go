@@ -1,4 +1,4 @@
-package kafka_test
+package kafkapub_test
 
 import (
 	"fmt"
@@ -8,7 +8,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 )
 
 // A batch goes to Kafka in a few produce requests; a partial failure names the messages that
@@ -21,7 +21,7 @@ func ExampleNew() {
 	}
 	defer cluster.Close()
 
-	pub, err := kafka.New(kafka.Config{Brokers: cluster.ListenAddrs()})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: cluster.ListenAddrs()})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package kafka_test
+package kafkapub_test
 
 import (
 	"errors"
@@ -15,7 +15,7 @@ import (
 
 	"github.com/outboxgo/outbox/internal/kafkatest"
 	"github.com/outboxgo/outbox/publisher"
-	"github.com/outboxgo/outbox/publisher/kafka"
+	"github.com/outboxgo/outbox/publisher/kafkapub"
 )
 
 func newCluster(t *testing.T, opts ...kfake.Opt) *kfake.Cluster {
@@ -32,9 +32,9 @@ func newCluster(t *testing.T, opts ...kfake.Opt) *kfake.Cluster {
 	return c
 }
 
-func newKafka(t *testing.T, brokers []string) *kafka.Publisher {
+func newKafka(t *testing.T, brokers []string) *kafkapub.Publisher {
 	t.Helper()
-	pub, err := kafka.New(kafka.Config{Brokers: brokers})
+	pub, err := kafkapub.New(kafkapub.Config{Brokers: brokers})
 	require.NoError(t, err)
 	t.Cleanup(func() { pub.Close() })
 	return pub

@@ -65,9 +65,14 @@ func TestStatusHandler(t *testing.T) {
 	require.Greater(t, st.OldestPendingAgeSeconds, 0.3)
 	require.Contains(t, st.Reason, "oldest pending message is")
 
-	require.NoError(t, d.Stop(context.Background()))
+	// The database out of reach while the dispatcher runs: unhealthy, and the reason is the
+	// store's, not a stopped dispatcher's.
+	broken.Store(false)
 	f.st.DB().Close()
 	code, st = getStatus(t, h)
 	require.Equal(t, http.StatusServiceUnavailable, code)
 	require.False(t, st.Healthy)
+	require.True(t, st.Running)
+	require.Contains(t, st.Reason, "database is closed")
+	require.NoError(t, d.Stop(context.Background()))
 }

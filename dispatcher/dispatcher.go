@@ -40,6 +40,7 @@ type Dispatcher struct {
 	run *run
 
 	published, failed, parked, overrun atomic.Int64
+	topics                             sync.Map // topic → *topicCounters
 	logs                               logState
 }
 
@@ -103,6 +104,36 @@ func New(st store.Store, pub message.Publisher, cfg Config) (*Dispatcher, error)
 	}
 	return &Dispatcher{st: st, pub: pub, cfg: cfg, metrics: metrics, tracer: tp.Tracer(tracerName),
 		log: cfg.Logger.With(slog.String("component", "outbox.dispatcher"))}, nil
+}
+
+// TopicStats counts what a dispatcher did with the messages of one topic since it was
+// created.
+type TopicStats struct {
+	Published, Failed, Parked int64
+}
+
+type topicCounters struct{ Published, Failed, Parked atomic.Int64 }
+
+// topic returns the counters of a topic. Topics are few; their counters stay for the
+// dispatcher's life.
+func (d *Dispatcher) topic(name string) *topicCounters {
+	if c, ok := d.topics.Load(name); ok {
+		return c.(*topicCounters)
+	}
+	c, _ := d.topics.LoadOrStore(name, &topicCounters{})
+	return c.(*topicCounters)
+}
+
+// StatsByTopic returns the dispatcher's counters per topic, for the topics it has published,
+// failed or parked messages of.
+func (d *Dispatcher) StatsByTopic() map[string]TopicStats {
+	out := map[string]TopicStats{}
+	d.topics.Range(func(k, v any) bool {
+		c := v.(*topicCounters)
+		out[k.(string)] = TopicStats{Published: c.Published.Load(), Failed: c.Failed.Load(), Parked: c.Parked.Load()}
+		return true
+	})
+	return out
 }
 
 // Stats returns the dispatcher's counters.

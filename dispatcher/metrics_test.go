@@ -78,6 +78,11 @@ func TestMetrics(t *testing.T) {
 	require.Equal(t, map[string]int64{"payments": 2, "orders": 1}, sumByTopic(t, m["outbox.messages.published"]))
 	require.Equal(t, map[string]int64{"orders": 2}, sumByTopic(t, m["outbox.publish.failures"]))
 	require.Equal(t, map[string]int64{"orders": 1}, sumByTopic(t, m["outbox.messages.parked"]))
+	// The dispatcher's own counters per topic agree with the metrics.
+	require.Equal(t, map[string]dispatcher.TopicStats{
+		"payments": {Published: 2},
+		"orders":   {Published: 1, Failed: 2, Parked: 1},
+	}, d.StatsByTopic())
 
 	latency := m["outbox.delivery.latency"].(metricdata.Histogram[float64])
 	require.EqualValues(t, 3, latency.DataPoints[0].Count)

@@ -180,6 +180,7 @@ func (d *Dispatcher) settle(ctx context.Context, msgs []store.ClaimedMessage, ch
 	}
 	for topic, n := range publishedByTopic { // one measurement per topic, not per message
 		d.metrics.published.Add(ctx, n, topicAttr(topic))
+		d.topic(topic).Published.Add(n)
 	}
 	return out
 }
@@ -226,27 +227,32 @@ func (d *Dispatcher) toWatermill(ctx context.Context, m store.ClaimedMessage) *m
 func (d *Dispatcher) failure(m store.ClaimedMessage, err error) *store.Failure {
 	attempt := m.Attempts + 1
 	d.failed.Add(1)
+	d.topic(m.Topic).Failed.Add(1)
 	d.metrics.failures.Add(context.Background(), 1, topicAttr(m.Topic))
 	f := &store.Failure{ID: m.ID, Error: err.Error()}
 	attrs := []any{slog.String("id", m.ID), slog.String("topic", m.Topic), slog.String("key", m.Key),
 		slog.Int("attempt", attempt), slog.Any("error", err)}
 	if publisher.IsPermanent(err) {
 		f.Park = true
-		d.parked.Add(1)
-		d.metrics.parkedN.Add(context.Background(), 1, topicAttr(m.Topic))
+		d.countParked(m.Topic)
 		d.log.Error("message parked: the publisher says retrying cannot help", attrs...)
 		return f
 	}
 	if attempt >= d.cfg.MaxAttempts {
 		f.Park = true
-		d.parked.Add(1)
-		d.metrics.parkedN.Add(context.Background(), 1, topicAttr(m.Topic))
+		d.countParked(m.Topic)
 		d.log.Error("message parked after its last attempt", attrs...)
 		return f
 	}
 	f.RetryAfter = d.retryAfter(attempt)
 	d.log.Warn("publish failed; will retry", append(attrs, slog.Duration("retry_in", f.RetryAfter))...)
 	return f
+}
+
+func (d *Dispatcher) countParked(topic string) {
+	d.parked.Add(1)
+	d.topic(topic).Parked.Add(1)
+	d.metrics.parkedN.Add(context.Background(), 1, topicAttr(topic))
 }
 
 // deadLetter publishes a copy of each parked message to Config.DeadLetterTopic with the

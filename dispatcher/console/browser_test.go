@@ -203,6 +203,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		require.Equal(t, fmt.Sprint(o.payments), text(t, ctx, "#published-hour"))
 		require.Equal(t, "6", text(t, ctx, "#failed-hour"), "two attempts of each parked order")
 		require.Contains(t, text(t, ctx, "#topics"), "orders")
+		rates := text(t, ctx, "#topic-rates") // per topic: published, failed attempts, ...
+		require.Regexp(t, fmt.Sprintf(`payments\s+%d\s+0`, o.payments), rates)
+		require.Regexp(t, `orders\s+\d+\s+6`, rates)
 		require.Contains(t, text(t, ctx, "#parked-keys"), "order-1001")
 		if path := os.Getenv(screenshotEnv); path != "" {
 			png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))

@@ -1,7 +1,9 @@
 package console
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -60,4 +62,39 @@ func chartOf(minutes []minute) *chart {
 		c.Bars = append(c.Bars, b)
 	}
 	return c
+}
+
+// topicRate is what the dispatcher did with one topic's messages over the chart's minutes.
+type topicRate struct {
+	Topic                                 string
+	PublishedHour, FailedHour             int64
+	PublishedLastMinute, FailedLastMinute int64
+}
+
+// topicRatesOf sums the minutes per topic, the busiest topic first; the last minute is the
+// one so far.
+func topicRatesOf(minutes []minute) []topicRate {
+	byTopic := map[string]*topicRate{}
+	for i, m := range minutes {
+		for topic, n := range m.topics {
+			r := byTopic[topic]
+			if r == nil {
+				r = &topicRate{Topic: topic}
+				byTopic[topic] = r
+			}
+			r.PublishedHour += n.Published
+			r.FailedHour += n.Failed
+			if i == len(minutes)-1 {
+				r.PublishedLastMinute, r.FailedLastMinute = n.Published, n.Failed
+			}
+		}
+	}
+	var rates []topicRate
+	for _, r := range byTopic {
+		rates = append(rates, *r)
+	}
+	slices.SortFunc(rates, func(a, b topicRate) int {
+		return cmp.Or(cmp.Compare(b.PublishedHour+b.FailedHour, a.PublishedHour+a.FailedHour), cmp.Compare(a.Topic, b.Topic))
+	})
+	return rates
 }

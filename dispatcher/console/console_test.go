@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
@@ -289,6 +290,22 @@ func TestHistoryKeepsAnHourOfMinutes(t *testing.T) {
 	require.Len(t, ch.Bars, historyMinutes)
 	require.Equal(t, int64(59*10+3), ch.Published)
 	require.Equal(t, chartHeight, ch.Bars[0].PubHeight, "the highest minute fills the chart")
+}
+
+func TestHistoryCountsEachTopic(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	reading := func(orders, ordersFailed, payments int64) counts {
+		return counts{published: orders + payments, failed: ordersFailed, topics: map[string]dispatcher.TopicStats{
+			"orders": {Published: orders, Failed: ordersFailed}, "payments": {Published: payments}}}
+	}
+	h := newHistory(start, reading(5, 0, 0))
+	h.record(start.Add(time.Minute), reading(15, 2, 0))
+	h.record(start.Add(2*time.Minute), reading(20, 2, 30))
+	rates := topicRatesOf(h.snapshot(reading(21, 3, 30)))
+	require.Equal(t, []topicRate{
+		{Topic: "payments", PublishedHour: 30},
+		{Topic: "orders", PublishedHour: 16, FailedHour: 3, PublishedLastMinute: 1, FailedLastMinute: 1},
+	}, rates)
 }
 
 func TestPurgeDeletesOnlyOldDeliveredMessages(t *testing.T) {

@@ -10,15 +10,17 @@ import (
 // historyMinutes is how far back the chart goes.
 const historyMinutes = 60
 
-// counts is a reading of the dispatcher's cumulative counters.
+// counts is a reading of the dispatcher's cumulative counters, in all and per topic.
 type counts struct {
 	published, failed int64
+	topics            map[string]dispatcher.TopicStats
 }
 
 // minute is what the dispatcher did in one minute.
 type minute struct {
 	start             time.Time
 	published, failed int64
+	topics            map[string]dispatcher.TopicStats // Published and Failed of each topic
 }
 
 // history keeps the last hour of the dispatcher's counters, one reading a minute, in memory:
@@ -55,19 +57,31 @@ func (h *history) snapshot(c counts) []minute {
 // delta is what happened between readings a and b. A counter that went down (a new
 // dispatcher value) counts from zero rather than below it.
 func delta(start time.Time, a, b counts) minute {
-	m := minute{start: start, published: b.published - a.published, failed: b.failed - a.failed}
-	if m.published < 0 {
-		m.published = b.published
-	}
-	if m.failed < 0 {
-		m.failed = b.failed
+	m := minute{start: start, published: since(a.published, b.published), failed: since(a.failed, b.failed)}
+	for topic, now := range b.topics {
+		was := a.topics[topic]
+		d := dispatcher.TopicStats{Published: since(was.Published, now.Published), Failed: since(was.Failed, now.Failed)}
+		if d.Published > 0 || d.Failed > 0 {
+			if m.topics == nil {
+				m.topics = map[string]dispatcher.TopicStats{}
+			}
+			m.topics[topic] = d
+		}
 	}
 	return m
 }
 
+// since is how much a counter grew from a to b.
+func since(a, b int64) int64 {
+	if b < a {
+		return b
+	}
+	return b - a
+}
+
 func countsOf(d *dispatcher.Dispatcher) counts {
 	s := d.Stats()
-	return counts{published: s.Published, failed: s.Failed}
+	return counts{published: s.Published, failed: s.Failed, topics: d.StatsByTopic()}
 }
 
 // sample records the dispatcher's counters every interval until stop is closed.

@@ -27,6 +27,7 @@ type overviewData struct {
 	Stats         *store.Stats
 	OldestAge     string
 	Chart         *chart
+	TopicRates    []topicRate
 	Topics        []topicCount
 	TopicsPartial bool
 }
@@ -58,7 +59,8 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		if !data.Running {
 			data.Reason = "The dispatcher is not running: it was not started, was stopped, or the context given to Start ended."
 		}
-		data.Chart = chartOf(c.hist.snapshot(countsOf(d)))
+		minutes := c.hist.snapshot(countsOf(d))
+		data.Chart, data.TopicRates = chartOf(minutes), topicRatesOf(minutes)
 	}
 	parked, err := c.cfg.Store.List(ctx, &store.ListParams{State: store.Parked, Limit: topicSample + 1})
 	if err != nil {

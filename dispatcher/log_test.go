@@ -114,7 +114,7 @@ func TestDispatcherReadsTheChangeLog(t *testing.T) {
 			waitMode(t, d, dispatcher.ModeLog)
 			var readers int
 			if shared.kind == "postgres" {
-				slot, _ := pgstore.Names(st.QualifiedName())
+				slot := slotOf(t, st.DB(), st.QualifiedName())
 				require.NoError(t, db.QueryRow("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active", slot).Scan(&readers))
 			} else {
 				require.NoError(t, db.QueryRow("SELECT count(*) FROM information_schema.processlist WHERE command LIKE 'Binlog Dump%'").Scan(&readers))
@@ -206,7 +206,7 @@ func TestDispatcherFallsBackToPollingAndReturnsToTheLog(t *testing.T) {
 	writeN(t, db, st, "a", 50)
 	waitPublished(t, pub, "log", 50)
 
-	slot, _ := pgstore.Names(st.QualifiedName())
+	slot := slotOf(t, st.DB(), st.QualifiedName())
 	require.Eventually(t, func() bool {
 		db.Exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", slot)
 		_, err := db.Exec("SELECT pg_drop_replication_slot($1)", slot)
@@ -228,7 +228,7 @@ func TestDispatcherFallsBackToPollingAndReturnsToTheLog(t *testing.T) {
 // Messages written before the slot existed are delivered by the sweep.
 func TestSweepDeliversWhatTheLogMissed(t *testing.T) {
 	_, db, st := sharedPostgres(t).prepare(t)
-	slot, _ := pgstore.Names(st.QualifiedName())
+	slot := slotOf(t, st.DB(), st.QualifiedName())
 	_, err := db.Exec("SELECT pg_drop_replication_slot($1)", slot)
 	require.NoError(t, err)
 	writeN(t, db, st, "a", 30)
@@ -407,7 +407,7 @@ func TestReturnToTheLogWithMessagesPendingKeepsKeyOrder(t *testing.T) {
 	d := startDispatcher(t, st, pub, dispatcher.Config{Logger: quiet(), LogRetry: 300 * time.Millisecond})
 	waitMode(t, d, dispatcher.ModeLog)
 
-	slot, _ := pgstore.Names(st.QualifiedName())
+	slot := slotOf(t, st.DB(), st.QualifiedName())
 	require.Eventually(t, func() bool {
 		db.Exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", slot)
 		_, err := db.Exec("SELECT pg_drop_replication_slot($1)", slot)
@@ -443,4 +443,12 @@ func TestReturnToTheLogWithMessagesPendingKeepsKeyOrder(t *testing.T) {
 		return len(seen) == keys*(before+after)
 	}, 3*time.Minute, 20*time.Millisecond)
 	requireFirstDeliveriesInOrder(t, published, keys*(before+after))
+}
+
+// slotOf is the replication slot of a Postgres outbox table.
+func slotOf(t testing.TB, db *sql.DB, table string) string {
+	t.Helper()
+	slot, _, err := pgstore.Names(context.Background(), db, table)
+	require.NoError(t, err)
+	return slot
 }

@@ -419,7 +419,7 @@ func TestReturnToTheLogAfterTheSlotIsDropped(t *testing.T) {
 	writers.waitWritten(t, 500)
 
 	sampler := sampleModes(t, d)
-	slot, _ := pgstore.Names(st.QualifiedName())
+	slot := slotOf(t, st.DB(), st.QualifiedName())
 	require.Eventually(t, func() bool {
 		db.Exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", slot)
 		_, err := db.Exec("SELECT pg_drop_replication_slot($1)", slot)
@@ -480,7 +480,7 @@ func TestReturnToTheLogAfterTheSlotIsInvalidated(t *testing.T) {
 	sampler := sampleModes(t, d)
 	held.Store(true) // the reader stops confirming
 	require.Eventually(t, func() bool { return holding.Load() > 0 }, 10*time.Second, time.Millisecond)
-	slot, _ := pgstore.Names(st.QualifiedName())
+	slot := slotOf(t, st.DB(), st.QualifiedName())
 	invalidateSlot(t, db, slot)
 	held.Store(false)
 
@@ -588,7 +588,7 @@ func TestModeNeverSaysLogWhileTheLogIsUnavailable(t *testing.T) {
 			db, st := openMigrated(t, shared, sqlstore.Config{ManualLogRecovery: true})
 			var mend func()
 			if shared.kind == "postgres" {
-				slot, _ := pgstore.Names(st.QualifiedName())
+				slot := slotOf(t, st.DB(), st.QualifiedName())
 				_, err := db.Exec("SELECT pg_drop_replication_slot($1)", slot)
 				require.NoError(t, err)
 				mend = func() { require.NoError(t, st.Migrate(context.Background())) }

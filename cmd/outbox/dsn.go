@@ -44,8 +44,8 @@ var (
 		new:        pgstore.New,
 		inspectLog: postgresLog,
 		afterMigrate: func(st *sqlstore.Store) string {
-			slot, pub := pgstore.Names(st.QualifiedName())
-			return fmt.Sprintf("creates the publication %s for the log reader and, when wal_level is logical, the replication slot %s (pgoutput)", pub, slot)
+			_, pub := pgstore.DefaultNames("", st.QualifiedName())
+			return fmt.Sprintf("creates the publication %s for the log reader and, when wal_level is logical, the replication slot %s_ and the first 8 hex digits of the MD5 of the database's name (pgoutput), unless the database has a slot %s from before", pub, pub, pub)
 		},
 	}
 	mysqlBackend = backend{

@@ -221,7 +221,7 @@ func (c *consumer) countOf(other *consumer) int {
 // again resumes without loss.
 func TestReadLogResumesAfterItsConnectionIsKilled(t *testing.T) {
 	st, db := newStore(t)
-	slot, _ := pgstore.Names(st.QualifiedName())
+	slot := slotOf(t, st.DB(), st.QualifiedName())
 	c := newConsumer()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -262,7 +262,7 @@ func TestReadLogReportsWhyTheLogIsUnavailable(t *testing.T) {
 		st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox", ManualLogRecovery: true})
 		require.NoError(t, err)
 		require.NoError(t, st.Migrate(context.Background()))
-		slot, _ := pgstore.Names(st.QualifiedName())
+		slot := slotOf(t, st.DB(), st.QualifiedName())
 		_, err = db.Exec("SELECT pg_drop_replication_slot($1)", slot)
 		require.NoError(t, err)
 		for range 2 { // and again at the next try
@@ -310,7 +310,7 @@ func TestReadLogReportsWhyTheLogIsUnavailable(t *testing.T) {
 // reads it again and skips the messages recorded as delivered.
 func TestReadLogCutsLargeTransactions(t *testing.T) {
 	st, db := newStore(t)
-	slot, _ := pgstore.Names(st.QualifiedName())
+	slot := slotOf(t, st.DB(), st.QualifiedName())
 	confirmed := func() string {
 		var lsn sql.NullString
 		require.NoError(t, db.QueryRow("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&lsn))
@@ -341,4 +341,12 @@ func TestReadLogCutsLargeTransactions(t *testing.T) {
 		require.LessOrEqual(t, size, 100)
 	}
 	t.Logf("first run delivered %d; deliveries of %v", first, c.sizes)
+}
+
+// slotOf is the replication slot of an outbox table.
+func slotOf(t testing.TB, db *sql.DB, table string) string {
+	t.Helper()
+	slot, _, err := pgstore.Names(context.Background(), db, table)
+	require.NoError(t, err)
+	return slot
 }

@@ -8,7 +8,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/store"
-	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
@@ -61,7 +60,7 @@ func pending(t *testing.T, st *sqlstore.Store) int {
 // to the sweep rather than publish them ahead of them, and then publishes from the log again.
 func TestReadLogCreatesALostSlotAgain(t *testing.T) {
 	st, db := newStore(t)
-	slot, _ := pgstore.Names(st.QualifiedName())
+	slot := slotOf(t, st.DB(), st.QualifiedName())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 

@@ -10,7 +10,7 @@ import (
 )
 
 // LogState is where the change log of an outbox stands on the server, as [InspectLog] reads
-// it from the catalog: the replication slot of its log reader (named by [Names]), whether a
+// it from the catalog: the replication slot of its log reader (named as [Names] says), whether a
 // reader is connected to it, and how far behind the WAL it is.
 type LogState struct {
 	// Slot and Publication are the names the log reader reads through ([Names]).
@@ -55,7 +55,9 @@ func InspectLog(ctx context.Context, db *sql.DB, table string) (*LogState, error
 	defer conn.Close()
 
 	st := &LogState{LagBytes: -1, RetainedBytes: -1}
-	st.Slot, st.Publication = Names(s.QualifiedName())
+	if st.Slot, st.Publication, err = names(ctx, conn, s.QualifiedName()); err != nil {
+		return nil, err
+	}
 	var (
 		currentDB          string
 		slotDB, walStatus  sql.NullString

@@ -18,7 +18,7 @@ func TestInspectLogFollowsTheSlot(t *testing.T) {
 	ctx := context.Background()
 	st, db := newStore(t)
 	table := st.QualifiedName()
-	slot, _ := pgstore.Names(table)
+	slot := slotOf(t, db, table)
 
 	s, err := pgstore.InspectLog(ctx, db, table)
 	require.NoError(t, err)
@@ -56,29 +56,86 @@ func TestInspectLogFollowsTheSlot(t *testing.T) {
 	require.ErrorIs(t, err, store.ErrInvalidTable)
 }
 
-// Slots belong to the server: a slot of the same name made for an outbox in another
-// database is no slot of this one's.
-func TestInspectLogNamesTheSlotOfAnotherDatabase(t *testing.T) {
+// Slot names are server-wide. An outbox of the same table in another database, whether its
+// slot was named as this module names slots now or as it did before (after the table only),
+// leaves this database's outbox a slot of its own, which the reader reads.
+func TestOutboxesOfOneTableInTwoDatabasesHaveSlotsOfTheirOwn(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db, schema := dbtest.Postgres(t)
 	table := schema + ".outbox"
-	slot, _ := pgstore.Names(table)
+	_, legacy := pgstore.DefaultNames("", table) // the publication's name, and the slots' before
+	other, _ := pgstore.DefaultNames("postgres", table)
+	takeSlotInAnotherDatabase(t, legacy)
+	takeSlotInAnotherDatabase(t, other)
 
-	takeSlotInAnotherDatabase(t, slot)
-
-	s, err := pgstore.InspectLog(ctx, db, table)
-	require.NoError(t, err)
-	require.False(t, s.SlotExists)
-	require.Contains(t, s.Problem, "replication slot "+slot+" belongs to database postgres")
-
-	// The reader says the same, and Migrate leaves the other database's slot alone.
 	st, err := pgstore.New(db, pgstore.Config{Table: table})
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
-	err = st.ReadLog(ctx, store.LogConsumer{Deliver: func(context.Context, []store.ClaimedMessage) *store.LogOutcome { return nil }})
-	require.ErrorIs(t, err, store.ErrLogUnavailable)
-	require.ErrorContains(t, err, "replication slot "+slot+" belongs to database postgres")
+	slot := slotOf(t, db, table)
+	require.NotEqual(t, legacy, slot)
+	require.NotEqual(t, other, slot)
+	s, err := pgstore.InspectLog(ctx, db, table)
+	require.NoError(t, err)
+	require.Equal(t, slot, s.Slot)
+	require.True(t, s.SlotExists, "Migrate created this database's own slot")
+	require.Empty(t, s.Problem)
+
+	// The reader reads it: a message written now is handed over.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	got := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- st.ReadLog(rctx, store.LogConsumer{Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
+			out := &store.LogOutcome{}
+			for _, m := range msgs {
+				out.Delivered = append(out.Delivered, m.ID)
+				select {
+				case got <- string(m.Payload):
+				default:
+				}
+			}
+			return out
+		}})
+	}()
+	require.NoError(t, st.Write(ctx, db, store.Message{Topic: "t", Payload: []byte("through its own slot")}))
+	select {
+	case p := <-got:
+		require.Equal(t, "through its own slot", p)
+	case err := <-done:
+		t.Fatalf("the reader stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the reader handed nothing over")
+	}
+	cancel()
+	<-done
+}
+
+// An outbox whose slot was made before slot names named the database keeps it: Migrate
+// makes no second slot, and the reader and InspectLog name the old one.
+func TestASlotNamedBeforeIsKept(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, schema := dbtest.Postgres(t)
+	table := schema + ".outbox"
+	_, legacy := pgstore.DefaultNames("", table)
+	_, err := db.ExecContext(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", legacy)
+	require.NoError(t, err)
+	st, err := pgstore.New(db, pgstore.Config{Table: table})
+	require.NoError(t, err)
+	require.NoError(t, st.Migrate(ctx))
+	require.Equal(t, legacy, slotOf(t, db, table))
+	var database string
+	require.NoError(t, db.QueryRowContext(ctx, "SELECT current_database()").Scan(&database))
+	fresh, _ := pgstore.DefaultNames(database, table)
+	var n int
+	require.NoError(t, db.QueryRowContext(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", fresh).Scan(&n))
+	require.Zero(t, n, "no second slot")
+	s, err := pgstore.InspectLog(ctx, db, table)
+	require.NoError(t, err)
+	require.Equal(t, legacy, s.Slot)
+	require.True(t, s.SlotExists)
 }
 
 // takeSlotInAnotherDatabase creates a logical replication slot named slot in the database

@@ -13,7 +13,7 @@
 //
 // The store implements [store.LogReader]: it reads written messages through logical
 // replication with the built-in pgoutput plugin, from a publication of the outbox table's
-// inserts and a permanent replication slot (see [Names]), and hands them to the dispatcher as
+// inserts and a permanent replication slot (see [DefaultNames]), and hands them to the dispatcher as
 // their transactions commit, in commit order, whoever wrote them. Rows are decoded from the
 // log itself, with no query per message. It needs:
 //
@@ -129,12 +129,12 @@ func New(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 // logOnly is ready while the outbox's slot and publication exist: then the WAL keeps what is
 // written, for its reader, until the reader confirms it.
 func logOnly(s *sqlstore.Store) sqlstore.LogOnlyHook {
-	slot, pub := Names(s.QualifiedName())
+	pub := baseName(s.QualifiedName())
 	return sqlstore.LogOnlyHook{
 		// Names are lower-case letters, digits and underscores: safe as literals.
-		Ready: "EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '" + slot + "' AND database = current_database() AND restart_lsn IS NOT NULL)" +
+		Ready: "EXISTS (SELECT 1 FROM pg_replication_slots WHERE " + slotNamesSQL(s.QualifiedName()) + " AND database = current_database() AND restart_lsn IS NOT NULL)" +
 			" AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '" + pub + "')",
-		NotReady: fmt.Sprintf("replication slot %s (of this database, and not invalidated) and publication %s are needed: run Migrate on a server with wal_level = logical", slot, pub),
+		NotReady: fmt.Sprintf("replication slot %s_<the first 8 hex digits of the MD5 of the database's name> (or %s, made before), of this database and not invalidated, and publication %s are needed: run Migrate on a server with wal_level = logical", pub, pub, pub),
 	}
 }
 

@@ -27,7 +27,10 @@ func readLog(ctx context.Context, s *sqlstore.Store, c store.LogConsumer) error 
 	}
 	defer unlock(ctx, s, lockConn)
 	r := &reader{s: s, c: c, lockConn: lockConn}
-	r.slot, r.pub = Names(s.QualifiedName())
+	r.slot, r.pub, err = names(ctx, lockConn, s.QualifiedName())
+	if err != nil {
+		return err
+	}
 	if err := r.check(ctx); err != nil {
 		if r.loss == slotFine || !s.RecoversLostLog() {
 			return err

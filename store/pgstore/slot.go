@@ -2,7 +2,9 @@ package pgstore
 
 import (
 	"context"
+	"crypto/md5"
 	"database/sql"
+	"encoding/hex"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -14,23 +16,70 @@ import (
 	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
-// Names returns the replication slot and the publication through which the log reader of
-// the outbox table reads it: the table's schema and name joined by an underscore, in lower
-// case ("outbox" for the default table, "app_outbox" for "app.outbox"), or "outbox_" and a
-// hash when that is no valid slot name.
-func Names(table string) (slot, publication string) {
+// DefaultNames returns the replication slot and the publication through which the log
+// reader of the outbox table reads it, in a database of that name. The publication belongs
+// to the database; it is named after the table's schema and name joined by an underscore, in
+// lower case ("outbox" for the default table, "app_outbox" for "app.outbox"), or "outbox_"
+// and a hash when that is no valid name. Slots are server-wide: the slot's name adds the
+// first 8 hex digits of the MD5 of the database's name ("outbox_098f6bcd" in database
+// "test"), so that outboxes of one table name in two databases of one server do not share
+// it. A slot named like the publication, as this module named slots before, is still used
+// by an outbox of its own database ([Names]).
+func DefaultNames(database, table string) (slot, publication string) {
+	base := baseName(table)
+	sum := md5.Sum([]byte(database))
+	return base + "_" + hex.EncodeToString(sum[:4]), base
+}
+
+// Names returns the replication slot and the publication of the outbox table in the
+// database db is connected to: those of [DefaultNames], or, when the database has a slot
+// named like the publication (made before slot names named the database), that one.
+func Names(ctx context.Context, db *sql.DB, table string) (slot, publication string, err error) {
+	return names(ctx, db, table)
+}
+
+// names is Names through any handle.
+func names(ctx context.Context, q interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}, table string) (slot, publication string, err error) {
+	legacy := baseName(table)
+	var (
+		database string
+		old      bool
+	)
+	err = q.QueryRowContext(ctx, "SELECT current_database(), EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database())", legacy).
+		Scan(&database, &old)
+	if err != nil {
+		return "", "", fmt.Errorf("outbox: name the replication slot of %s: %w", table, err)
+	}
+	if old {
+		return legacy, legacy, nil
+	}
+	slot, publication = DefaultNames(database, table)
+	return slot, publication, nil
+}
+
+// slotNamesSQL is the condition, in SQL, that slot_name is the slot of the outbox table in the
+// current database, for statements that cannot ask first.
+func slotNamesSQL(table string) string {
+	base := baseName(table) // lower-case letters, digits and underscores: safe as a literal
+	return "slot_name IN ('" + base + "', '" + base + "_' || left(md5(current_database()), 8))"
+}
+
+// baseName is the table's schema and name as a valid slot name, with room for the suffix.
+func baseName(table string) string {
 	if table == "" {
 		table = sqlstore.DefaultTable
 	}
 	base := strings.ReplaceAll(table, ".", "_")
-	if !slotNameRE.MatchString(base) {
+	if !slotNameRE.MatchString(base) || len(base) > 54 {
 		sum := uint64(14695981039346656037)
 		for _, c := range []byte(table) {
 			sum = (sum ^ uint64(c)) * 1099511628211
 		}
 		base = "outbox_" + strconv.FormatUint(sum, 16)
 	}
-	return base, base
+	return base
 }
 
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
@@ -40,7 +89,10 @@ var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 // transaction on the server. Without wal_level = logical, or without the rights, it logs why
 // and leaves the dispatchers polling.
 func setUpLog(ctx context.Context, s *sqlstore.Store, conn *sql.Conn) error {
-	slot, pub := Names(s.QualifiedName())
+	slot, pub, err := names(ctx, conn, s.QualifiedName())
+	if err != nil {
+		return err
+	}
 	var exists bool
 	if err := conn.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", pub).Scan(&exists); err != nil {
 		return err
@@ -74,7 +126,7 @@ func setUpLog(ctx context.Context, s *sqlstore.Store, conn *sql.Conn) error {
 			"wal_level", walLevel)
 		return nil
 	}
-	_, err := conn.ExecContext(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+	_, err = conn.ExecContext(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
 	if isPermission(err) {
 		s.Logger().Warn("cannot create the replication slot for the log reader (the user needs the REPLICATION attribute); dispatchers will poll", "slot", slot, "error", err)
 		return nil

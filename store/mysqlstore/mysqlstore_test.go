@@ -128,13 +128,30 @@ func TestClaimDoesNotPassOverALockedEarlierMessageOfItsKey(t *testing.T) {
 
 	locker, err := db.BeginTx(ctx, nil)
 	require.NoError(t, err)
-	var seq int64
-	require.NoError(t, locker.QueryRowContext(ctx, "SELECT seq FROM outbox WHERE id = ? FOR UPDATE", first.ID).Scan(&seq))
+	defer locker.Rollback()
+	var seq, lockerID int64
+	require.NoError(t, locker.QueryRowContext(ctx, "SELECT seq, CONNECTION_ID() FROM outbox WHERE id = ? FOR UPDATE", first.ID).Scan(&seq, &lockerID))
+	type claimed struct {
+		res *store.ClaimResult
+		err error
+	}
+	done := make(chan claimed, 1)
 	go func() {
-		time.Sleep(200 * time.Millisecond)
-		locker.Commit()
+		res, err := st.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute})
+		done <- claimed{res, err}
 	}()
-	res, err := st.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute})
+	// The claim meets the lock: it waits for the locker's transaction (or has returned,
+	// which the check below then fails).
+	require.Eventually(t, func() bool {
+		var waiting int
+		err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS w
+			JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id WHERE b.trx_mysql_thread_id = ?`, lockerID).Scan(&waiting)
+		return err == nil && waiting > 0 || len(done) > 0
+	}, 10*time.Second, 5*time.Millisecond)
+	require.Empty(t, done, "the claim took its messages while the earlier one was locked")
+	require.NoError(t, locker.Commit())
+	c := <-done
+	res, err := c.res, c.err
 	require.NoError(t, err)
 	var ids []string
 	for _, m := range res.Messages {

@@ -44,3 +44,61 @@ func (e *BatchError) Error() string {
 	}
 	return sb.String()
 }
+
+// BatchOutcome keeps what became of the messages of one PublishBatch call, and each key's
+// order within it, for publishers that send a batch message by message (pipelined): Held
+// says whether a message must not be sent, an earlier message of its key having failed; Fail
+// records a failure; Err is what PublishBatch returns.
+type BatchOutcome struct {
+	msgs       []*message.Message
+	failed     map[string]error // by message UUID
+	failedKeys map[string]bool
+}
+
+// NewBatchOutcome starts the outcome of publishing msgs, in this order.
+func NewBatchOutcome(msgs []*message.Message) *BatchOutcome {
+	return &BatchOutcome{msgs: msgs, failed: map[string]error{}, failedKeys: map[string]bool{}}
+}
+
+func (b *BatchOutcome) key(i int) string { return b.msgs[i].Metadata.Get(MetadataKey) }
+
+// Held reports whether message i must not be sent, an earlier message of its key having
+// failed, and records it failed if so.
+func (b *BatchOutcome) Held(i int) bool {
+	key := b.key(i)
+	if key == "" || !b.failedKeys[key] {
+		return false
+	}
+	b.failed[b.msgs[i].UUID] = fmt.Errorf("not sent: an earlier message of key %q failed", key)
+	return true
+}
+
+// Fail records that message i failed with err.
+func (b *BatchOutcome) Fail(i int, err error) {
+	b.failed[b.msgs[i].UUID] = err
+	if key := b.key(i); key != "" {
+		b.failedKeys[key] = true
+	}
+}
+
+// Err is what PublishBatch returns: nil, or a [*BatchError]. A message acknowledged after an earlier message of
+// its key failed is reported failed too: delivered, it would be taken for published ahead
+// of the message before it, which the dispatcher publishes again.
+func (b *BatchOutcome) Err() error {
+	if len(b.failed) == 0 {
+		return nil
+	}
+	failedKey := map[string]bool{}
+	for _, m := range b.msgs {
+		key := m.Metadata.Get(MetadataKey)
+		if key == "" {
+			continue
+		}
+		if _, failed := b.failed[m.UUID]; failed {
+			failedKey[key] = true
+		} else if failedKey[key] {
+			b.failed[m.UUID] = fmt.Errorf("acknowledged, but reported failed: an earlier message of key %q failed, and this one is to be published again after it", key)
+		}
+	}
+	return &BatchError{Failed: b.failed}
+}

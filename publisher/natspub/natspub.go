@@ -159,15 +159,15 @@ func (p *Publisher) PublishBatch(topic string, msgs []*message.Message) error {
 		}
 	}
 	deadline := time.Now().Add(p.ackTimeout)
-	b := newBatch(msgs)
+	b := publisher.NewBatchOutcome(msgs)
 	futures := make([]jetstream.PubAckFuture, len(msgs))
 	var down error // the connection refused a message: the rest are not sent either
 	for i, msg := range msgs {
-		if b.held(i) {
+		if b.Held(i) {
 			continue
 		}
 		if down != nil {
-			b.fail(i, fmt.Errorf("not sent: an earlier message of the batch failed: %w", down))
+			b.Fail(i, fmt.Errorf("not sent: an earlier message of the batch failed: %w", down))
 			continue
 		}
 		nm, err := p.marshal(topic, msg)
@@ -182,7 +182,7 @@ func (p *Publisher) PublishBatch(topic string, msgs []*message.Message) error {
 			}
 		}
 		if err != nil {
-			b.fail(i, err)
+			b.Fail(i, err)
 		}
 	}
 	timeout := time.NewTimer(time.Until(deadline))
@@ -210,10 +210,10 @@ func (p *Publisher) PublishBatch(topic string, msgs []*message.Message) error {
 			}
 		}
 		if err != nil {
-			b.fail(i, classify(err))
+			b.Fail(i, classify(err))
 		}
 	}
-	return b.result()
+	return b.Err()
 }
 
 // Close implements message.Publisher: it waits for the batches in progress, drops the

@@ -153,18 +153,18 @@ func (p *Publisher) PublishBatch(topic string, msgs []*message.Message) error {
 	if p.closed {
 		return errClosed
 	}
-	b := newBatch(msgs)
+	b := publisher.NewBatchOutcome(msgs)
 	cmds := make([]*redis.StringCmd, len(msgs))
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
 	pipe := p.client.Pipeline()
 	for i, msg := range msgs {
-		if b.held(i) {
+		if b.Held(i) {
 			continue
 		}
 		values, err := p.marshaller.Marshal(topic, msg)
 		if err != nil {
-			b.fail(i, publisher.Permanent(fmt.Errorf("marshal message %s: %w", msg.UUID, err)))
+			b.Fail(i, publisher.Permanent(fmt.Errorf("marshal message %s: %w", msg.UUID, err)))
 			continue
 		}
 		cmds[i] = pipe.XAdd(ctx, &redis.XAddArgs{Stream: topic, Values: values, MaxLen: p.maxLen, Approx: p.maxLen > 0})
@@ -177,10 +177,10 @@ func (p *Publisher) PublishBatch(topic string, msgs []*message.Message) error {
 	}
 	for i, cmd := range cmds {
 		if cmd != nil && cmd.Err() != nil {
-			b.fail(i, cmd.Err())
+			b.Fail(i, cmd.Err())
 		}
 	}
-	return b.result()
+	return b.Err()
 }
 
 // hasCmdError reports whether the failure of a pipeline shows in its commands.

@@ -1,4 +1,4 @@
-package redispub
+package publisher_test
 
 import (
 	"errors"
@@ -21,15 +21,15 @@ func TestBatchReportsAKeyFailedFromItsFirstFailure(t *testing.T) {
 		}
 		msgs = append(msgs, m)
 	}
-	b := newBatch(msgs)
-	require.NoError(t, b.result())
-	b.fail(2, errors.New("refused"))
+	b := publisher.NewBatchOutcome(msgs)
+	require.NoError(t, b.Err())
+	b.Fail(2, errors.New("refused"))
 	var be *publisher.BatchError
-	require.ErrorAs(t, b.result(), &be)
+	require.ErrorAs(t, b.Err(), &be)
 	require.Len(t, be.Failed, 2)
 	require.EqualError(t, be.Failed["c"], "refused")
 	require.ErrorContains(t, be.Failed["d"], `an earlier message of key "A" failed`)
-	require.True(t, b.held(3), "a later message of a failed key is not sent")
-	require.False(t, b.held(1))
-	require.False(t, b.held(4), "no key, no order")
+	require.True(t, b.Held(3), "a later message of a failed key is not sent")
+	require.False(t, b.Held(1))
+	require.False(t, b.Held(4), "no key, no order")
 }

@@ -91,7 +91,7 @@ func requireDuplicatesPerProcess(t *testing.T, res readBackResult, logs, killed 
 	for _, log := range logs {
 		label := filepath.Base(log)
 		known[label] = true
-		allowed := overrunOf(t, log)
+		allowed := overrunOf(t, warningsIn(t, log))
 		if slices.Contains(killed, log) {
 			allowed += bound
 		}
@@ -267,10 +267,11 @@ func overrunIn(t *testing.T, logs ...string) int {
 	t.Helper()
 	n := 0
 	for _, path := range logs {
-		for _, line := range warningsIn(t, path) {
+		warnings := warningsIn(t, path)
+		for _, line := range warnings {
 			t.Logf("%s: %s", filepath.Base(path), line)
 		}
-		n += overrunOf(t, path)
+		n += overrunOf(t, warnings)
 	}
 	return n
 }
@@ -289,12 +290,12 @@ func warningsIn(t *testing.T, path string) []string {
 	return lines
 }
 
-// overrunOf is how many messages a dispatcher process's log says it recorded after their
-// lease ran out.
-func overrunOf(t *testing.T, path string) int {
+// overrunOf is how many messages the warnings of a dispatcher process's log say it recorded
+// after their lease ran out.
+func overrunOf(t *testing.T, warnings []string) int {
 	t.Helper()
 	n := 0
-	for _, line := range warningsIn(t, path) {
+	for _, line := range warnings {
 		if !strings.Contains(line, "after its lease ran out") {
 			continue
 		}

@@ -22,7 +22,6 @@ import (
 	"github.com/outboxgo/outbox/publisher"
 	natspub "github.com/outboxgo/outbox/publisher/natspub"
 	"github.com/outboxgo/outbox/publisher/redispub"
-	"github.com/outboxgo/outbox/store"
 )
 
 // The brokers case: the drain of a Postgres log-mode outbox into NATS JetStream
@@ -79,25 +78,7 @@ func brokerCeiling(b benchBroker, n, batch int) (float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	start := time.Now()
-	published := make(chan error, 1)
-	go func() {
-		for i := 0; i < n; i += batch {
-			msgs := make([]*message.Message, 0, batch)
-			for j := i; j < min(i+batch, n); j++ {
-				id := store.NewID()
-				m := message.NewMessage(id, payload256)
-				m.Metadata.Set(publisher.MetadataID, id)
-				m.Metadata.Set(publisher.MetadataKey, fmt.Sprintf("key-%d", j%keys))
-				m.Metadata.Set(publisher.MetadataCreatedAt, time.Now().Format(time.RFC3339Nano))
-				msgs = append(msgs, m)
-			}
-			if err := pub.PublishBatch(topic, msgs); err != nil {
-				published <- err
-				return
-			}
-		}
-		published <- nil
-	}()
+	published := publishFromMemory(pub, topic, n, batch)
 	dups, err := read(ctx)
 	if err != nil {
 		return 0, err

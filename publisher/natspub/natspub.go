@@ -76,7 +76,7 @@ type Publisher struct {
 
 var _ publisher.BatchPublisher = (*Publisher)(nil)
 
-var errClosed = errors.New("outbox: nats publisher closed")
+var errClosed = errors.New("outbox: natspub publisher closed")
 
 // New returns a [Publisher]. It checks the configuration and, given a URL, connects; a
 // server that is down does not fail it (see [Publisher]). Its errors name the field at fault.

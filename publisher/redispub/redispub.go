@@ -100,7 +100,7 @@ type Publisher struct {
 
 var _ publisher.BatchPublisher = (*Publisher)(nil)
 
-var errClosed = errors.New("outbox: redisstream publisher closed")
+var errClosed = errors.New("outbox: redispub publisher closed")
 
 // New returns a [Publisher]. It checks the configuration but does not connect: the first
 // publish does (see [Publisher]). Its errors name the field at fault.

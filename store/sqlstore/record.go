@@ -23,18 +23,18 @@ func (s *Store) MarkDelivered(ctx context.Context, p *store.MarkDeliveredParams)
 // delivered: it marks them, or with del deletes them. With async, where the database allows
 // it, the statement's own transaction does not wait for the WAL flush.
 func (s *Store) markDelivered(cond string, del, async bool) string {
-	t, join := s.t.String(), ""
-	if async && s.d.asyncCommit != "" {
-		join = " USING " + s.d.asyncCommit
+	async = async && s.d.asyncCommit != ""
+	q := "UPDATE " + s.t.String() + " SET state = 'delivered', delivered_at = " + s.d.now + ", claim_token = NULL, claimed_until = " + s.d.epoch
+	if async {
+		q += " FROM " + s.d.asyncCommit
 	}
 	if del {
-		return "DELETE FROM " + t + join + " WHERE state = 'pending' AND " + cond
+		q = "DELETE FROM " + s.t.String()
+		if async {
+			q += " USING " + s.d.asyncCommit
+		}
 	}
-	if join != "" {
-		join = " FROM " + s.d.asyncCommit
-	}
-	return "UPDATE " + t + " SET state = 'delivered', delivered_at = " + s.d.now + ", claim_token = NULL, claimed_until = " + s.d.epoch +
-		join + " WHERE state = 'pending' AND " + cond
+	return q + " WHERE state = 'pending' AND " + cond
 }
 
 // Release implements [store.Store].

@@ -76,7 +76,7 @@ func TestKilledDispatchersLoseNothing(t *testing.T) {
 			t.Logf("%s: %d messages, %d kills: 0 lost, %d duplicates (%.1f per kill), %d order inversions, %d overrun a lease",
 				shared.name, n, kills, res.dups, float64(res.dups)/float64(kills), res.inversions, overrun)
 			require.Zero(t, res.inversions, "first deliveries of a key out of write order")
-			requireDuplicatesPerProcess(t, res, logs, killed, shared.crashBound(batch))
+			requireDuplicatesPerProcess(t, res, logs, killed, shared.crashBound(batch), batch)
 		})
 	}
 }
@@ -84,14 +84,22 @@ func TestKilledDispatchersLoseNothing(t *testing.T) {
 // requireDuplicatesPerProcess checks the duplicates each dispatcher process left, by the
 // process that published a message first: at most bound for a process that was killed (what
 // it had in flight), none for one that was not, plus, for either, the messages its log says
-// it recorded after their lease ran out.
-func requireDuplicatesPerProcess(t *testing.T, res readBackResult, logs, killed []string, bound int) {
+// it recorded after their lease ran out and a batch for each dispatch it says failed.
+func requireDuplicatesPerProcess(t *testing.T, res readBackResult, logs, killed []string, bound, batch int) {
 	t.Helper()
 	known := map[string]bool{}
 	for _, log := range logs {
 		label := filepath.Base(log)
 		known[label] = true
-		allowed := overrunOf(t, warningsIn(t, log))
+		warnings := warningsIn(t, log)
+		allowed := overrunOf(t, warnings)
+		for _, line := range warnings {
+			// A batch whose outcome could not be recorded (the database out of reach past
+			// the record timeout: SQLite's one write lock on a loaded machine) goes out again.
+			if strings.Contains(line, "dispatch failed") {
+				allowed += batch
+			}
+		}
 		if slices.Contains(killed, log) {
 			allowed += bound
 		}
@@ -255,7 +263,7 @@ func TestOneOfThreeDispatcherProcessesKilled(t *testing.T) {
 			require.Zero(t, res.inversions)
 			// At most what the killed process had in flight, none from the others; a loaded
 			// machine may stall a batch past its lease, and its dispatcher says so.
-			requireDuplicatesPerProcess(t, res, append(logs, victimLog), []string{victimLog}, shared.crashBound(batch))
+			requireDuplicatesPerProcess(t, res, append(logs, victimLog), []string{victimLog}, shared.crashBound(batch), batch)
 		})
 	}
 }

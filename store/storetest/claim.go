@@ -215,6 +215,27 @@ func testOrderPerKey(t *testing.T, h Harness) {
 	require.Equal(t, []string{a1, a2, a3}, ids(res))
 }
 
+// testReachPastHeld: a message behind a long run of held messages of another key is claimed
+// within a few claims. A store may look at a window of the oldest messages only, so that a
+// claim does not cost a look-up per message of a backlog that waits behind other claims; the
+// window must then grow while it finds nothing.
+func testReachPastHeld(t *testing.T, h Harness) {
+	busy := make([]store.Message, 300)
+	for i := range busy {
+		busy[i] = msg("t", "busy", fmt.Sprint(i))
+	}
+	held := write(t, h, busy...)
+	free := write(t, h, msg("t", "free", "f"))
+	require.Equal(t, held[:1], ids(claim(t, h, 1, lease)), "the claim holds the busy key")
+	var got []string
+	for range 12 {
+		if got = ids(claim(t, h, 1, lease)); len(got) > 0 {
+			break
+		}
+	}
+	require.Equal(t, free, got, "the message of the free key is claimed within 12 claims, the busy key's stay held")
+}
+
 func testNoKey(t *testing.T, h Harness) {
 	ctx := ctxFor(t)
 	want := write(t, h, msg("t", "", "1"), msg("t", "", "2"))

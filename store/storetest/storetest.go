@@ -58,6 +58,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"ReleaseAllGivesBackWhatAClaimWithItsOwnTokenTook", testReleaseAll},
 		{"OrderPerKey", testOrderPerKey},
 		{"MessagesWithoutKeyAreIndependent", testNoKey},
+		{"ClaimReachesPastALongRunOfHeldMessages", testReachPastHeld},
 		{"ConcurrentClaimersNeverShareOrReorder", testConcurrentClaimers},
 		{"ListFilters", testList},
 		{"CheckPasses", testCheck},

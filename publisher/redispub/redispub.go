@@ -34,7 +34,10 @@
 //
 // The wire format is watermill-redisstream's (DefaultMarshallerUnmarshaller: the UUID, the
 // metadata in msgpack and the payload as fields of the entry), which watermill-redisstream's
-// subscriber reads as it is.
+// subscriber reads as it is. The publisher encodes it itself, the fields always in that order
+// (a custom [Config].Marshaller's fields in their names' order): Redis stores the entries
+// that repeat the fields of a stream node's first entry without their names, and spends less
+// than half the time on such an XADD as on one whose fields come in a Go map's random order.
 //
 // # Errors
 //
@@ -50,6 +53,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -158,16 +163,18 @@ func (p *Publisher) PublishBatch(topic string, msgs []*message.Message) error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
 	pipe := p.client.Pipeline()
+	enc := p.encoder(topic, len(msgs))
 	for i, msg := range msgs {
 		if b.Held(i) {
 			continue
 		}
-		values, err := p.marshaller.Marshal(topic, msg)
+		args, err := enc.xadd(msg)
 		if err != nil {
 			b.Fail(i, publisher.Permanent(fmt.Errorf("marshal message %s: %w", msg.UUID, err)))
 			continue
 		}
-		cmds[i] = pipe.XAdd(ctx, &redis.XAddArgs{Stream: topic, Values: values, MaxLen: p.maxLen, Approx: p.maxLen > 0})
+		cmds[i] = redis.NewStringCmd(ctx, args...)
+		_ = pipe.Process(ctx, cmds[i])
 	}
 	if pipe.Len() > 0 {
 		// Exec returns the first command's error; each command has its own.
@@ -181,6 +188,96 @@ func (p *Publisher) PublishBatch(topic string, msgs []*message.Message) error {
 		}
 	}
 	return b.Err()
+}
+
+// xaddEncoder builds the XADD commands of one batch. The arguments of all of them share one
+// slice, and the metadata of all of them one buffer, so that a message costs a few
+// allocations rather than the map, the msgpack encoder and the argument slice of each.
+type xaddEncoder struct {
+	custom wmredis.Marshaller // nil: watermill-redisstream's default format, encoded here
+	topic  string
+	head   []any // XADD stream [MAXLEN ~ n] *
+	args   []any
+	md     []byte
+}
+
+func (p *Publisher) encoder(topic string, n int) *xaddEncoder {
+	e := &xaddEncoder{topic: topic, head: []any{"xadd", topic}}
+	if p.maxLen > 0 {
+		e.head = append(e.head, "maxlen", "~", p.maxLen)
+	}
+	e.head = append(e.head, "*")
+	switch p.marshaller.(type) {
+	case wmredis.DefaultMarshallerUnmarshaller, *wmredis.DefaultMarshallerUnmarshaller:
+	default:
+		e.custom = p.marshaller
+		return e
+	}
+	e.args = make([]any, 0, n*(len(e.head)+6))
+	e.md = make([]byte, 0, n*128)
+	return e
+}
+
+// xadd returns the arguments of the XADD that appends msg.
+func (e *xaddEncoder) xadd(msg *message.Message) ([]any, error) {
+	if e.custom != nil {
+		values, err := e.custom.Marshal(e.topic, msg)
+		if err != nil {
+			return nil, err
+		}
+		// Sorted, so that entries share their fields' order (see below).
+		args := append(make([]any, 0, len(e.head)+2*len(values)), e.head...)
+		for _, k := range slices.Sorted(maps.Keys(values)) {
+			args = append(args, k, values[k])
+		}
+		return args, nil
+	}
+	// What DefaultMarshallerUnmarshaller.Marshal gives, its fields always in this order: a
+	// stream stores entries with its first entry's fields in their order without the names.
+	if msg.Metadata.Get(wmredis.UUIDHeaderKey) != "" {
+		return nil, fmt.Errorf("metadata %s is reserved by watermill for message UUID", wmredis.UUIDHeaderKey)
+	}
+	var md []byte
+	if len(msg.Metadata) > 0 {
+		start := len(e.md)
+		e.md = appendMsgpackMetadata(e.md, msg.Metadata)
+		md = e.md[start:len(e.md):len(e.md)]
+	}
+	start := len(e.args)
+	e.args = append(e.args, e.head...)
+	e.args = append(e.args, wmredis.UUIDHeaderKey, msg.UUID, "metadata", md, "payload", []byte(msg.Payload))
+	return e.args[start:len(e.args):len(e.args)], nil
+}
+
+// appendMsgpackMetadata appends metadata as msgpack encodes a map of strings (as
+// vmihailenco/msgpack, which watermill-redisstream decodes it with, does).
+func appendMsgpackMetadata(b []byte, md message.Metadata) []byte {
+	switch n := len(md); {
+	case n < 16:
+		b = append(b, 0x80|byte(n))
+	case n < 1<<16:
+		b = append(b, 0xde, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0xdf, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	for k, v := range md {
+		b = appendMsgpackString(appendMsgpackString(b, k), v)
+	}
+	return b
+}
+
+func appendMsgpackString(b []byte, s string) []byte {
+	switch n := len(s); {
+	case n < 32:
+		b = append(b, 0xa0|byte(n))
+	case n < 1<<8:
+		b = append(b, 0xd9, byte(n))
+	case n < 1<<16:
+		b = append(b, 0xda, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0xdb, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(b, s...)
 }
 
 // hasCmdError reports whether the failure of a pipeline shows in its commands.

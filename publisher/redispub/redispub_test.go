@@ -302,3 +302,196 @@ func delayProxy(t *testing.T, target string, delay time.Duration) string {
 	}()
 	return l.Addr().String()
 }
+
+// rawFields returns the field names of each entry of the stream, in the order Redis keeps
+// them.
+func rawFields(t *testing.T, c *redis.Client, stream string) [][]string {
+	t.Helper()
+	res, err := c.Do(context.Background(), "XRANGE", stream, "-", "+").Slice()
+	require.NoError(t, err)
+	var out [][]string
+	for _, e := range res {
+		kv := e.([]any)[1].([]any)
+		var names []string
+		for i := 0; i < len(kv); i += 2 {
+			names = append(names, kv[i].(string))
+		}
+		out = append(out, names)
+	}
+	return out
+}
+
+// Every entry has its fields in one order, so that Redis stores them once per stream node
+// rather than in each entry (the fields of a Go map come in a random order).
+func TestRedisEntriesKeepOneFieldOrder(t *testing.T) {
+	c := client(t)
+	stream := streamName(t, c)
+	pub := newPublisher(t, redispub.Config{Client: c})
+	var batch []*message.Message
+	for i := range 200 {
+		batch = append(batch, keyed(i, fmt.Sprintf("k%d", i%7)))
+	}
+	batch = append(batch, message.NewMessage("no-metadata", nil))
+	require.NoError(t, pub.PublishBatch(stream, batch))
+	fields := rawFields(t, c, stream)
+	require.Len(t, fields, len(batch))
+	for i, f := range fields {
+		require.Equal(t, []string{wmredis.UUIDHeaderKey, "metadata", "payload"}, f, "entry %d", i)
+	}
+	got := read(t, c, stream)
+	require.Empty(t, got[len(got)-1].Metadata)
+	require.Empty(t, got[len(got)-1].Payload)
+}
+
+// The metadata is encoded byte for byte as watermill-redisstream's marshaller encodes it,
+// across msgpack's string and map sizes.
+func TestRedisMetadataIsWatermills(t *testing.T) {
+	c := client(t)
+	stream := streamName(t, c)
+	pub := newPublisher(t, redispub.Config{Client: c})
+	var batch []*message.Message
+	for _, n := range []int{0, 31, 32, 255, 256, 65535, 65536} {
+		m := message.NewMessage(fmt.Sprintf("len-%d", n), []byte("p"))
+		m.Metadata.Set(strings.Repeat("k", n%40+1), strings.Repeat("v", n))
+		batch = append(batch, m)
+	}
+	for _, n := range []int{15, 16, 300} { // fixmap, map16
+		m := message.NewMessage(fmt.Sprintf("keys-%d", n), []byte("p"))
+		for i := range n {
+			m.Metadata.Set(fmt.Sprintf("h%d", i), strings.Repeat("x", i))
+		}
+		batch = append(batch, m)
+	}
+	require.NoError(t, pub.PublishBatch(stream, batch))
+	entries, err := c.XRange(context.Background(), stream, "-", "+").Result()
+	require.NoError(t, err)
+	require.Len(t, entries, len(batch))
+	for i, e := range entries {
+		want, err := wmredis.DefaultMarshallerUnmarshaller{}.Marshal(stream, batch[i])
+		require.NoError(t, err)
+		if len(batch[i].Metadata) == 1 { // one key: one encoding
+			require.Equal(t, string(want["metadata"].([]byte)), e.Values["metadata"], batch[i].UUID)
+		}
+		m, err := wmredis.DefaultMarshallerUnmarshaller{}.Unmarshal(e.Values)
+		require.NoError(t, err)
+		require.Equal(t, batch[i].Metadata, m.Metadata, batch[i].UUID)
+	}
+}
+
+// A batch far larger than the encoder's first guess at its size (metadata of a few hundred
+// bytes a message, messages that fail in between) is appended in order, each entry as
+// its message, and reports exactly the failed messages and those held behind them.
+func TestRedisLargeBatchKeepsOrderAndReportsFailures(t *testing.T) {
+	c := client(t)
+	stream := streamName(t, c)
+	pub := newPublisher(t, redispub.Config{Client: c, MaxLen: 1 << 20})
+	var batch []*message.Message
+	wantFailed := map[string]bool{}
+	badKeys := map[string]bool{}
+	for i := range 3000 {
+		key := fmt.Sprintf("k%d", i%50)
+		m := keyed(i, key)
+		m.Metadata.Set("trace", strings.Repeat("t", i%400))
+		if i%701 == 100 {
+			m.Metadata.Set(wmredis.UUIDHeaderKey, "reserved")
+			badKeys[key] = true
+		}
+		if badKeys[key] {
+			wantFailed[m.UUID] = true
+		}
+		batch = append(batch, m)
+	}
+	err := pub.PublishBatch(stream, batch)
+	var be *publisher.BatchError
+	require.ErrorAs(t, err, &be)
+	require.Len(t, be.Failed, len(wantFailed))
+	for id := range wantFailed {
+		require.Contains(t, be.Failed, id)
+	}
+	var sent []*message.Message
+	for _, m := range batch {
+		if !wantFailed[m.UUID] {
+			sent = append(sent, m)
+		}
+	}
+	got := read(t, c, stream)
+	require.Len(t, got, len(sent))
+	for i, m := range got {
+		require.Equal(t, sent[i].UUID, m.UUID, "stream order is batch order")
+		require.Equal(t, string(sent[i].Payload), string(m.Payload))
+		require.Equal(t, sent[i].Metadata, m.Metadata)
+	}
+}
+
+// tagging is a marshaller of the application's own: watermill's format plus a field.
+type tagging struct{ fail string }
+
+func (m tagging) Marshal(topic string, msg *message.Message) (map[string]any, error) {
+	if msg.UUID == m.fail {
+		return nil, errors.New("cannot marshal")
+	}
+	v, err := wmredis.DefaultMarshallerUnmarshaller{}.Marshal(topic, msg)
+	if err == nil {
+		v["tag"] = "t"
+	}
+	return v, err
+}
+
+// A Marshaller of the application's own sets the fields, in their names' order; its errors
+// park the message and hold its key.
+func TestRedisCustomMarshaller(t *testing.T) {
+	c := client(t)
+	stream := streamName(t, c)
+	batch := []*message.Message{keyed(0, "A"), keyed(1, "A"), keyed(2, "A"), keyed(3, "B")}
+	pub := newPublisher(t, redispub.Config{Client: c, MaxLen: 1000, Marshaller: tagging{fail: batch[1].UUID}})
+	err := pub.PublishBatch(stream, batch)
+	var be *publisher.BatchError
+	require.ErrorAs(t, err, &be)
+	require.Len(t, be.Failed, 2)
+	require.True(t, publisher.IsPermanent(be.Failed[batch[1].UUID]))
+	require.Contains(t, be.Failed, batch[2].UUID)
+	got := read(t, c, stream)
+	require.Len(t, got, 2)
+	require.Equal(t, batch[0].UUID, got[0].UUID)
+	require.Equal(t, batch[3].UUID, got[1].UUID)
+	require.Equal(t, batch[3].Metadata, got[1].Metadata)
+	for _, f := range rawFields(t, c, stream) {
+		require.Equal(t, []string{wmredis.UUIDHeaderKey, "metadata", "payload", "tag"}, f)
+	}
+}
+
+// BenchmarkPublishBatch publishes batches of 500 messages shaped as the dispatcher hands
+// them over (256-byte payloads, the outbox's metadata).
+func BenchmarkPublishBatch(b *testing.B) {
+	opts, err := redis.ParseURL(redisURL())
+	require.NoError(b, err)
+	c := redis.NewClient(opts)
+	defer c.Close()
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		b.Skipf("Redis is not reachable: %v", err)
+	}
+	stream := fmt.Sprintf("outbox-bench-%d", time.Now().UnixNano())
+	defer c.Del(context.Background(), stream)
+	pub, err := redispub.New(redispub.Config{Client: c})
+	require.NoError(b, err)
+	payload := []byte(strings.Repeat("p", 256))
+	batch := make([]*message.Message, 500)
+	for i := range batch {
+		id := fmt.Sprintf("0193a1b2-c3d4-7e5f-8a9b-%012d", i)
+		m := message.NewMessage(id, payload)
+		m.Metadata.Set(publisher.MetadataID, id)
+		m.Metadata.Set(publisher.MetadataKey, fmt.Sprintf("key-%d", i%1000))
+		m.Metadata.Set(publisher.MetadataCreatedAt, time.Now().Format(time.RFC3339Nano))
+		batch[i] = m
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if err := pub.PublishBatch(stream, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "msgs/s")
+	c.Del(context.Background(), stream)
+}

@@ -383,7 +383,6 @@ func (l *logLookup) scan(ctx context.Context, q string, args []any, found map[in
 // marked delivered whoever holds it.
 func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(context.Context, *sql.Tx) error) error {
 	delivered, failures, handOver := batch.delivered, batch.failures, batch.handOver
-	t := s.t.String()
 	markDelivered := func(db store.Execer, seqs []int64, async bool) error {
 		b := builder{d: s.d}
 		_, err := db.ExecContext(ctx, s.markDelivered(b.inSeqs("seq", seqs), batch.del, async), b.args...)
@@ -414,6 +413,25 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 	if err != nil {
 		return fmt.Errorf("outbox: mark %d logged messages delivered in %s: %w", len(delivered), s.t, err)
 	}
+	if err := s.recordHandOver(ctx, tx, batch); err != nil {
+		return err
+	}
+	if checkpoint != nil {
+		if err := checkpoint(ctx, tx); err != nil {
+			return fmt.Errorf("outbox: store the log position of %s: %w", s.t, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("outbox: record logged messages in %s: %w", s.t, err)
+	}
+	return nil
+}
+
+// recordHandOver records in tx the failures of a log batch and what it hands over to
+// polling, and marks the rows a claim held as held.
+func (s *Store) recordHandOver(ctx context.Context, tx *sql.Tx, batch *LogBatch) error {
+	t := s.t.String()
+	handOver := batch.handOver
 	logOnly, err := s.recordLogFailures(ctx, tx, batch)
 	if err != nil {
 		return err
@@ -455,14 +473,6 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 	})
 	if err != nil {
 		return fmt.Errorf("outbox: mark %d claimed messages as held in %s: %w", len(batch.marks), s.t, err)
-	}
-	if checkpoint != nil {
-		if err := checkpoint(ctx, tx); err != nil {
-			return fmt.Errorf("outbox: store the log position of %s: %w", s.t, err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("outbox: record logged messages in %s: %w", s.t, err)
 	}
 	return nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlitestore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // Every bad input the library can be given, and what it gets: a clear error before anything is
@@ -60,14 +61,14 @@ func TestBadInputGetsAClearErrorAndLosesNothing(t *testing.T) {
 
 	t.Run("TableNames", func(t *testing.T) {
 		for _, name := range []string{"outbox;drop table x", `out"box`, "1outbox", "a.b.c", "x y"} {
-			_, err := sqlitestore.New(dbtest.SQLite(t), sqlitestore.Config{Table: name})
+			_, err := sqlstore.EngineOf(sqlitestore.New(dbtest.SQLite(t), sqlitestore.Config{Table: name}))
 			require.ErrorIs(t, err, store.ErrInvalidTable, name)
 			pg, _ := pgstore.Open(dbtest.PostgresDSN())
-			_, err = pgstore.New(pg, pgstore.Config{Table: name})
+			_, err = sqlstore.EngineOf(pgstore.New(pg, pgstore.Config{Table: name}))
 			require.ErrorIs(t, err, store.ErrInvalidTable, name)
 			pg.Close()
 			my, _ := mysqlstore.Open(dbtest.MySQLDSN())
-			_, err = mysqlstore.New(my, mysqlstore.Config{Table: name})
+			_, err = sqlstore.EngineOf(mysqlstore.New(my, mysqlstore.Config{Table: name}))
 			require.ErrorIs(t, err, store.ErrInvalidTable, name)
 			my.Close()
 		}
@@ -84,7 +85,7 @@ func TestBadInputGetsAClearErrorAndLosesNothing(t *testing.T) {
 		pg, err := pgstore.Open("postgres://u:hunter2@127.0.0.1:1/x?sslmode=disable&connect_timeout=2")
 		require.NoError(t, err)
 		defer pg.Close()
-		st, err := pgstore.New(pg, pgstore.Config{})
+		st, err := sqlstore.EngineOf(pgstore.New(pg, pgstore.Config{}))
 		require.NoError(t, err)
 		d, err := dispatcher.New(st, outboxtest.NewPublisher(), dispatcher.Config{Logger: quiet()})
 		require.NoError(t, err)
@@ -94,21 +95,21 @@ func TestBadInputGetsAClearErrorAndLosesNothing(t *testing.T) {
 	})
 
 	t.Run("NotMigrated", func(t *testing.T) {
-		for name, open := range map[string]func(t *testing.T) store.Store{
-			"sqlite": func(t *testing.T) store.Store {
-				st, err := sqlitestore.New(dbtest.SQLite(t), sqlitestore.Config{})
+		for name, open := range map[string]func(t *testing.T) *sqlstore.Store{
+			"sqlite": func(t *testing.T) *sqlstore.Store {
+				st, err := sqlstore.EngineOf(sqlitestore.New(dbtest.SQLite(t), sqlitestore.Config{}))
 				require.NoError(t, err)
 				return st
 			},
-			"postgres": func(t *testing.T) store.Store {
+			"postgres": func(t *testing.T) *sqlstore.Store {
 				db, schema := dbtest.Postgres(t)
-				st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox"})
+				st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox"}))
 				require.NoError(t, err)
 				return st
 			},
-			"mariadb": func(t *testing.T) store.Store {
+			"mariadb": func(t *testing.T) *sqlstore.Store {
 				db, _ := dbtest.MySQL(t)
-				st, err := mysqlstore.New(db, mysqlstore.Config{})
+				st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 				require.NoError(t, err)
 				return st
 			},

@@ -29,7 +29,7 @@ const (
 
 // Dispatcher delivers the messages of one outbox store through one publisher.
 type Dispatcher struct {
-	st      store.Store
+	st      store.Engine
 	pub     message.Publisher
 	cfg     Config
 	log     *slog.Logger
@@ -71,8 +71,9 @@ type Stats struct {
 	Overrun int64
 }
 
-// New returns a dispatcher that delivers the messages of st through pub.
-func New(st store.Store, pub message.Publisher, cfg Config) (*Dispatcher, error) {
+// New returns a dispatcher that delivers the messages of the outbox through pub: a store
+// package's Store (pgstore, mysqlstore, sqlitestore), whose engine it drives.
+func New(outbox store.Outbox, pub message.Publisher, cfg Config) (*Dispatcher, error) {
 	// A nil pointer in an interface is not == nil: the *T of a constructor whose error was
 	// ignored (pub, _ := kafkapub.New(...)) would get through and fail every publish.
 	refuseNil := func(what string, v any) error {
@@ -84,7 +85,11 @@ func New(st store.Store, pub message.Publisher, cfg Config) (*Dispatcher, error)
 		}
 		return nil
 	}
-	if err := refuseNil("store", st); err != nil {
+	if err := refuseNil("store", outbox); err != nil {
+		return nil, err
+	}
+	st := outbox.Engine()
+	if err := refuseNil("store's engine", st); err != nil {
 		return nil, err
 	}
 	if err := refuseNil("publisher", pub); err != nil {

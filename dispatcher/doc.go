@@ -1,4 +1,4 @@
-// Package dispatcher publishes the messages of an outbox [store.Store] through a watermill
+// Package dispatcher publishes the messages of an outbox ([store.Outbox]) through a watermill
 // [message.Publisher] and marks them delivered.
 //
 // # Delivery

@@ -78,7 +78,7 @@ var allDBs = append([]func(*testing.T) sharedDB{sharedSQLite}, serverDBs...)
 func openPostgres(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
 	db, err := pgstore.Open(dsn)
 	require.NoError(t, err)
-	st, err := pgstore.New(db, pgstore.Config{Table: table, Logger: quiet()})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: table, Logger: quiet()}))
 	require.NoError(t, err)
 	return db, st
 }
@@ -86,7 +86,7 @@ func openPostgres(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
 func openPostgresLogOnly(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
 	db, err := pgstore.Open(dsn)
 	require.NoError(t, err)
-	st, err := pgstore.New(db, pgstore.Config{Table: table, Logger: quiet(), LogOnly: true})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: table, Logger: quiet(), LogOnly: true}))
 	require.NoError(t, err)
 	return db, st
 }
@@ -94,7 +94,7 @@ func openPostgresLogOnly(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.St
 func openMySQL(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
 	db, err := mysqlstore.Open(dsn)
 	require.NoError(t, err)
-	st, err := mysqlstore.New(db, mysqlstore.Config{Table: table, Logger: quiet()})
+	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{Table: table, Logger: quiet()}))
 	require.NoError(t, err)
 	return db, st
 }
@@ -268,7 +268,7 @@ func TestThreeDispatcherProcessesShareOneDatabase(t *testing.T) {
 func openSQLite(t testing.TB, path, table string) (*sql.DB, *sqlstore.Store) {
 	db, err := sqlitestore.Open(path)
 	require.NoError(t, err)
-	st, err := sqlitestore.New(db, sqlitestore.Config{Table: table, Logger: quiet()})
+	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{Table: table, Logger: quiet()}))
 	require.NoError(t, err)
 	return db, st
 }

@@ -44,7 +44,7 @@ func logConfig() dispatcher.Config {
 	return fast(dispatcher.Config{SweepAfter: 200 * time.Millisecond, LogRetry: 300 * time.Millisecond})
 }
 
-func startDispatcher(t *testing.T, st store.Store, pub message.Publisher, cfg dispatcher.Config) *dispatcher.Dispatcher {
+func startDispatcher(t *testing.T, st store.Outbox, pub message.Publisher, cfg dispatcher.Config) *dispatcher.Dispatcher {
 	t.Helper()
 	d, err := dispatcher.New(st, pub, cfg)
 	require.NoError(t, err)
@@ -77,10 +77,10 @@ func writeN(t *testing.T, db *sql.DB, st *sqlstore.Store, prefix string, n int) 
 
 // waitNonePending waits, up to within, until no message is pending: a publisher acknowledges
 // a message a moment before the dispatcher marks it delivered.
-func waitNonePending(t *testing.T, st store.Store, within time.Duration) {
+func waitNonePending(t *testing.T, st store.Outbox, within time.Duration) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		res, err := st.List(context.Background(), &store.ListParams{State: store.Pending, Limit: 1})
+		res, err := st.Engine().List(context.Background(), &store.ListParams{State: store.Pending, Limit: 1})
 		return err == nil && len(res.Messages) == 0
 	}, within, 10*time.Millisecond, "messages still pending")
 }
@@ -310,9 +310,9 @@ func failuresInKeyOrder(t *testing.T, shared sharedDB) {
 // requireDelivered checks that every message in the outbox is marked delivered, none
 // parked, and that the table holds all n messages written; a log-only outbox holds only
 // those that failed once.
-func requireDelivered(t *testing.T, st store.Store, n int, logOnly bool) {
+func requireDelivered(t *testing.T, st store.Outbox, n int, logOnly bool) {
 	t.Helper()
-	all, err := st.List(context.Background(), &store.ListParams{Limit: n + 1})
+	all, err := st.Engine().List(context.Background(), &store.ListParams{Limit: n + 1})
 	require.NoError(t, err)
 	if !logOnly {
 		require.Len(t, all.Messages, n, "messages in the outbox")

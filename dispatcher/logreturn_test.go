@@ -52,11 +52,11 @@ func openMigrated(t *testing.T, shared sharedDB, cfg sqlstore.Config) (*sql.DB, 
 	if shared.kind == "postgres" {
 		db, err = pgstore.Open(shared.dsn)
 		require.NoError(t, err)
-		st, err = pgstore.New(db, cfg)
+		st, err = sqlstore.EngineOf(pgstore.New(db, cfg))
 	} else {
 		db, err = mysqlstore.Open(shared.dsn)
 		require.NoError(t, err)
-		st, err = mysqlstore.New(db, cfg)
+		st, err = sqlstore.EngineOf(mysqlstore.New(db, cfg))
 	}
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })

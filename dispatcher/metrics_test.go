@@ -191,7 +191,7 @@ func TestABatchRecordedAfterItsLeaseIsCountedAsOverrun(t *testing.T) {
 	cfg := fast(dispatcher.Config{Workers: 1, Lease: 200 * time.Millisecond, MeterProvider: mp})
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	// A store that cannot extend leases: the batch's lease runs out while it is published.
-	d, err := dispatcher.New(struct{ store.Store }{f.st}, slow, cfg)
+	d, err := dispatcher.New(noLeaseExtension{f.st}, slow, cfg)
 	require.NoError(t, err)
 	require.NoError(t, d.Start(f.ctx))
 	t.Cleanup(func() { d.Stop(context.Background()) })
@@ -209,4 +209,13 @@ func TestABatchRecordedAfterItsLeaseIsCountedAsOverrun(t *testing.T) {
 	require.Len(t, f.pub.Messages("t"), 4, "both dispatchers published both messages")
 	require.Equal(t, map[string]int64{"": 2}, sumByTopic(t, collect(t, reader)["outbox.lease.overrun"]))
 	require.Contains(t, logs.String(), "after its lease ran out")
+}
+
+// noLeaseExtension is a store whose engine cannot extend leases.
+type noLeaseExtension struct{ engine store.Engine }
+
+func (s noLeaseExtension) Engine() store.Engine { return struct{ store.Engine }{s.engine} }
+
+func (s noLeaseExtension) Write(ctx context.Context, db store.Execer, msgs ...store.Message) error {
+	return s.engine.Write(ctx, db, msgs...)
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
@@ -22,7 +23,7 @@ func TestNewRefusesANilPublisher(t *testing.T) {
 	require.Nil(t, d)
 
 	for name, tc := range map[string]struct {
-		st  store.Store
+		st  store.Outbox
 		pub message.Publisher
 		err string
 	}{
@@ -31,6 +32,8 @@ func TestNewRefusesANilPublisher(t *testing.T) {
 		"nil *kafkapub.Publisher as a BatchPublisher": {f.st, publisher.BatchPublisher((*kafkapub.Publisher)(nil)), "publisher is nil"},
 		"nil store":                                   {nil, f.pub, "store is nil"},
 		"nil *sqlstore.Store":                         {(*sqlstore.Store)(nil), f.pub, "store is nil: a nil *sqlstore.Store"},
+		"nil *pgstore.Store":                          {(*pgstore.Store)(nil), f.pub, "store is nil: a nil *pgstore.Store"},
+		"a store without an engine":                   {noEngine{}, f.pub, "store's engine is nil"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			d, err := dispatcher.New(tc.st, tc.pub, dispatcher.Config{Logger: quiet()})
@@ -39,3 +42,8 @@ func TestNewRefusesANilPublisher(t *testing.T) {
 		})
 	}
 }
+
+// noEngine is a store whose Engine is missing.
+type noEngine struct{ store.Writer }
+
+func (noEngine) Engine() store.Engine { return nil }

@@ -42,11 +42,11 @@ func openStrict(t *testing.T, shared sharedDB) (*sql.DB, *sqlstore.Store) {
 	var st *sqlstore.Store
 	switch shared.kind {
 	case "sqlite":
-		st, err = sqlitestore.New(db, cfg)
+		st, err = sqlstore.EngineOf(sqlitestore.New(db, cfg))
 	case "postgres":
-		st, err = pgstore.New(db, cfg)
+		st, err = sqlstore.EngineOf(pgstore.New(db, cfg))
 	default:
-		st, err = mysqlstore.New(db, cfg)
+		st, err = sqlstore.EngineOf(mysqlstore.New(db, cfg))
 	}
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(context.Background()))

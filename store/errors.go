@@ -2,7 +2,7 @@ package store
 
 import "errors"
 
-// Errors returned by [Store.Write] for messages it refuses. Nothing is written when one is
+// Errors returned by [Engine.Write] for messages it refuses. Nothing is written when one is
 // returned, and the caller's transaction stays usable. Test with errors.Is.
 var (
 	ErrEmptyTopic      = errors.New("outbox: message topic is empty")
@@ -12,7 +12,7 @@ var (
 	ErrPayloadTooLarge = errors.New("outbox: message payload too large")
 	ErrInvalidHeader   = errors.New("outbox: invalid message header")
 	ErrNilTx           = errors.New("outbox: nil transaction")
-	// ErrDuplicateID is returned by [Store.Write] for a message whose id the outbox already
+	// ErrDuplicateID is returned by [Engine.Write] for a message whose id the outbox already
 	// holds. Nothing of that Write is stored, and the transaction stays usable.
 	ErrDuplicateID = errors.New("outbox: a message with this id is already in the outbox")
 )
@@ -21,11 +21,11 @@ var (
 // identifier (letters, digits and underscores, optionally schema-qualified).
 var ErrInvalidTable = errors.New("outbox: invalid table name")
 
-// ErrNotMigrated is returned by [Store.Check] when the outbox table is missing or lacks
+// ErrNotMigrated is returned by [Engine.Check] when the outbox table is missing or lacks
 // columns: run the store's Migrate, or its migration files, first.
 var ErrNotMigrated = errors.New("outbox: outbox table missing or not migrated")
 
-// ErrPermission is returned by [Store.Check] when the database user lacks a right the store
+// ErrPermission is returned by [Engine.Check] when the database user lacks a right the store
 // needs on the outbox table (SELECT, INSERT, UPDATE, DELETE).
 var ErrPermission = errors.New("outbox: database user lacks rights on the outbox table")
 

@@ -73,7 +73,7 @@ func (c LogConsumer) Batch() int {
 type LogOutcome struct {
 	// Delivered messages were acknowledged by the publisher.
 	Delivered []string
-	// Failures are failed attempts, recorded as [Store.Fail] records them: the message is
+	// Failures are failed attempts, recorded as [Engine.Fail] records them: the message is
 	// retried by polling after its RetryAfter, or parked.
 	Failures []Failure
 	// Unattempted messages were not published (they wait behind a failure of their key);

@@ -67,9 +67,9 @@ func NewID() string {
 	return uuid.Must(uuid.NewV7()).String()
 }
 
-// WriteIDs writes msgs through st as [Store.Write] does, and returns the id of each message,
+// WriteIDs writes msgs through st as [Engine.Write] does, and returns the id of each message,
 // in order: the one the caller set, or the one given to it ([NewID]). msgs is not changed.
-func WriteIDs(ctx context.Context, st Store, db Execer, msgs ...Message) ([]string, error) {
+func WriteIDs(ctx context.Context, st Writer, db Execer, msgs ...Message) ([]string, error) {
 	withIDs := slices.Clone(msgs)
 	ids := make([]string, len(msgs))
 	for i := range withIDs {

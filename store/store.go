@@ -29,9 +29,27 @@ const (
 	Parked State = "parked"
 )
 
-// Store is an outbox in a database. Implementations are safe for concurrent use and pass the
-// conformance suite in package storetest.
-type Store interface {
+// Outbox is an outbox as an application holds it: what a store package's New returns
+// (pgstore.Store, mysqlstore.Store, sqlitestore.Store), offering the calls an application and
+// an operator make (Write, Migrate, Check, Stats, Requeue, Purge). A dispatcher takes it and
+// drives its [Engine].
+type Outbox interface {
+	Writer
+	// Engine is the part of the store that a dispatcher and the operator tools drive.
+	Engine() Engine
+}
+
+// Writer writes messages in the caller's transaction; see [Engine.Write].
+type Writer interface {
+	Write(ctx context.Context, db Execer, msgs ...Message) error
+}
+
+// Engine is the contract between a store and a dispatcher: claiming, recording and listing
+// messages. Applications do not call it; they hold an [Outbox], which hands its engine to the
+// dispatcher. A store of another database implements Engine (and, to be passed to a
+// dispatcher, [Outbox], whose Engine method may return the engine itself). Implementations
+// are safe for concurrent use and pass the conformance suite in package storetest.
+type Engine interface {
 	// Write stores msgs through db, which should be the caller's transaction. It validates
 	// every message first and writes nothing if one is invalid. Writing no messages is a no-op.
 	// Stores in this module add the trace context of ctx to the headers ([WithTraceContext]).
@@ -80,7 +98,7 @@ type Notifier interface {
 	Subscribe() (signals <-chan struct{}, cancel func())
 }
 
-// ClaimParams are the parameters of [Store.Claim].
+// ClaimParams are the parameters of [Engine.Claim].
 type ClaimParams struct {
 	// Limit is the most messages to claim. Must be positive.
 	Limit int
@@ -98,7 +116,7 @@ type ClaimParams struct {
 	Token string
 }
 
-// ClaimResult is the result of [Store.Claim].
+// ClaimResult is the result of [Engine.Claim].
 type ClaimResult struct {
 	// Token identifies this claim; pass it to Fail and Release.
 	Token string
@@ -113,7 +131,7 @@ type ClaimedMessage struct {
 	Attempts int
 }
 
-// MarkDeliveredParams are the parameters of [Store.MarkDelivered].
+// MarkDeliveredParams are the parameters of [Engine.MarkDelivered].
 type MarkDeliveredParams struct {
 	// IDs of the delivered messages. A message is marked even if its claim has expired: it was
 	// acknowledged, and marking it spares a duplicate.
@@ -124,7 +142,7 @@ type MarkDeliveredParams struct {
 	Delete bool
 }
 
-// FailParams are the parameters of [Store.Fail].
+// FailParams are the parameters of [Engine.Fail].
 type FailParams struct {
 	// Token of the claim holding the messages. Failures of messages no longer held by it are
 	// ignored.
@@ -162,7 +180,7 @@ type ExtendLeaseParams struct {
 	Lease time.Duration
 }
 
-// ReleaseParams are the parameters of [Store.Release].
+// ReleaseParams are the parameters of [Engine.Release].
 type ReleaseParams struct {
 	// Token of the claim holding the messages.
 	Token string
@@ -171,7 +189,7 @@ type ReleaseParams struct {
 	All bool
 }
 
-// ListParams are the parameters of [Store.List]. Zero fields do not filter.
+// ListParams are the parameters of [Engine.List]. Zero fields do not filter.
 type ListParams struct {
 	// DB reads through the caller's transaction, to see messages it has not committed yet.
 	// Nil reads through the store's own database handle.
@@ -183,7 +201,7 @@ type ListParams struct {
 	Limit int
 }
 
-// ListResult is the result of [Store.List].
+// ListResult is the result of [Engine.List].
 type ListResult struct {
 	Messages []StoredMessage
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlitestore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // A wrong command line is refused with exit code 2 and a message that says what is wrong,
@@ -132,7 +133,7 @@ func TestReportsUnusableOutbox(t *testing.T) {
 // read it.
 func pgRoleWithSelectOnly(t *testing.T, db *sql.DB, schema string) string {
 	t.Helper()
-	owner, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox"})
+	owner, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox"}))
 	require.NoError(t, err)
 	require.NoError(t, owner.Migrate(context.Background()))
 	role := dbtest.Name("outbox_reader")

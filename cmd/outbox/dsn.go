@@ -39,9 +39,11 @@ type backend struct {
 
 var (
 	postgresBackend = backend{
-		name:       "postgres",
-		open:       pgstore.Open,
-		new:        pgstore.New,
+		name: "postgres",
+		open: pgstore.Open,
+		new: func(db *sql.DB, cfg sqlstore.Config) (*sqlstore.Store, error) {
+			return sqlstore.EngineOf(pgstore.New(db, cfg))
+		},
 		inspectLog: postgresLog,
 		afterMigrate: func(st *sqlstore.Store) string {
 			_, pub := pgstore.DefaultNames("", st.QualifiedName())
@@ -49,9 +51,11 @@ var (
 		},
 	}
 	mysqlBackend = backend{
-		name:       "mysql",
-		open:       mysqlstore.Open,
-		new:        mysqlstore.New,
+		name: "mysql",
+		open: mysqlstore.Open,
+		new: func(db *sql.DB, cfg sqlstore.Config) (*sqlstore.Store, error) {
+			return sqlstore.EngineOf(mysqlstore.New(db, cfg))
+		},
 		inspectLog: mysqlLog,
 		afterMigrate: func(st *sqlstore.Store) string {
 			return fmt.Sprintf("records the binlog position where the log reader starts in %s_log_position, when the server writes a binlog", st.QualifiedName())
@@ -60,7 +64,9 @@ var (
 	sqliteBackend = backend{
 		name: "sqlite",
 		open: sqlitestore.Open,
-		new:  sqlitestore.New,
+		new: func(db *sql.DB, cfg sqlstore.Config) (*sqlstore.Store, error) {
+			return sqlstore.EngineOf(sqlitestore.New(db, cfg))
+		},
 		exists: func(dsn string) error {
 			path := dsn // sqlitestore.Open took it: a path after sqlite:// or file:
 			for _, prefix := range []string{"sqlite://", "file:"} {

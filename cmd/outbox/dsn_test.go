@@ -27,10 +27,10 @@ func TestOneDSNServesTheProgramAndTheApplication(t *testing.T) {
 		open             func(string) (*sql.DB, error)
 		new              func(*sql.DB, sqlstore.Config) (*sqlstore.Store, error)
 	}{
-		{"postgres", dbtest.PostgresDSN(), pgSchema + ".outbox", pgstore.Open, pgstore.New},
-		{"mysql", "mysql://" + myDSN, "outbox", mysqlstore.Open, mysqlstore.New},
-		{"sqlite", "sqlite://" + filepath.Join(dir, "a.db"), "outbox", sqlitestore.Open, sqlitestore.New},
-		{"sqlite file:", "file:" + filepath.Join(dir, "b.db"), "outbox", sqlitestore.Open, sqlitestore.New},
+		{"postgres", dbtest.PostgresDSN(), pgSchema + ".outbox", pgstore.Open, postgresBackend.new},
+		{"mysql", "mysql://" + myDSN, "outbox", mysqlstore.Open, mysqlBackend.new},
+		{"sqlite", "sqlite://" + filepath.Join(dir, "a.db"), "outbox", sqlitestore.Open, sqliteBackend.new},
+		{"sqlite file:", "file:" + filepath.Join(dir, "b.db"), "outbox", sqlitestore.Open, sqliteBackend.new},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			flags := []string{"--dsn", tc.dsn, "--table", tc.table}

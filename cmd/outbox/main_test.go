@@ -66,7 +66,7 @@ func sqliteFixture(t *testing.T) fixture {
 	db, err := sqlitestore.Open(path)
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
-	st, err := sqlitestore.New(db, sqlitestore.Config{})
+	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 	require.NoError(t, err)
 	return fixture{kind: "sqlite", flags: []string{"--dsn", "file:" + path}, db: db, st: st}
 }
@@ -75,7 +75,7 @@ func sqliteFixture(t *testing.T) fixture {
 func postgresFixture(t *testing.T) fixture {
 	db, schema := dbtest.Postgres(t)
 	table := schema + ".outbox"
-	st, err := pgstore.New(db, pgstore.Config{Table: table})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: table}))
 	require.NoError(t, err)
 	return fixture{kind: "postgres", flags: []string{"--dsn", dbtest.PostgresDSN(), "--table", table}, db: db, st: st}
 }
@@ -83,7 +83,7 @@ func postgresFixture(t *testing.T) fixture {
 // mysqlFixture uses a database of its own, named in the DSN, and the default table.
 func mysqlFixture(t *testing.T) fixture {
 	db, dsn := dbtest.MySQL(t)
-	st, err := mysqlstore.New(db, mysqlstore.Config{})
+	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 	require.NoError(t, err)
 	return fixture{kind: "mysql", flags: []string{"--dsn", "mysql://" + dsn}, db: db, st: st}
 }

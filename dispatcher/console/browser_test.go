@@ -26,6 +26,7 @@ import (
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // screenshotEnv names the file the browser test writes a screenshot of the overview to,
@@ -94,7 +95,7 @@ const xssPayload = `<script>window.xssRan=1</script><img src=x onerror="window.x
 // liveOutbox is a Postgres outbox with a running dispatcher, three parked messages in topic
 // "orders" and delivered ones in "payments", and the console serving it.
 type liveOutbox struct {
-	st       store.Store
+	st       *sqlstore.Store
 	pub      *outboxtest.Publisher
 	url      string   // the console, mounted under /ops/outbox/
 	parked   []string // ids of the parked messages: the script payload, JSON, binary
@@ -107,7 +108,7 @@ func startLiveOutbox(t *testing.T) *liveOutbox {
 	t.Cleanup(cancel)
 	db, schema := dbtest.Postgres(t)
 	quiet := slog.New(slog.DiscardHandler)
-	st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox", Logger: quiet})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox", Logger: quiet}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 

@@ -37,7 +37,7 @@ const sampleInterval = time.Minute
 type Config struct {
 	// Store is the outbox. It must implement [store.Operator], as the stores of this module
 	// do. Required.
-	Store store.Store
+	Store store.Outbox
 	// Dispatcher, when set, adds its mode, its log lag and a chart of what it published and
 	// failed per minute over the last hour, kept in memory from the moment New is called.
 	// Without it the console shows what the store knows.
@@ -68,6 +68,7 @@ var assets embed.FS
 // Its links are relative, so it works under any prefix.
 type Console struct {
 	cfg     Config
+	st      store.Engine
 	op      store.Operator
 	pages   map[string]*template.Template
 	static  http.Handler
@@ -85,7 +86,8 @@ func New(cfg Config) (*Console, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("outbox console: Config.Store is nil; give it the outbox store")
 	}
-	op, ok := cfg.Store.(store.Operator)
+	st := cfg.Store.Engine()
+	op, ok := st.(store.Operator)
 	if !ok {
 		return nil, errors.New("outbox console: Config.Store does not implement store.Operator; use a store of this module")
 	}
@@ -121,7 +123,7 @@ func New(cfg Config) (*Console, error) {
 		return nil, err
 	}
 	c := &Console{
-		cfg: cfg, op: op, pages: pages,
+		cfg: cfg, st: st, op: op, pages: pages,
 		static:  http.StripPrefix("/static/", http.FileServerFS(static)),
 		origins: http.NewCrossOriginProtection(),
 		stop:    make(chan struct{}),

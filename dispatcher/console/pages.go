@@ -44,7 +44,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		c.storeFailed(w, r, "read the outbox's counts", err)
 		return
 	}
-	data := overviewData{Store: c.cfg.Store.Capabilities().Name, Stats: stats, OldestAge: "-", LogLag: "-"}
+	data := overviewData{Store: c.st.Capabilities().Name, Stats: stats, OldestAge: "-", LogLag: "-"}
 	if !stats.OldestPending.IsZero() {
 		data.OldestAge = age(time.Since(stats.OldestPending))
 	}
@@ -62,7 +62,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		minutes := c.hist.snapshot(countsOf(d))
 		data.Chart, data.TopicRates = chartOf(minutes), topicRatesOf(minutes)
 	}
-	parked, err := c.cfg.Store.List(ctx, &store.ListParams{State: store.Parked, Limit: topicSample + 1})
+	parked, err := c.st.List(ctx, &store.ListParams{State: store.Parked, Limit: topicSample + 1})
 	if err != nil {
 		c.storeFailed(w, r, "list parked messages", err)
 		return
@@ -119,7 +119,7 @@ func (c *Console) parked(w http.ResponseWriter, r *http.Request) {
 	}
 	// The store lists from the oldest: a page is the tail of the first page*size messages,
 	// and one more tells whether there is a next page.
-	res, err := c.cfg.Store.List(r.Context(), &store.ListParams{State: store.Parked, Topic: data.Topic, Key: data.Key, Limit: data.Page*size + 1})
+	res, err := c.st.List(r.Context(), &store.ListParams{State: store.Parked, Topic: data.Topic, Key: data.Key, Limit: data.Page*size + 1})
 	if err != nil {
 		c.storeFailed(w, r, "list parked messages", err)
 		return
@@ -171,7 +171,7 @@ func (c *Console) key(w http.ResponseWriter, r *http.Request) {
 	}
 	size := c.cfg.PageSize
 	list := func(state store.State) ([]messageRow, bool, error) {
-		res, err := c.cfg.Store.List(r.Context(), &store.ListParams{State: state, Topic: data.Topic, Key: data.Key, Limit: size + 1})
+		res, err := c.st.List(r.Context(), &store.ListParams{State: state, Topic: data.Topic, Key: data.Key, Limit: size + 1})
 		if err != nil {
 			return nil, false, err
 		}

@@ -119,7 +119,7 @@ func (w Want) matches(m store.StoredMessage) bool {
 // RequireWritten fails the test unless st holds exactly one message that matches want, and
 // returns it. db is what to read through: pass the transaction under test to see what it wrote
 // before it commits, or nil for committed messages.
-func RequireWritten(t testing.TB, st store.Store, db store.Querier, want Want) store.StoredMessage {
+func RequireWritten(t testing.TB, st store.Outbox, db store.Querier, want Want) store.StoredMessage {
 	t.Helper()
 	found := find(t, st, db, want)
 	if len(found) != 1 {
@@ -130,7 +130,7 @@ func RequireWritten(t testing.TB, st store.Store, db store.Querier, want Want) s
 }
 
 // RequireNotWritten fails the test if st holds a message that matches want.
-func RequireNotWritten(t testing.TB, st store.Store, db store.Querier, want Want) {
+func RequireNotWritten(t testing.TB, st store.Outbox, db store.Querier, want Want) {
 	t.Helper()
 	if found := find(t, st, db, want); len(found) > 0 {
 		t.Fatalf("outboxtest: want no %s message matching %s, found %d (first: id %s)", stateOf(want), describe(want), len(found), found[0].ID)
@@ -144,9 +144,9 @@ func stateOf(w Want) store.State {
 	return w.State
 }
 
-func find(t testing.TB, st store.Store, db store.Querier, want Want) []store.StoredMessage {
+func find(t testing.TB, st store.Outbox, db store.Querier, want Want) []store.StoredMessage {
 	t.Helper()
-	res, err := st.List(context.Background(), &store.ListParams{DB: db, State: stateOf(want), Topic: want.Topic, Key: want.Key, Limit: 10000})
+	res, err := st.Engine().List(context.Background(), &store.ListParams{DB: db, State: stateOf(want), Topic: want.Topic, Key: want.Key, Limit: 10000})
 	if err != nil {
 		t.Fatalf("outboxtest: list messages: %v", err)
 		return nil
@@ -183,7 +183,7 @@ func describe(w Want) string {
 // Drain publishes every due message of st to pub synchronously, as a dispatcher with default
 // settings would, marks them delivered, and returns how many were published. It fails the test
 // on a store error. Messages whose publish fails are recorded as failed attempts, not retried.
-func Drain(t testing.TB, st store.Store, pub message.Publisher) int {
+func Drain(t testing.TB, st store.Outbox, pub message.Publisher) int {
 	t.Helper()
 	d, err := dispatcher.New(st, pub, dispatcher.Config{Logger: discardLogger()})
 	if err != nil {

@@ -24,7 +24,7 @@ func newStore(t *testing.T) *sqlstore.Store {
 	db, err := sqlitestore.Open(filepath.Join(t.TempDir(), "app.db"))
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
-	st, err := sqlitestore.New(db, sqlitestore.Config{})
+	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(context.Background()))
 	return st

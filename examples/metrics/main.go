@@ -314,7 +314,7 @@ func (p failTopic) PublishBatch(topic string, msgs []*message.Message) error {
 
 // write writes n messages, txSize per transaction: the first goes to failingTopic, the others
 // round-robin to topics, keyed by customer. It returns how many went to each topic.
-func write(ctx context.Context, db *sql.DB, outbox store.Store, n int) (map[string]int, error) {
+func write(ctx context.Context, db *sql.DB, outbox store.Writer, n int) (map[string]int, error) {
 	written := map[string]int{}
 	for start := 0; start < n; start += txSize {
 		batch := make([]store.Message, 0, txSize)

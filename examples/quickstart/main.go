@@ -36,7 +36,6 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // Payment is a domain row.
@@ -228,7 +227,7 @@ func run(ctx context.Context, n, rate int, dbPath, brokerURL string) error {
 	return nil
 }
 
-func writePayments(ctx context.Context, db *bun.DB, outbox *sqlstore.Store, topic string, n, rate int, written *atomic.Int64, commits *sync.Map) error {
+func writePayments(ctx context.Context, db *bun.DB, outbox *sqlitestore.Store, topic string, n, rate int, written *atomic.Int64, commits *sync.Map) error {
 	var pace <-chan time.Time
 	if rate > 0 {
 		t := time.NewTicker(time.Second / time.Duration(rate))
@@ -302,7 +301,7 @@ func consume(ctx context.Context, b *broker, got func(id string, at time.Time)) 
 	}, nil
 }
 
-func count(ctx context.Context, st *sqlstore.Store, state store.State) (int, error) {
+func count(ctx context.Context, st *sqlitestore.Store, state store.State) (int, error) {
 	var n int
 	err := st.DB().QueryRowContext(ctx, "SELECT count(*) FROM "+st.Table()+" WHERE state = ?", string(state)).Scan(&n)
 	if errors.Is(err, sql.ErrNoRows) {

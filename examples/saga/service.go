@@ -36,8 +36,16 @@ import (
 type database struct {
 	sql    *sql.DB
 	bun    *bun.DB
-	outbox *sqlstore.Store
+	outbox outboxStore
 	inbox  *idempotency.Inbox
+}
+
+// outboxStore is what the services use of an outbox, the same on SQLite and Postgres.
+type outboxStore interface {
+	store.Outbox
+	Migrate(ctx context.Context) error
+	DB() *sql.DB
+	Table() string
 }
 
 // databases are the two services' databases: SQLite files in a temporary directory, or two
@@ -408,7 +416,7 @@ type outboxRow struct {
 	state     store.State
 }
 
-func outboxRows(ctx context.Context, st *sqlstore.Store) ([]outboxRow, error) {
+func outboxRows(ctx context.Context, st outboxStore) ([]outboxRow, error) {
 	rows, err := st.DB().QueryContext(ctx, "SELECT id, topic, state FROM "+st.Table())
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)

@@ -10,6 +10,7 @@ import (
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // failoverCase measures how soon the messages of a polling dispatcher that was killed are
@@ -31,7 +32,7 @@ func failoverCase() error {
 		return err
 	}
 	defer db.Close()
-	st, err := pgstore.New(db, pgstore.Config{})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{}))
 	if err == nil {
 		err = st.Migrate(context.Background())
 	}

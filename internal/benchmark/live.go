@@ -253,7 +253,7 @@ func warmUp(consumer *kafkatest.Consumer, idHeader string, write func(ctx contex
 
 // awaitLogMode waits, for a dispatcher that will read the change log, until its reader runs:
 // the live case measures the steady state, not the reader's start.
-func awaitLogMode(d *dispatcher.Dispatcher, st store.Store, cfg dispatcher.Config) error {
+func awaitLogMode(d *dispatcher.Dispatcher, st store.Engine, cfg dispatcher.Config) error {
 	if cfg.PollOnly || !st.Capabilities().ChangeLog {
 		return nil
 	}

@@ -2,7 +2,7 @@
 // broker (kfake over TCP), counting what arrives with an independent client (franz-go). It is
 // what `make bench` runs.
 //
-//	go run ./internal/benchmark [-cases drain,idle,forwarder,live,memory] [-dbs sqlite,postgres,mariadb]
+//	go run ./internal/benchmark [-cases drain,scaling,idle,forwarder,live,memory] [-dbs sqlite,postgres,mariadb]
 //	    [-modes poll,log,logonly] [-n 50000] [-idle 20s] [-live-rate 1000] [-live-for 20s] [-memory-n 1000000]
 //	    [-batch N] [-concurrency N] [-workers N] [-delete=false]
 //
@@ -12,6 +12,7 @@
 //	case=<db>-rawloop-drain n=<messages> rate=<msgs/s>   (a hand-written loop: the reference)
 //	case=<db>-<mode>-drain n=<messages> rate=<msgs/s> vs_rawloop=<x> duplicates=<n>
 //	case=<db>-<mode>-delete-drain ...   (the same with Config.DeleteDelivered: rows deleted, as the hand loop does)
+//	case=<db>-poll-4x1000-drain ...   (scaling: twice the default workers and batch size, polling)
 //	case=<db>-<mode>-idle queries_per_s=<q> wake_p50=<ms> wake_p99=<ms> other_instance_wake_p50=<ms> ...
 //	case=pg-vs-forwarder n=<n> outbox=<msgs/s> forwarder=<msgs/s> ratio=<x>
 //	case=<db>-<mode>-live rate=<msgs/s> n=<n> p50=<ms> p99=<ms>   (and forwarder-live)
@@ -72,7 +73,7 @@ func main() {
 	batch := flag.Int("batch", 0, "dispatcher BatchSize (0: default)")
 	concurrency := flag.Int("concurrency", 0, "dispatcher Concurrency (0: default)")
 	workers := flag.Int("workers", 0, "dispatcher Workers (0: default)")
-	cases := flag.String("cases", "broker,brokers,drain,idle,forwarder,live,memory,failover", "cases to run")
+	cases := flag.String("cases", "broker,brokers,drain,scaling,idle,forwarder,live,memory,failover", "cases to run")
 	modes := flag.String("modes", "poll,log,logonly", "how dispatchers find messages in the drain, idle and live cases: poll; log where the database has a change log; logonly (Postgres) for log-only writes")
 	liveRate := flag.Int("live-rate", 1000, "messages per second written in the live cases")
 	liveFor := flag.Duration("live-for", 20*time.Second, "how long the live cases write")
@@ -101,7 +102,7 @@ func main() {
 	}
 	run := map[string]bool{}
 	for _, c := range strings.Split(*cases, ",") {
-		if !slices.Contains([]string{"broker", "brokers", "drain", "idle", "forwarder", "live", "memory", "failover"}, c) {
+		if !slices.Contains([]string{"broker", "brokers", "drain", "scaling", "idle", "forwarder", "live", "memory", "failover"}, c) {
 			fmt.Fprintf(os.Stderr, "unknown case %q\n", c)
 			os.Exit(2)
 		}
@@ -142,17 +143,20 @@ func main() {
 			failed = true
 		}
 	}
-	if run["drain"] {
-		// The hand loop on each database first: every drain line gives its rate beside it.
-		rawRates := map[string]float64{}
-		for _, name := range strings.Split(*dbs, ",") {
-			rate, err := rawLoopCase(name, *n)
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "case=%s-rawloop-drain: %v\n", name, err)
-				failed = true
-			}
-			rawRates[name] = rate
+	// The hand loop on each database first: every drain line gives its rate beside it.
+	rawRates := map[string]float64{}
+	for _, name := range strings.Split(*dbs, ",") {
+		if !run["drain"] && !run["scaling"] {
+			break
 		}
+		rate, err := rawLoopCase(name, *n)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "case=%s-rawloop-drain: %v\n", name, err)
+			failed = true
+		}
+		rawRates[name] = rate
+	}
+	if run["drain"] {
 		each("drain", func(name, label string, cfg dispatcher.Config) error {
 			raw := rawRates[strings.TrimSuffix(name, "-logonly")]
 			if err := drainCase(name, label, *n, cfg, raw); err != nil || !*deleted || strings.HasSuffix(name, "-logonly") {
@@ -161,6 +165,20 @@ func main() {
 			cfg.DeleteDelivered = true
 			return drainCase(name, label+"-delete", *n, cfg, raw)
 		})
+	}
+	if run["scaling"] {
+		// Twice the default workers and batch size: each batch then holds as many keys as the
+		// backlog has, so most messages wait behind other claims, which must not cost a claim
+		// a look at each of them.
+		for _, name := range strings.Split(*dbs, ",") {
+			cfg := cfg
+			cfg.PollOnly, cfg.Workers, cfg.BatchSize = true, 2*dispatcher.DefaultWorkers, 2*dispatcher.DefaultBatchSize
+			label := fmt.Sprintf("%s-poll-%dx%d", name, cfg.Workers, cfg.BatchSize)
+			if err := drainCase(name, label, *n, cfg, rawRates[name]); err != nil {
+				fmt.Fprintf(os.Stderr, "case=%s-drain: %v\n", label, err)
+				failed = true
+			}
+		}
 	}
 	if run["idle"] && *idle > 0 {
 		each("idle", func(name, label string, cfg dispatcher.Config) error { return idleCase(name, label, *idle, cfg) })
@@ -233,7 +251,7 @@ func newDatabase(name string) (*database, error) {
 			if err != nil {
 				return nil, err
 			}
-			return sqlitestore.New(db, sqlitestore.Config{})
+			return sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 		}
 		st, err := open()
 		if err != nil {
@@ -250,7 +268,7 @@ func newDatabase(name string) (*database, error) {
 			if err != nil {
 				return nil, err
 			}
-			return pgstore.New(db, pgstore.Config{LogOnly: name == "postgres-logonly"})
+			return sqlstore.EngineOf(pgstore.New(db, pgstore.Config{LogOnly: name == "postgres-logonly"}))
 		}
 		st, err := open()
 		if err != nil {
@@ -273,7 +291,7 @@ func newDatabase(name string) (*database, error) {
 			pool := stdlib.OpenDB(*cfg, stdlib.OptionShouldPing(func(_ context.Context, p stdlib.ShouldPingParams) bool {
 				return p.IdleDuration > 10*time.Second
 			}))
-			cst, err := pgstore.New(pool, pgstore.Config{LogOnly: name == "postgres-logonly"})
+			cst, err := sqlstore.EngineOf(pgstore.New(pool, pgstore.Config{LogOnly: name == "postgres-logonly"}))
 			return cst, sent.Load, err
 		}
 		d.cleanup = func() {
@@ -300,7 +318,7 @@ func newDatabase(name string) (*database, error) {
 			if err != nil {
 				return nil, err
 			}
-			return mysqlstore.New(db, mysqlstore.Config{})
+			return sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 		}
 		st, err := open()
 		if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // memoryCase fills a Postgres outbox with n messages, then has a child process (this program
@@ -31,7 +32,7 @@ func memoryCase(n int) error {
 	if err != nil {
 		return err
 	}
-	st, err := pgstore.New(db, pgstore.Config{})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{}))
 	if err == nil {
 		err = st.Migrate(context.Background())
 	}
@@ -145,7 +146,7 @@ func childDrain(dsn string, brokers []string, pollOnly bool) error {
 		return err
 	}
 	defer db.Close()
-	st, err := pgstore.New(db, pgstore.Config{})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{}))
 	if err != nil {
 		return err
 	}

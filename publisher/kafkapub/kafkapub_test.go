@@ -18,6 +18,7 @@ import (
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // sarama starts one process-wide metrics goroutine that never ends, and an open circuit
@@ -41,7 +42,7 @@ func TestDispatcherToKafkaEndToEnd(t *testing.T) {
 	db, err := sqlitestore.Open(filepath.Join(t.TempDir(), "outbox.db"))
 	require.NoError(t, err)
 	defer db.Close()
-	st, err := sqlitestore.New(db, sqlitestore.Config{})
+	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 

@@ -19,6 +19,7 @@ import (
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // The size limits agree, each with its neighbour: what Write accepts by default the producer
@@ -117,7 +118,7 @@ func TestDispatcherDeliversTheLargestPayloadWriteAccepts(t *testing.T) {
 	db, err := sqlitestore.Open(filepath.Join(t.TempDir(), "outbox.db"))
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
-	st, err := sqlitestore.New(db, sqlitestore.Config{})
+	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 

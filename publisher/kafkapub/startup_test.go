@@ -252,7 +252,7 @@ func startDispatcher(t *testing.T, pub *kafkapub.Publisher) *dispatcherFixture {
 	db, err := sqlitestore.Open(filepath.Join(t.TempDir(), "outbox.db"))
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
-	st, err := sqlitestore.New(db, sqlitestore.Config{})
+	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 	// Short waits between attempts, and enough of them that none is parked meanwhile.

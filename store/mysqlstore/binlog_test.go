@@ -138,7 +138,7 @@ func (rr *runningReader) wait(t *testing.T, d time.Duration) error {
 
 func newLogStore(t *testing.T, db *sql.DB, table string) *sqlstore.Store {
 	t.Helper()
-	st, err := mysqlstore.New(db, mysqlstore.Config{Table: table})
+	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{Table: table}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(context.Background()))
 	return st
@@ -559,7 +559,7 @@ func TestReadLogStandbyTakesOver(t *testing.T) {
 	db2, err := mysqlstore.Open(dsn)
 	require.NoError(t, err)
 	t.Cleanup(func() { db2.Close() })
-	st2, err := mysqlstore.New(db2, mysqlstore.Config{})
+	st2, err := sqlstore.EngineOf(mysqlstore.New(db2, mysqlstore.Config{}))
 	require.NoError(t, err)
 
 	recA, recB := &logRecorder{}, &logRecorder{}
@@ -611,7 +611,7 @@ func TestReadLogResumesAfterKill(t *testing.T) {
 			db, err := mysqlstore.Open(u.dsn)
 			require.NoError(t, err)
 			t.Cleanup(func() { db.Close() })
-			st, err := mysqlstore.New(db, mysqlstore.Config{})
+			st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 			require.NoError(t, err)
 
 			rec := &logRecorder{}
@@ -708,7 +708,7 @@ func TestReadLogUnavailable(t *testing.T) {
 				db, err := sql.Open("mysql", dsn)
 				require.NoError(t, err)
 				t.Cleanup(func() { db.Close() })
-				st, err := mysqlstore.New(db, mysqlstore.Config{})
+				st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 				require.NoError(t, err)
 				return st
 			},
@@ -718,7 +718,7 @@ func TestReadLogUnavailable(t *testing.T) {
 			name: "table not migrated",
 			open: func(t *testing.T, _ *sql.DB, dsn string) *sqlstore.Store {
 				st := openStore(t, dsn)
-				st2, err := mysqlstore.New(st.DB(), mysqlstore.Config{Table: "never_migrated"})
+				st2, err := sqlstore.EngineOf(mysqlstore.New(st.DB(), mysqlstore.Config{Table: "never_migrated"}))
 				require.NoError(t, err)
 				return st2
 			},
@@ -760,7 +760,7 @@ func openStore(t *testing.T, dsn string) *sqlstore.Store {
 	db, err := mysqlstore.Open(dsn)
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
-	st, err := mysqlstore.New(db, mysqlstore.Config{})
+	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 	require.NoError(t, err)
 	return st
 }

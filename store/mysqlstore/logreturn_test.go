@@ -140,7 +140,7 @@ func TestReadLogStartsAgainWhenItsPositionIsLost(t *testing.T) {
 func TestReadLogLeavesALostPositionToTheOperator(t *testing.T) {
 	db, _ := dbtest.MySQL(t)
 	newLogStore(t, db, "")
-	st, err := mysqlstore.New(db, mysqlstore.Config{ManualLogRecovery: true})
+	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{ManualLogRecovery: true}))
 	require.NoError(t, err)
 	loseThePosition(t, db)
 	for range 2 {

@@ -55,7 +55,7 @@ type LogPosition struct {
 // outbox's tables, and, for the lag and for Problem to be empty, the reader's privileges. It
 // does not take the reader's lock: a dispatcher reading the binlog goes on undisturbed.
 func InspectLog(ctx context.Context, db *sql.DB, table string) (*LogState, error) {
-	s, err := New(db, Config{Table: table})
+	s, err := newEngine(db, Config{Table: table})
 	if err != nil {
 		return nil, err
 	}

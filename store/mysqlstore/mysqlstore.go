@@ -147,9 +147,24 @@ func redact(msg, dsn string) string {
 	return msg
 }
 
+// Store is an outbox in a MySQL or MariaDB database: Write in your transactions, Migrate at
+// start-up, the operator calls; pass it to dispatcher.New, which drives its Engine.
+type Store struct {
+	sqlstore.Outbox
+}
+
 // New returns the outbox store for db, a MySQL or MariaDB database (see [Open]). Call Migrate
 // on it once to create the table.
-func New(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
+func New(db *sql.DB, cfg Config) (*Store, error) {
+	s, err := newEngine(db, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{s.Outbox()}, nil
+}
+
+// newEngine returns the engine of the outbox store for db.
+func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if db == nil {
 		return nil, errors.New("outbox: mysqlstore.New: db is nil")
 	}

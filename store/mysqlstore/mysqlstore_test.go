@@ -13,6 +13,7 @@ import (
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 	"github.com/outboxgo/outbox/store/storetest"
 )
 
@@ -21,7 +22,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Harness {
 		db, _ := dbtest.MySQL(t)
-		st, err := mysqlstore.New(db, mysqlstore.Config{})
+		st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 		require.NoError(t, err)
 		require.NoError(t, st.Migrate(context.Background()))
 		return storetest.Harness{Store: st, DB: db}
@@ -30,7 +31,7 @@ func TestConformance(t *testing.T) {
 
 func TestCapabilities(t *testing.T) {
 	db, _ := dbtest.MySQL(t)
-	st, err := mysqlstore.New(db, mysqlstore.Config{})
+	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 	require.NoError(t, err)
 	require.Equal(t, store.Capabilities{Name: "mysql", SkipLocked: true, ChangeLog: true}, st.Capabilities())
 }
@@ -38,7 +39,7 @@ func TestCapabilities(t *testing.T) {
 func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {
 	ctx := context.Background()
 	db, _ := dbtest.MySQL(t)
-	st, err := mysqlstore.New(db, mysqlstore.Config{Table: "events"})
+	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{Table: "events"}))
 	require.NoError(t, err)
 	require.ErrorIs(t, st.Check(ctx), store.ErrNotMigrated)
 	require.ErrorIs(t, st.Write(ctx, db, store.Message{Topic: "t"}), store.ErrNotMigrated, "Write names the missing table too")
@@ -55,7 +56,7 @@ func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {
 func TestCheckNamesMissingRights(t *testing.T) {
 	ctx := context.Background()
 	db, dsn := dbtest.MySQL(t)
-	owner, err := mysqlstore.New(db, mysqlstore.Config{})
+	owner, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 	require.NoError(t, err)
 	require.NoError(t, owner.Migrate(ctx))
 
@@ -72,7 +73,7 @@ func TestCheckNamesMissingRights(t *testing.T) {
 	readerDB, err := mysqlstore.Open(cfg.FormatDSN())
 	require.NoError(t, err)
 	defer readerDB.Close()
-	reader, err := mysqlstore.New(readerDB, mysqlstore.Config{})
+	reader, err := sqlstore.EngineOf(mysqlstore.New(readerDB, mysqlstore.Config{}))
 	require.NoError(t, err)
 	err = reader.Check(ctx)
 	require.ErrorIs(t, err, store.ErrPermission)
@@ -83,7 +84,7 @@ func TestCheckReportsUnreachableDatabase(t *testing.T) {
 	db, err := mysqlstore.Open("nobody:secret-password@tcp(127.0.0.1:1)/none?timeout=2s")
 	require.NoError(t, err)
 	defer db.Close()
-	st, err := mysqlstore.New(db, mysqlstore.Config{})
+	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 	require.NoError(t, err)
 	err = st.Check(context.Background())
 	require.ErrorContains(t, err, "cannot reach the mysql database")
@@ -94,7 +95,7 @@ func TestOpenRejectsBadDSN(t *testing.T) {
 	_, err := mysqlstore.Open("user:hunter2@tcp(127.0.0.1:3306")
 	require.ErrorContains(t, err, "mysql DSN")
 	require.NotContains(t, err.Error(), "hunter2")
-	_, err = mysqlstore.New(nil, mysqlstore.Config{})
+	_, err = sqlstore.EngineOf(mysqlstore.New(nil, mysqlstore.Config{}))
 	require.Error(t, err)
 }
 
@@ -104,7 +105,7 @@ func TestMigrationFilesMatchMigrate(t *testing.T) {
 	db, err := mysqlstore.Open(dbtest.MySQLDSN()) // not connected: only the SQL is needed
 	require.NoError(t, err)
 	defer db.Close()
-	st, err := mysqlstore.New(db, mysqlstore.Config{})
+	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 	require.NoError(t, err)
 	steps, err := st.Migrations()
 	require.NoError(t, err)

@@ -259,7 +259,7 @@ func TestReadLogReportsWhyTheLogIsUnavailable(t *testing.T) {
 		// With ManualLogRecovery, as an operator asked: Migrate brings the slot back. (By
 		// default the reader makes a new one: see TestReadLogCreatesALostSlotAgain.)
 		db, schema := dbtest.Postgres(t)
-		st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox", ManualLogRecovery: true})
+		st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox", ManualLogRecovery: true}))
 		require.NoError(t, err)
 		require.NoError(t, st.Migrate(context.Background()))
 		slot := slotOf(t, st.DB(), st.QualifiedName())
@@ -290,7 +290,7 @@ func TestReadLogReportsWhyTheLogIsUnavailable(t *testing.T) {
 		userDB, err := pgstore.Open(strings.Replace(dbtest.PostgresDSN(), "postgres@", role+"@", 1))
 		require.NoError(t, err)
 		defer userDB.Close()
-		userStore, err := pgstore.New(userDB, pgstore.Config{Table: st.QualifiedName()})
+		userStore, err := sqlstore.EngineOf(pgstore.New(userDB, pgstore.Config{Table: st.QualifiedName()}))
 		require.NoError(t, err)
 		err = userStore.ReadLog(context.Background(), newConsumer().LogConsumer())
 		require.ErrorIs(t, err, store.ErrLogUnavailable)
@@ -298,7 +298,7 @@ func TestReadLogReportsWhyTheLogIsUnavailable(t *testing.T) {
 	})
 	t.Run("not migrated", func(t *testing.T) {
 		db, schema := dbtest.Postgres(t)
-		st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox"})
+		st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox"}))
 		require.NoError(t, err)
 		err = st.ReadLog(context.Background(), newConsumer().LogConsumer())
 		require.ErrorIs(t, err, store.ErrLogUnavailable)

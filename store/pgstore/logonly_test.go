@@ -21,7 +21,7 @@ import (
 func newLogOnlyStore(t *testing.T) (*sqlstore.Store, string) {
 	t.Helper()
 	db, schema := dbtest.Postgres(t)
-	st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox", LogOnly: true})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox", LogOnly: true}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(context.Background()))
 	return st, schema
@@ -199,7 +199,7 @@ func TestLogOnlyWriteRefusedWithoutTheSlot(t *testing.T) {
 // time refuse log-only writes outright.
 func TestLogOnlyNeedsTheLog(t *testing.T) {
 	db, schema := dbtest.Postgres(t)
-	st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox", LogOnly: true})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox", LogOnly: true}))
 	require.NoError(t, err)
 	slot := slotOf(t, st.DB(), st.QualifiedName())
 	takeSlotInAnotherDatabase(t, slot)
@@ -212,6 +212,6 @@ func TestLogOnlyNeedsTheLog(t *testing.T) {
 	sdb, err := sqlitestore.Open(filepath.Join(t.TempDir(), "outbox.db"))
 	require.NoError(t, err)
 	defer sdb.Close()
-	_, err = sqlitestore.New(sdb, sqlitestore.Config{LogOnly: true})
+	_, err = sqlstore.EngineOf(sqlitestore.New(sdb, sqlitestore.Config{LogOnly: true}))
 	require.ErrorContains(t, err, "Config.LogOnly: the sqlite store cannot check")
 }

@@ -44,7 +44,7 @@ type LogState struct {
 // (pg_replication_slots, pg_publication) and needs no privilege beyond connecting. It does not
 // touch the slot: a dispatcher reading the log goes on undisturbed.
 func InspectLog(ctx context.Context, db *sql.DB, table string) (*LogState, error) {
-	s, err := New(db, Config{Table: table})
+	s, err := newEngine(db, Config{Table: table})
 	if err != nil {
 		return nil, err
 	}

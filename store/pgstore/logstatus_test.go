@@ -11,6 +11,7 @@ import (
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 func TestInspectLogFollowsTheSlot(t *testing.T) {
@@ -69,7 +70,7 @@ func TestOutboxesOfOneTableInTwoDatabasesHaveSlotsOfTheirOwn(t *testing.T) {
 	takeSlotInAnotherDatabase(t, legacy)
 	takeSlotInAnotherDatabase(t, other)
 
-	st, err := pgstore.New(db, pgstore.Config{Table: table})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: table}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 	slot := slotOf(t, db, table)
@@ -122,7 +123,7 @@ func TestASlotNamedBeforeIsKept(t *testing.T) {
 	_, legacy := pgstore.DefaultNames("", table)
 	_, err := db.ExecContext(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", legacy)
 	require.NoError(t, err)
-	st, err := pgstore.New(db, pgstore.Config{Table: table})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: table}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 	require.Equal(t, legacy, slotOf(t, db, table))

@@ -10,6 +10,7 @@ import (
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 func waitSignal(t *testing.T, signals <-chan struct{}, why string) {
@@ -38,7 +39,7 @@ func TestNotificationsCrossInstancesAndSurviveKilledConnection(t *testing.T) {
 	ctx := context.Background()
 	db, schema := dbtest.Postgres(t)
 	table := schema + ".outbox"
-	listener, err := pgstore.New(db, pgstore.Config{Table: table})
+	listener, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: table}))
 	require.NoError(t, err)
 	require.NoError(t, listener.Migrate(ctx))
 	signals, cancel := listener.Subscribe()
@@ -48,7 +49,7 @@ func TestNotificationsCrossInstancesAndSurviveKilledConnection(t *testing.T) {
 	otherDB, err := pgstore.Open(dbtest.PostgresDSN())
 	require.NoError(t, err)
 	defer otherDB.Close()
-	other, err := pgstore.New(otherDB, pgstore.Config{Table: table})
+	other, err := sqlstore.EngineOf(pgstore.New(otherDB, pgstore.Config{Table: table}))
 	require.NoError(t, err)
 
 	tx, err := otherDB.BeginTx(ctx, nil)

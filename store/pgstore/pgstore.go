@@ -114,9 +114,24 @@ var schemeRE = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*)://`)
 
 const pingAfterIdle = 10 * time.Second
 
+// Store is an outbox in a Postgres database: Write in your transactions, Migrate at start-up,
+// the operator calls; pass it to dispatcher.New, which drives its Engine.
+type Store struct {
+	sqlstore.Outbox
+}
+
 // New returns the outbox store for db, which must use pgx's driver ([Open], stdlib.OpenDB or
 // sql.Open("pgx", ...)). Call Migrate on it once to create the table.
-func New(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
+func New(db *sql.DB, cfg Config) (*Store, error) {
+	s, err := newEngine(db, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{s.Outbox()}, nil
+}
+
+// newEngine returns the engine of the outbox store for db.
+func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if db == nil {
 		return nil, errors.New("outbox: pgstore.New: db is nil")
 	}

@@ -23,7 +23,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func newStore(t *testing.T) (*sqlstore.Store, *sql.DB) {
 	t.Helper()
 	db, schema := dbtest.Postgres(t)
-	st, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox"})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox"}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(context.Background()))
 	return st, db
@@ -44,7 +44,7 @@ func TestCapabilities(t *testing.T) {
 func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {
 	ctx := context.Background()
 	db, schema := dbtest.Postgres(t)
-	st, err := pgstore.New(db, pgstore.Config{Table: schema + ".events"})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".events"}))
 	require.NoError(t, err)
 	require.ErrorIs(t, st.Check(ctx), store.ErrNotMigrated)
 	require.ErrorIs(t, st.Write(ctx, db, store.Message{Topic: "t"}), store.ErrNotMigrated, "Write names the missing table too")
@@ -62,7 +62,7 @@ func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {
 func TestCheckNamesMissingRights(t *testing.T) {
 	ctx := context.Background()
 	db, schema := dbtest.Postgres(t)
-	owner, err := pgstore.New(db, pgstore.Config{Table: schema + ".outbox"})
+	owner, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox"}))
 	require.NoError(t, err)
 	require.NoError(t, owner.Migrate(ctx))
 
@@ -83,7 +83,7 @@ func TestCheckNamesMissingRights(t *testing.T) {
 	cfg.User = role
 	readerDB := stdlib.OpenDB(*cfg)
 	defer readerDB.Close()
-	reader, err := pgstore.New(readerDB, pgstore.Config{Table: schema + ".outbox"})
+	reader, err := sqlstore.EngineOf(pgstore.New(readerDB, pgstore.Config{Table: schema + ".outbox"}))
 	require.NoError(t, err)
 	err = reader.Check(ctx)
 	require.ErrorIs(t, err, store.ErrPermission, "a reader may not claim or mark")
@@ -94,7 +94,7 @@ func TestCheckReportsUnreachableDatabase(t *testing.T) {
 	db, err := pgstore.Open("postgres://nobody:secret-password@127.0.0.1:1/none?sslmode=disable&connect_timeout=2")
 	require.NoError(t, err)
 	defer db.Close()
-	st, err := pgstore.New(db, pgstore.Config{})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{}))
 	require.NoError(t, err)
 	err = st.Check(context.Background())
 	require.ErrorContains(t, err, "cannot reach the postgres database")
@@ -103,9 +103,9 @@ func TestCheckReportsUnreachableDatabase(t *testing.T) {
 
 func TestRefusesOtherDrivers(t *testing.T) {
 	db := dbtest.SQLite(t)
-	_, err := pgstore.New(db, pgstore.Config{})
+	_, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{}))
 	require.ErrorContains(t, err, "open it with pgstore.Open")
-	_, err = pgstore.New(nil, pgstore.Config{})
+	_, err = sqlstore.EngineOf(pgstore.New(nil, pgstore.Config{}))
 	require.Error(t, err)
 }
 
@@ -121,7 +121,7 @@ func TestMigrationFilesMatchMigrate(t *testing.T) {
 	db, err := pgstore.Open(dbtest.PostgresDSN()) // not connected: only the SQL is needed
 	require.NoError(t, err)
 	defer db.Close()
-	st, err := pgstore.New(db, pgstore.Config{})
+	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{}))
 	require.NoError(t, err)
 	steps, err := st.Migrations()
 	require.NoError(t, err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // Four writers, each writing a domain row and a message per transaction, while two claimers
@@ -21,7 +22,7 @@ func TestConcurrentWritersAndClaimersDoNotGetBusy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	db := openDB(t)
-	st, err := sqlitestore.New(db, sqlitestore.Config{})
+	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 	_, err = db.ExecContext(ctx, "CREATE TABLE payments (id INTEGER PRIMARY KEY, n INTEGER)")

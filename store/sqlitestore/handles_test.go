@@ -12,6 +12,7 @@ import (
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 type payment struct {
@@ -26,7 +27,7 @@ func TestWriteThroughEveryKindOfHandle(t *testing.T) {
 	ctx := context.Background()
 	sqldb := openDB(t)
 	db := bun.NewDB(sqldb, sqlitedialect.New())
-	st, err := sqlitestore.New(sqldb, sqlitestore.Config{})
+	st, err := sqlstore.EngineOf(sqlitestore.New(sqldb, sqlitestore.Config{}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 	_, err = db.NewCreateTable().Model((*payment)(nil)).Exec(ctx)

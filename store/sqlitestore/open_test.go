@@ -10,6 +10,7 @@ import (
 
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // Open takes the file's path bare or after sqlite:// or file:, as the operator command does,
@@ -21,7 +22,7 @@ func TestOpenTakesAPathBareOrAfterAScheme(t *testing.T) {
 	first, err := sqlitestore.Open("sqlite://" + path)
 	require.NoError(t, err)
 	defer first.Close()
-	st, err := sqlitestore.New(first, sqlitestore.Config{})
+	st, err := sqlstore.EngineOf(sqlitestore.New(first, sqlitestore.Config{}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 	require.NoError(t, st.Write(ctx, first, store.Message{Topic: "orders", Payload: []byte("1")}))
@@ -34,7 +35,7 @@ func TestOpenTakesAPathBareOrAfterAScheme(t *testing.T) {
 			db, err := sqlitestore.Open(dsn)
 			require.NoError(t, err)
 			defer db.Close()
-			st, err := sqlitestore.New(db, sqlitestore.Config{})
+			st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 			require.NoError(t, err)
 			require.NoError(t, st.Check(ctx))
 			res, err := st.List(ctx, &store.ListParams{})

@@ -93,8 +93,18 @@ func parseDSN(dsn string) (string, error) {
 	return path, nil
 }
 
+// Store is an outbox in a SQLite database: Write in your transactions, Migrate at start-up,
+// the operator calls; pass it to dispatcher.New, which drives its Engine.
+type Store struct {
+	sqlstore.Outbox
+}
+
 // New returns the outbox store for db, a SQLite database opened with the modernc.org/sqlite
 // driver (see [Open]). Call Migrate on it once to create the table.
-func New(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
-	return sqlstore.New(db, sqlstore.SQLite(), cfg, sqlstore.Hooks{})
+func New(db *sql.DB, cfg Config) (*Store, error) {
+	s, err := sqlstore.New(db, sqlstore.SQLite(), cfg, sqlstore.Hooks{})
+	if err != nil {
+		return nil, err
+	}
+	return &Store{s.Outbox()}, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
+	"github.com/outboxgo/outbox/store/sqlstore"
 	"github.com/outboxgo/outbox/store/storetest"
 )
 
@@ -30,7 +31,7 @@ func openDB(t *testing.T) *sql.DB {
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Harness {
 		db := openDB(t)
-		st, err := sqlitestore.New(db, sqlitestore.Config{})
+		st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 		require.NoError(t, err)
 		require.NoError(t, st.Migrate(context.Background()))
 		return storetest.Harness{Store: st, DB: db}
@@ -47,7 +48,7 @@ func TestJournalModeIsWAL(t *testing.T) {
 func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {
 	ctx := context.Background()
 	db := openDB(t)
-	st, err := sqlitestore.New(db, sqlitestore.Config{Table: "events_outbox"})
+	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{Table: "events_outbox"}))
 	require.NoError(t, err)
 	require.ErrorIs(t, st.Check(ctx), store.ErrNotMigrated, "a database without the table")
 	require.ErrorIs(t, st.Write(ctx, db, store.Message{Topic: "t"}), store.ErrNotMigrated, "Write names the missing table too")
@@ -64,19 +65,19 @@ func TestMigrateIsIdempotentAndCheckNeedsIt(t *testing.T) {
 func TestInvalidTableNames(t *testing.T) {
 	db := openDB(t)
 	for _, name := range []string{"outbox; DROP TABLE x", `out"box`, "1outbox", "a.b.c", "a b", "main.", "ünïcode"} {
-		_, err := sqlitestore.New(db, sqlitestore.Config{Table: name})
+		_, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{Table: name}))
 		require.ErrorIs(t, err, store.ErrInvalidTable, name)
 	}
-	_, err := sqlitestore.New(db, sqlitestore.Config{MaxPayloadBytes: -1})
+	_, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{MaxPayloadBytes: -1}))
 	require.Error(t, err)
-	_, err = sqlitestore.New(nil, sqlitestore.Config{})
+	_, err = sqlstore.EngineOf(sqlitestore.New(nil, sqlitestore.Config{}))
 	require.Error(t, err)
 }
 
 func TestPayloadLimitIsConfigurable(t *testing.T) {
 	ctx := context.Background()
 	db := openDB(t)
-	st, err := sqlitestore.New(db, sqlitestore.Config{MaxPayloadBytes: 10})
+	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{MaxPayloadBytes: 10}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 	require.ErrorIs(t, st.Write(ctx, db, store.Message{Topic: "t", Payload: make([]byte, 11)}), store.ErrPayloadTooLarge)
@@ -88,7 +89,7 @@ var update = flag.Bool("update", false, "rewrite the migration files in migratio
 // The files in migrations/ are the schema for the default table name, for users who run
 // migrations with their own tool. They must match what Migrate applies.
 func TestMigrationFilesMatchMigrate(t *testing.T) {
-	st, err := sqlitestore.New(openDB(t), sqlitestore.Config{})
+	st, err := sqlstore.EngineOf(sqlitestore.New(openDB(t), sqlitestore.Config{}))
 	require.NoError(t, err)
 	steps, err := st.Migrations()
 	require.NoError(t, err)

@@ -17,7 +17,7 @@ import (
 	"github.com/outboxgo/outbox/store"
 )
 
-// Claim implements [store.Store].
+// Claim implements [store.Engine].
 func (s *Store) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimResult, error) {
 	if p.Limit <= 0 {
 		return nil, fmt.Errorf("outbox: ClaimParams.Limit must be positive, got %d", p.Limit)

@@ -2,7 +2,9 @@
 // queries differ by [Dialect] (SQLite, Postgres, MySQL/MariaDB). Applications use it through
 // the database packages, pgstore, mysqlstore and sqlitestore, which open the database with
 // the settings it needs and pass the [Hooks] of what only that database can do: wake-ups
-// from other processes, extra migration steps, and reading its change log.
+// from other processes, extra migration steps, and reading its change log. Their Store
+// embeds [Outbox], the calls an application and an operator make; the [Store] itself is the
+// engine that a dispatcher drives (store.Engine), which an application does not see.
 //
 // # Schema
 //

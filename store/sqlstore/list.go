@@ -10,7 +10,7 @@ import (
 	"github.com/outboxgo/outbox/store"
 )
 
-// List implements [store.Store].
+// List implements [store.Engine].
 func (s *Store) List(ctx context.Context, p *store.ListParams) (*store.ListResult, error) {
 	var db store.Querier = s.db
 	if !isNil(p.DB) {

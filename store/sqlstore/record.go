@@ -7,7 +7,7 @@ import (
 	"github.com/outboxgo/outbox/store"
 )
 
-// MarkDelivered implements [store.Store].
+// MarkDelivered implements [store.Engine].
 func (s *Store) MarkDelivered(ctx context.Context, p *store.MarkDeliveredParams) error {
 	return s.inChunks(p.IDs, func(ids []string) error {
 		b := builder{d: s.d}
@@ -37,7 +37,7 @@ func (s *Store) markDelivered(cond string, del, async bool) string {
 	return q + " WHERE state = 'pending' AND " + cond
 }
 
-// Release implements [store.Store].
+// Release implements [store.Engine].
 func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
 	if p.All {
 		b := builder{d: s.d}
@@ -76,7 +76,7 @@ func (s *Store) inChunks(ids []string, f func([]string) error) error {
 	return inChunks(ids, s.d.maxParams-8, f)
 }
 
-// Fail implements [store.Store]. All failures are recorded in one transaction.
+// Fail implements [store.Engine]. All failures are recorded in one transaction.
 func (s *Store) Fail(ctx context.Context, p *store.FailParams) error {
 	if len(p.Failures) == 0 {
 		return nil

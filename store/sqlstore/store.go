@@ -90,7 +90,7 @@ type LogOnlyHook struct {
 	NotReady string
 }
 
-// Store is an outbox table in a SQL database. It implements [store.Store] and
+// Store is an outbox table in a SQL database. It implements [store.Engine] and
 // [store.Notifier]. Create one with a database's constructor package, such as sqlitestore.
 type Store struct {
 	db       *sql.DB
@@ -126,7 +126,7 @@ type Store struct {
 }
 
 var (
-	_ store.Store         = (*Store)(nil)
+	_ store.Engine        = (*Store)(nil)
 	_ store.Notifier      = (*Store)(nil)
 	_ store.LeaseExtender = (*Store)(nil)
 )
@@ -185,7 +185,7 @@ func (s *Store) DB() *sql.DB { return s.db }
 // Table is the quoted, qualified outbox table name, for your own queries.
 func (s *Store) Table() string { return s.t.String() }
 
-// Capabilities implements [store.Store].
+// Capabilities implements [store.Engine].
 func (s *Store) Capabilities() store.Capabilities {
 	return store.Capabilities{Name: s.d.name, SkipLocked: s.d.claim != claimSingleStatement, CrossProcessNotify: s.listener != nil,
 		ChangeLog: s.hooks.ReadLog != nil}
@@ -193,7 +193,7 @@ func (s *Store) Capabilities() store.Capabilities {
 
 const columns = "seq, id, topic, message_key, payload, headers, created_at, state, attempts, next_attempt_at, claimed_until, claim_token, last_error, delivered_at"
 
-// Check implements [store.Store]. Besides reading the table, it probes the INSERT, UPDATE and
+// Check implements [store.Engine]. Besides reading the table, it probes the INSERT, UPDATE and
 // DELETE rights the store needs, in a transaction it rolls back.
 func (s *Store) Check(ctx context.Context) error {
 	if err := s.db.PingContext(ctx); err != nil {

@@ -57,7 +57,7 @@ func isNil(v any) bool {
 
 const writeColumns = 5
 
-// Write implements [store.Store]. When ctx carries a span, each message also stores its trace
+// Write implements [store.Engine]. When ctx carries a span, each message also stores its trace
 // context (the traceparent and tracestate headers), unless it has a traceparent of its own.
 func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Message) error {
 	if isNil(db) {

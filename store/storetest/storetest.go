@@ -27,7 +27,7 @@ import (
 // Harness is one fresh, migrated, empty outbox.
 type Harness struct {
 	// Store under test.
-	Store store.Store
+	Store store.Engine
 	// DB is the database that holds the store's table; the suite writes through transactions
 	// on it.
 	DB *sql.DB

@@ -371,6 +371,7 @@ func (b *blockingPublisher) Publish(topic string, msgs ...*message.Message) erro
 	}
 }
 
+// Stop returns only once the messages in flight are published and recorded.
 func TestStopWaitsForInFlightMessages(t *testing.T) {
 	f := setup(t)
 	pub := &blockingPublisher{release: make(chan struct{}), Publisher: f.pub}
@@ -382,16 +383,33 @@ func TestStopWaitsForInFlightMessages(t *testing.T) {
 	require.NoError(t, d.Start(f.ctx))
 	require.Eventually(t, func() bool { return pub.inFlight.Load() == 5 }, 10*time.Second, time.Millisecond)
 
-	stopped := make(chan error, 1)
-	go func() { stopped <- d.Stop(context.Background()) }()
-	select {
-	case err := <-stopped:
-		t.Fatalf("Stop returned (%v) with messages in flight", err)
-	case <-time.After(100 * time.Millisecond):
+	// What Stop left behind is read the moment it returns, by the goroutine that called it.
+	type stopped struct {
+		err                 error
+		inFlight, delivered int
 	}
+	done := make(chan stopped, 1)
+	go func() {
+		err := d.Stop(context.Background())
+		res, lerr := f.st.List(f.ctx, &store.ListParams{State: store.Delivered, Limit: 100})
+		if lerr != nil {
+			err = errors.Join(err, lerr)
+			res = &store.ListResult{}
+		}
+		done <- stopped{err: err, inFlight: int(pub.inFlight.Load()), delivered: len(res.Messages)}
+	}()
+	// Once the dispatcher reports it stopped, Stop is under way: a Stop that did not wait for
+	// the held publishes would return now.
+	require.Eventually(t, func() bool { return d.Mode() == dispatcher.ModeStopped }, 10*time.Second, time.Millisecond,
+		"Stop did not take effect")
+	require.Never(t, func() bool { return len(done) > 0 }, 100*time.Millisecond, time.Millisecond,
+		"Stop returned with messages in flight")
+	require.EqualValues(t, 5, pub.inFlight.Load(), "Stop abandoned the publishes in flight")
 	close(pub.release)
-	require.NoError(t, <-stopped)
-	require.Equal(t, 5, f.count(t, store.Delivered), "in-flight messages were marked before Stop returned")
+	got := <-done
+	require.NoError(t, got.err)
+	require.Zero(t, got.inFlight, "a publish was still in flight when Stop returned")
+	require.Equal(t, 5, got.delivered, "in-flight messages were marked before Stop returned")
 
 	f.write(t, store.Message{Topic: "t", Payload: []byte("after stop")})
 	require.Equal(t, 1, f.count(t, store.Pending), "a stopped dispatcher claims nothing")

@@ -5,6 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"runtime"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -252,6 +255,45 @@ func TestStandbyDispatcherTakesOverTheLog(t *testing.T) {
 	}
 }
 
+// watchedLog is a store that tells how a dispatcher came to read its log: how often ReadLog
+// was called, what the reader reported, and which messages claims handed out.
+type watchedLog struct {
+	*sqlstore.Store
+	reads        atomic.Int64
+	standby      atomic.Int64 // reports of waiting for another reader
+	readingSince atomic.Int64 // unix nanoseconds of the first report of reading; 0: none
+	claims       atomic.Int64
+	claimed      sync.Map // payload → true, of the messages claims handed out
+}
+
+// Engine is the wrapper itself: the promoted one would hand the dispatcher the store inside.
+func (w *watchedLog) Engine() store.Engine { return w }
+
+func (w *watchedLog) ReadLog(ctx context.Context, c store.LogConsumer) error {
+	w.reads.Add(1)
+	status := c.Status
+	c.Status = func(s store.LogStatus) {
+		if s.Reading {
+			w.readingSince.CompareAndSwap(0, time.Now().UnixNano())
+		} else {
+			w.standby.Add(1)
+		}
+		status(s)
+	}
+	return w.Store.ReadLog(ctx, c)
+}
+
+func (w *watchedLog) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimResult, error) {
+	w.claims.Add(1)
+	res, err := w.Store.Claim(ctx, p)
+	if err == nil {
+		for _, m := range res.Messages {
+			w.claimed.Store(string(m.Payload), true)
+		}
+	}
+	return res, err
+}
+
 func standbyTakesOver(t *testing.T, shared sharedDB) {
 	_, db, st := shared.prepare(t)
 	db2, st2 := shared.open(t, shared.dsn, shared.table)
@@ -261,19 +303,36 @@ func standbyTakesOver(t *testing.T, shared sharedDB) {
 	require.NoError(t, err)
 	require.NoError(t, first.Start(context.Background()))
 	waitMode(t, first, dispatcher.ModeLog)
-	second := startDispatcher(t, st2, pub, logConfig())
-	waitMode(t, second, dispatcher.ModeStandby)
+	standby := &watchedLog{Store: st2}
+	second := startDispatcher(t, standby, pub, logConfig())
+	// A dispatcher that reads a log is a standby from its start: wait for its reader to find
+	// the lock taken.
+	require.Eventually(t, func() bool { return standby.standby.Load() > 0 }, 15*time.Second, 10*time.Millisecond,
+		"the second dispatcher's reader never reported that it waits")
 
 	writeN(t, db, st, "a", 100)
 	waitPublished(t, pub, "log", 100)
+	require.Zero(t, standby.readingSince.Load(), "the standby read while the first did")
+	require.Zero(t, standby.claims.Load(), "the standby claimed while the first read")
 	// The first stops abruptly, as a killed process would, while messages are written.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
+	stopped := time.Now()
 	first.Stop(ctx)
 	writeN(t, db, st, "b", 100)
 	waitMode(t, second, dispatcher.ModeLog)
 	waitPublished(t, pub, "log", 200)
 	requireKeyOrder(t, pub.Messages("log"))
+	t.Logf("the standby reads %v after the first stopped", time.Unix(0, standby.readingSince.Load()).Sub(stopped).Round(time.Millisecond))
+
+	// It took over by the lock the first gave up: the reader that waited went on to read. A
+	// reader that failed and was retried, or a fall back to polling (which only a failed
+	// ReadLog causes), would deliver all the same, late and by another path.
+	require.EqualValues(t, 1, standby.reads.Load(), "the standby's log reader failed and was called again")
+	for i := range 100 {
+		_, ok := standby.claimed.Load(fmt.Sprintf("b-%d", i))
+		require.False(t, ok, "b-%d was claimed: the log did not carry it", i)
+	}
 }
 
 // A failed publish in log mode is retried by polling, and the later messages of its key wait
@@ -323,36 +382,103 @@ func requireDelivered(t *testing.T, st store.Outbox, n int, logOnly bool) {
 	}
 }
 
-// silentLog is a store whose change log reader never reports: a dispatcher that reads the
-// log must not claim meanwhile, as its claims would race the instance that reads it.
+// silentLog is a store whose change log reader reports only when told to: until then a
+// dispatcher must not claim, as its claims would race the instance that reads the log.
 type silentLog struct {
 	*claimCounter
+	entered     chan struct{} // closed once ReadLog runs
+	enteredOnce sync.Once
+	report      chan struct{} // closed: the reader reports that it reads, caught up
 }
 
-func (l silentLog) Capabilities() store.Capabilities {
+func newSilentLog(st *sqlstore.Store) *silentLog {
+	return &silentLog{claimCounter: &claimCounter{Store: st}, entered: make(chan struct{}), report: make(chan struct{})}
+}
+
+// Engine is the wrapper itself: the promoted one would hand the dispatcher the store inside,
+// past the counter.
+func (l *silentLog) Engine() store.Engine { return l }
+
+func (l *silentLog) Capabilities() store.Capabilities {
 	c := l.Store.Capabilities()
 	c.ChangeLog = true
 	return c
 }
 
-func (l silentLog) ReadLog(ctx context.Context, _ store.LogConsumer) error {
+func (l *silentLog) ReadLog(ctx context.Context, c store.LogConsumer) error {
+	l.enteredOnce.Do(func() { close(l.entered) })
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.report:
+	}
+	c.Status(store.LogStatus{Reading: true, CaughtUp: time.Now()})
 	<-ctx.Done()
 	return ctx.Err()
 }
 
+// goroutineID is the calling goroutine's number, as stack traces show it.
+func goroutineID() string {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	id, _, _ := strings.Cut(strings.TrimPrefix(string(buf), "goroutine "), " ")
+	return id
+}
+
+// waitingWorkers counts the dispatcher workers started by goroutine starter that wait in their
+// loop, which they reach only after their first look at whether to claim. A worker that
+// decided not to claim shows nothing else; the starter keeps other tests' dispatchers apart.
+func waitingWorkers(starter string) int {
+	buf := make([]byte, 1<<16)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		header, frames, _ := strings.Cut(g, "\n")
+		if strings.Contains(header, "[select") &&
+			strings.HasPrefix(frames, "github.com/outboxgo/outbox/dispatcher.(*Dispatcher).loop(") &&
+			strings.Contains(g+"\n", " in goroutine "+starter+"\n") {
+			n++
+		}
+	}
+	return n
+}
+
 // Until its log reader reports, a dispatcher claims nothing, from its very first moment: a
 // claim at start would race the instance that reads the log, and publish a batch twice.
+// Each round waits until the reader runs and every worker has passed its first chance to
+// claim, then has the reader report: claims follow, so the counter sees the dispatcher's
+// claims and its zero before meant something.
 func TestNoClaimsBeforeTheLogReaderReports(t *testing.T) {
 	_, db, st := sharedSQLite(t).prepare(t)
 	writeN(t, db, st, "a", 10)
-	for range 20 {
-		counter := &claimCounter{Store: st}
-		d, err := dispatcher.New(silentLog{counter}, outboxtest.NewPublisher(), fast(dispatcher.Config{Workers: 64}))
+	const workers = 64    // many workers, many chances for one to claim at start
+	self := goroutineID() // Start runs here: the workers' starter
+	for round := range 20 {
+		silent := newSilentLog(st)
+		d, err := dispatcher.New(silent, outboxtest.NewPublisher(), fast(dispatcher.Config{Workers: workers}))
 		require.NoError(t, err)
 		require.NoError(t, d.Start(context.Background()))
-		time.Sleep(20 * time.Millisecond)
+		t.Cleanup(func() { d.Stop(context.Background()) }) // after a failed round; Stop again is a no-op
+		select {
+		case <-silent.entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the log reader did not start")
+		}
+		require.Eventually(t, func() bool { return waitingWorkers(self) == workers }, 10*time.Second, time.Millisecond,
+			"round %d: %d of %d workers past their first look", round, waitingWorkers(self), workers)
+		require.Zero(t, silent.calls.Load(), "round %d: a dispatcher whose log reader has not reported claimed", round)
+
+		close(silent.report)
+		require.Eventually(t, func() bool { return silent.calls.Load() > 0 }, 10*time.Second, time.Millisecond,
+			"round %d: no claim after the log reader reported", round)
 		require.NoError(t, d.Stop(context.Background()))
-		require.Zero(t, counter.calls.Load(), "a dispatcher whose log reader has not reported claimed")
 	}
 }
 

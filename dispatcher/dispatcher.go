@@ -72,7 +72,8 @@ type Stats struct {
 }
 
 // New returns a dispatcher that delivers the messages of the outbox through pub: a store
-// package's Store (pgstore, mysqlstore, sqlitestore), whose engine it drives.
+// package's Store (pgstore, mysqlstore, sqlitestore), whose engine it drives, or an engine
+// itself ([store.EngineOf]).
 func New(outbox store.Outbox, pub message.Publisher, cfg Config) (*Dispatcher, error) {
 	// A nil pointer in an interface is not == nil: the *T of a constructor whose error was
 	// ignored (pub, _ := kafkapub.New(...)) would get through and fail every publish.
@@ -88,7 +89,7 @@ func New(outbox store.Outbox, pub message.Publisher, cfg Config) (*Dispatcher, e
 	if err := refuseNil("store", outbox); err != nil {
 		return nil, err
 	}
-	st := outbox.Engine()
+	st := store.EngineOf(outbox)
 	if err := refuseNil("store's engine", st); err != nil {
 		return nil, err
 	}

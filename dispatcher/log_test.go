@@ -87,7 +87,7 @@ func writeN(t *testing.T, db *sql.DB, st *sqlstore.Store, prefix string, n int) 
 func waitNonePending(t *testing.T, st store.Outbox, within time.Duration) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		res, err := st.Engine().List(context.Background(), &store.ListParams{State: store.Pending, Limit: 1})
+		res, err := store.EngineOf(st).List(context.Background(), &store.ListParams{State: store.Pending, Limit: 1})
 		return err == nil && len(res.Messages) == 0
 	}, within, 10*time.Millisecond, "messages still pending")
 }
@@ -375,7 +375,7 @@ func failuresInKeyOrder(t *testing.T, shared sharedDB) {
 // those that failed once.
 func requireDelivered(t *testing.T, st store.Outbox, n int, logOnly bool) {
 	t.Helper()
-	all, err := st.Engine().List(context.Background(), &store.ListParams{Limit: n + 1})
+	all, err := store.EngineOf(st).List(context.Background(), &store.ListParams{Limit: n + 1})
 	require.NoError(t, err)
 	if !logOnly {
 		require.Len(t, all.Messages, n, "messages in the outbox")

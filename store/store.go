@@ -39,6 +39,15 @@ type Outbox interface {
 	Engine() Engine
 }
 
+// EngineOf is the engine a dispatcher drives for o: o itself when it is an [Engine] (an
+// engine, or a type that wraps one to observe or change its calls), o.Engine() otherwise.
+func EngineOf(o Outbox) Engine {
+	if e, ok := o.(Engine); ok {
+		return e
+	}
+	return o.Engine()
+}
+
 // Writer writes messages in the caller's transaction; see [Engine.Write].
 type Writer interface {
 	Write(ctx context.Context, db Execer, msgs ...Message) error

@@ -86,7 +86,7 @@ func New(cfg Config) (*Console, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("outbox console: Config.Store is nil; give it the outbox store")
 	}
-	st := cfg.Store.Engine()
+	st := store.EngineOf(cfg.Store)
 	op, ok := st.(store.Operator)
 	if !ok {
 		return nil, errors.New("outbox console: Config.Store does not implement store.Operator; use a store of this module")

@@ -146,7 +146,7 @@ func stateOf(w Want) store.State {
 
 func find(t testing.TB, st store.Outbox, db store.Querier, want Want) []store.StoredMessage {
 	t.Helper()
-	res, err := st.Engine().List(context.Background(), &store.ListParams{DB: db, State: stateOf(want), Topic: want.Topic, Key: want.Key, Limit: 10000})
+	res, err := store.EngineOf(st).List(context.Background(), &store.ListParams{DB: db, State: stateOf(want), Topic: want.Topic, Key: want.Key, Limit: 10000})
 	if err != nil {
 		t.Fatalf("outboxtest: list messages: %v", err)
 		return nil

@@ -33,7 +33,7 @@ func EngineOf[S store.Outbox](s S, err error) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	e, ok := s.Engine().(*Store)
+	e, ok := store.EngineOf(s).(*Store)
 	if !ok {
 		return nil, fmt.Errorf("outbox: %T is not a SQL store of this module", s)
 	}

@@ -348,9 +348,6 @@ type countingStore struct {
 	n atomic.Int64
 }
 
-// Engine is the wrapper itself, so that the dispatcher claims through it.
-func (c *countingStore) Engine() store.Engine { return c }
-
 func (c *countingStore) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimResult, error) {
 	c.n.Add(1)
 	return c.Store.Claim(ctx, p)

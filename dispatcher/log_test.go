@@ -33,10 +33,6 @@ type claimCounter struct {
 	calls   atomic.Int64
 }
 
-// Engine is the wrapper itself: the promoted one would hand the dispatcher the store inside,
-// past the counter.
-func (c *claimCounter) Engine() store.Engine { return c }
-
 func (c *claimCounter) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimResult, error) {
 	c.calls.Add(1)
 	res, err := c.Store.Claim(ctx, p)
@@ -270,9 +266,6 @@ type watchedLog struct {
 	claimed      sync.Map // payload → true, of the messages claims handed out
 }
 
-// Engine is the wrapper itself: the promoted one would hand the dispatcher the store inside.
-func (w *watchedLog) Engine() store.Engine { return w }
-
 func (w *watchedLog) ReadLog(ctx context.Context, c store.LogConsumer) error {
 	w.reads.Add(1)
 	status := c.Status
@@ -398,10 +391,6 @@ type silentLog struct {
 func newSilentLog(st *sqlstore.Store) *silentLog {
 	return &silentLog{claimCounter: &claimCounter{Store: st}, entered: make(chan struct{}), report: make(chan struct{})}
 }
-
-// Engine is the wrapper itself: the promoted one would hand the dispatcher the store inside,
-// past the counter.
-func (l *silentLog) Engine() store.Engine { return l }
 
 func (l *silentLog) Capabilities() store.Capabilities {
 	c := l.Store.Capabilities()

@@ -48,14 +48,12 @@ package mysqlstore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"regexp"
-	"runtime"
 	"strings"
-	"sync"
 	"time"
-	"weak"
 
 	"github.com/go-sql-driver/mysql"
 
@@ -66,9 +64,21 @@ import (
 // Config configures the store. See [sqlstore.Config].
 type Config = sqlstore.Config
 
-// opened holds the connection settings of each database handle returned by Open, for the
-// binlog connection, until the handle is garbage collected.
-var opened sync.Map // weak.Pointer[sql.DB] -> *mysql.Config
+// settingsDriver is the driver of a handle from Open: go-sql-driver's, carrying the
+// connection settings that the binlog connection needs, so that New finds them in the handle
+// it is given (database/sql hands out a handle's driver, not its settings).
+type settingsDriver struct {
+	mysql.MySQLDriver
+	cfg *mysql.Config
+}
+
+// connector is go-sql-driver's connector, answering with a settingsDriver.
+type connector struct {
+	driver.Connector
+	driver settingsDriver
+}
+
+func (c connector) Driver() driver.Driver { return c.driver }
 
 // dsnForm is the form of the DSN that [Open] takes, for its messages.
 const dsnForm = "mysql://user:pass@tcp(host:3306)/db"
@@ -94,11 +104,7 @@ func Open(dsn string) (*sql.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outbox: mysql DSN: %s", redact(err.Error(), dsn))
 	}
-	db := sql.OpenDB(conn)
-	key := weak.Make(db)
-	opened.Store(key, cfg.Clone())
-	runtime.AddCleanup(db, func(key weak.Pointer[sql.DB]) { opened.Delete(key) }, key)
-	return db, nil
+	return sql.OpenDB(connector{Connector: conn, driver: settingsDriver{cfg: cfg.Clone()}}), nil
 }
 
 // schemeRE matches the scheme of a URL.
@@ -169,8 +175,8 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 		return nil, errors.New("outbox: mysqlstore.New: db is nil")
 	}
 	var conn *mysql.Config
-	if v, ok := opened.Load(weak.Make(db)); ok {
-		conn = v.(*mysql.Config)
+	if d, ok := db.Driver().(settingsDriver); ok {
+		conn = d.cfg
 	}
 	return sqlstore.New(db, sqlstore.MySQL(), cfg, sqlstore.Hooks{
 		Migrate: recordStart,

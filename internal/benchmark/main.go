@@ -13,6 +13,7 @@
 //	case=<db>-<mode>-drain n=<messages> rate=<msgs/s> vs_rawloop=<x> duplicates=<n>
 //	case=<db>-<mode>-delete-drain ...   (the same with Config.DeleteDelivered: rows deleted, as the hand loop does)
 //	case=<db>-poll-4x1000-drain ...   (scaling: twice the default workers and batch size, polling)
+//	case=postgres-lanes[-delete]-drain ...   (lanes, not run by default: a prototype of the next claim model, see lanes.go)
 //	case=<db>-<mode>-idle queries_per_s=<q> wake_p50=<ms> wake_p99=<ms> other_instance_wake_p50=<ms> ...
 //	case=pg-vs-forwarder n=<n> outbox=<msgs/s> forwarder=<msgs/s> ratio=<x>
 //	case=<db>-<mode>-live rate=<msgs/s> n=<n> p50=<ms> p99=<ms>   (and forwarder-live)
@@ -102,7 +103,7 @@ func main() {
 	}
 	run := map[string]bool{}
 	for _, c := range strings.Split(*cases, ",") {
-		if !slices.Contains([]string{"broker", "brokers", "drain", "scaling", "idle", "forwarder", "live", "memory", "failover"}, c) {
+		if !slices.Contains([]string{"broker", "brokers", "drain", "scaling", "lanes", "idle", "forwarder", "live", "memory", "failover"}, c) {
 			fmt.Fprintf(os.Stderr, "unknown case %q\n", c)
 			os.Exit(2)
 		}
@@ -146,7 +147,7 @@ func main() {
 	// The hand loop on each database first: every drain line gives its rate beside it.
 	rawRates := map[string]float64{}
 	for _, name := range strings.Split(*dbs, ",") {
-		if !run["drain"] && !run["scaling"] {
+		if !run["drain"] && !run["scaling"] && !run["lanes"] {
 			break
 		}
 		rate, err := rawLoopCase(name, *n)
@@ -176,6 +177,15 @@ func main() {
 			label := fmt.Sprintf("%s-poll-%dx%d", name, cfg.Workers, cfg.BatchSize)
 			if err := drainCase(name, label, *n, cfg, rawRates[name]); err != nil {
 				fmt.Fprintf(os.Stderr, "case=%s-drain: %v\n", label, err)
+				failed = true
+			}
+		}
+	}
+	if run["lanes"] {
+		// A prototype of the next claim model, beside the library (lanes.go): Postgres only.
+		for _, del := range []bool{false, true} {
+			if err := lanesCase("postgres", *n, cmp.Or(*batch, dispatcher.DefaultBatchSize), del, rawRates["postgres"]); err != nil {
+				fmt.Fprintf(os.Stderr, "case=postgres-lanes-drain: %v\n", err)
 				failed = true
 			}
 		}

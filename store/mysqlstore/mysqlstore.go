@@ -8,7 +8,7 @@
 //
 // # Reading the binlog
 //
-// The store implements [store.LogReader]: it reads written messages from the server's row
+// The store's engine implements [store.LogReader]: it reads written messages from the server's row
 // binlog, as a replica would, and hands them to the dispatcher as their transactions commit,
 // in commit order, whoever wrote them (this library, another program, the mysql client).
 // Nothing polls for them then. It needs:

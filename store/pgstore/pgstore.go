@@ -11,7 +11,7 @@
 //
 // # Reading the WAL
 //
-// The store implements [store.LogReader]: it reads written messages through logical
+// The store's engine implements [store.LogReader]: it reads written messages through logical
 // replication with the built-in pgoutput plugin, from a publication of the outbox table's
 // inserts and a permanent replication slot (see [DefaultNames]), and hands them to the dispatcher as
 // their transactions commit, in commit order, whoever wrote them. Rows are decoded from the

@@ -90,8 +90,9 @@ type LogOnlyHook struct {
 	NotReady string
 }
 
-// Store is an outbox table in a SQL database. It implements [store.Engine] and
-// [store.Notifier]. Create one with a database's constructor package, such as sqlitestore.
+// Store is the engine of an outbox table in a SQL database: it implements [store.Engine],
+// [store.Notifier] and [store.LogReader] for a dispatcher. A database's package (pgstore,
+// mysqlstore, sqlitestore) makes one and hands applications its [Outbox].
 type Store struct {
 	db       *sql.DB
 	d        Dialect

@@ -9,14 +9,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/internal/dbtest"
@@ -415,178 +413,10 @@ func TestReadLogDeliversCommittedMessagesInOrder(t *testing.T) {
 	}
 }
 
-// writeSteadily writes n messages in small transactions until done, and returns their ids
-// through the returned function, which waits for the writer.
-func writeSteadily(t *testing.T, db *sql.DB, st *sqlstore.Store, n int, pause time.Duration) func() []string {
-	t.Helper()
-	var (
-		wg      sync.WaitGroup
-		written []string
-		werr    error
-	)
-	wg.Go(func() {
-		for len(written) < n {
-			k := min(1+len(written)%4, n-len(written))
-			msgs := make([]store.Message, k)
-			for i := range msgs {
-				msgs[i] = store.Message{ID: store.NewID(), Topic: "steady", Key: fmt.Sprintf("k%d", len(written)%5), Payload: []byte("x")}
-			}
-			tx, err := db.Begin()
-			if err == nil {
-				err = st.Write(context.Background(), tx, msgs...)
-			}
-			if err == nil {
-				err = tx.Commit()
-			}
-			if err != nil {
-				werr = err
-				return
-			}
-			for _, m := range msgs {
-				written = append(written, m.ID)
-			}
-			time.Sleep(pause)
-		}
-	})
-	return func() []string {
-		wg.Wait()
-		require.NoError(t, werr)
-		return written
-	}
-}
-
 func readPosition(t *testing.T, db *sql.DB) (gtids string, updated time.Time) {
 	t.Helper()
 	require.NoError(t, db.QueryRow("SELECT gtid_set, updated_at FROM outbox_log_position WHERE id = 1").Scan(&gtids, &updated))
 	return gtids, updated
-}
-
-func TestReadLogResumesWhereItStopped(t *testing.T) {
-	t.Parallel()
-	db, _ := dbtest.MySQL(t)
-	st := newLogStore(t, db, "")
-	startGTIDs, _ := readPosition(t, db)
-	require.NotEmpty(t, startGTIDs, "Migrate records the current position")
-
-	const n = 600
-	written := writeSteadily(t, db, st, n, 3*time.Millisecond)
-	rec := &logRecorder{}
-	first := startReader(t, st, rec)
-	require.Eventually(t, func() bool { return len(rec.delivered()) >= n/3 }, 60*time.Second, 5*time.Millisecond)
-	require.ErrorIs(t, first.stop(t), context.Canceled)
-	stoppedAt, _ := readPosition(t, db)
-	require.NotEqual(t, startGTIDs, stoppedAt, "the position moved with the delivered batches")
-	deliveredFirst := len(rec.delivered())
-
-	startReader(t, st, rec)
-	all := written()
-	if !assert.Eventually(t, func() bool { return len(rec.delivered()) >= n }, 60*time.Second, 10*time.Millisecond) {
-		got := rec.delivered()
-		seen := map[string]bool{}
-		for _, m := range got {
-			seen[m.ID] = true
-		}
-		for i, id := range all {
-			if !seen[id] {
-				var state string
-				db.QueryRow("SELECT state FROM outbox WHERE id = ?", id).Scan(&state)
-				t.Logf("missing #%d %s state %s", i, id, state)
-			}
-		}
-		s, _ := rec.status()
-		p, _ := readPosition(t, db)
-		t.Fatalf("delivered %d (first run %d); status %+v position %s", len(got), deliveredFirst, s, p)
-	}
-	// A moment more for duplicates, if any, to show.
-	time.Sleep(500 * time.Millisecond)
-	dups := requireAllOnce(t, all, rec.delivered())
-	t.Logf("first run delivered %d, %d in all, %d duplicates", deliveredFirst, len(rec.delivered()), dups)
-	require.Zero(t, dups, "the position is stored with the marks of each batch")
-	require.Equal(t, all, ids(rec.delivered()), "commit order across the restart")
-	end, _ := readPosition(t, db)
-	require.NotEqual(t, stoppedAt, end)
-}
-
-// A transaction larger than the consumer's batch is delivered in batches of that size. The
-// position recorded with its first batches is the one before it: a reader stopped halfway
-// reads it again and skips the messages recorded as delivered.
-func TestReadLogCutsLargeTransactions(t *testing.T) {
-	t.Parallel()
-	db, _ := dbtest.MySQL(t)
-	st := newLogStore(t, db, "")
-	const n, batch = 1050, 100
-	var msgs []store.Message
-	for i := range n {
-		msgs = append(msgs, store.Message{ID: store.NewID(), Topic: "big", Key: fmt.Sprintf("k%d", i%7), Payload: []byte(strconv.Itoa(i))})
-	}
-	write(t, db, st, msgs...)
-	want := make([]string, n)
-	for i, m := range msgs {
-		want[i] = m.ID
-	}
-	before, _ := readPosition(t, db)
-
-	rec := &logRecorder{batch: batch, pause: 50 * time.Millisecond}
-	first := startReader(t, st, rec)
-	require.Eventually(t, func() bool { return len(rec.delivered()) >= 3*batch }, 30*time.Second, time.Millisecond)
-	require.ErrorIs(t, first.stop(t), context.Canceled)
-	deliveredFirst := len(rec.delivered())
-	require.Less(t, deliveredFirst, n, "stopped halfway through the transaction")
-	halfway, _ := readPosition(t, db)
-	require.Equal(t, before, halfway, "the position stays before the transaction until it is delivered whole")
-
-	rec.pause = 0
-	startReader(t, st, rec)
-	require.Eventually(t, func() bool { return len(rec.delivered()) >= n }, 30*time.Second, 10*time.Millisecond)
-	time.Sleep(300 * time.Millisecond)
-	require.Zero(t, requireAllOnce(t, want, rec.delivered()), "the messages recorded as delivered are skipped")
-	require.Equal(t, want, ids(rec.delivered()))
-	rec.mu.Lock()
-	for _, size := range rec.sizes {
-		require.LessOrEqual(t, size, batch)
-	}
-	t.Logf("first run delivered %d; deliveries of %v", deliveredFirst, rec.sizes)
-	rec.mu.Unlock()
-	require.Eventually(t, func() bool { p, _ := readPosition(t, db); return p != before }, 10*time.Second, 10*time.Millisecond,
-		"the position moves past the transaction once it is delivered whole")
-}
-
-func TestReadLogStandbyTakesOver(t *testing.T) {
-	t.Parallel()
-	db, dsn := dbtest.MySQL(t)
-	st := newLogStore(t, db, "")
-	// The second instance has a database handle of its own, as another process would.
-	db2, err := mysqlstore.Open(dsn)
-	require.NoError(t, err)
-	t.Cleanup(func() { db2.Close() })
-	st2, err := sqlstore.EngineOf(mysqlstore.New(db2, mysqlstore.Config{}))
-	require.NoError(t, err)
-
-	recA, recB := &logRecorder{}, &logRecorder{}
-	readerA := startReader(t, st, recA)
-	require.Eventually(t, recA.reading, 20*time.Second, 10*time.Millisecond)
-	startReader(t, st2, recB)
-	require.Eventually(t, func() bool { s, ok := recB.status(); return ok && !s.Reading }, 20*time.Second, 10*time.Millisecond)
-
-	const n = 400
-	written := writeSteadily(t, db, st, n, 5*time.Millisecond)
-	require.Eventually(t, func() bool { return len(recA.delivered()) >= n/4 }, 60*time.Second, 5*time.Millisecond)
-	require.False(t, recB.reading(), "one reader at a time")
-	require.Empty(t, recB.delivered())
-
-	stopped := time.Now()
-	require.ErrorIs(t, readerA.stop(t), context.Canceled)
-	require.Eventually(t, recB.reading, 10*time.Second, 10*time.Millisecond, "the standby takes over")
-	t.Logf("standby reading %v after the leader stopped", time.Since(stopped).Round(time.Millisecond))
-
-	all := written()
-	require.Eventually(t, func() bool { return len(recA.delivered())+len(recB.delivered()) >= n }, 60*time.Second, 10*time.Millisecond)
-	time.Sleep(500 * time.Millisecond)
-	got := append(recA.delivered(), recB.delivered()...)
-	dups := requireAllOnce(t, all, got)
-	t.Logf("leader delivered %d, standby %d, %d duplicates", len(recA.delivered()), len(recB.delivered()), dups)
-	require.Zero(t, dups)
-	require.Equal(t, all, ids(got), "commit order across the takeover")
 }
 
 func TestReadLogResumesAfterKill(t *testing.T) {

@@ -29,6 +29,28 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+func TestLogConformance(t *testing.T) {
+	storetest.RunLog(t, func(t *testing.T) storetest.LogHarness {
+		db, dsn := dbtest.MySQL(t)
+		st := newLogStore(t, db, "")
+		return storetest.LogHarness{
+			Harness: storetest.Harness{Store: st, DB: db},
+			Another: func(t *testing.T) store.Engine {
+				other, err := mysqlstore.Open(dsn)
+				require.NoError(t, err)
+				t.Cleanup(func() { other.Close() })
+				st, err := sqlstore.EngineOf(mysqlstore.New(other, mysqlstore.Config{}))
+				require.NoError(t, err)
+				return st
+			},
+			Position: func(t *testing.T) string {
+				gtids, _ := readPosition(t, db)
+				return gtids
+			},
+		}
+	})
+}
+
 func TestCapabilities(t *testing.T) {
 	db, _ := dbtest.MySQL(t)
 	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))

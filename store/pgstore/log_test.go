@@ -21,11 +21,7 @@ import (
 
 // consumer records what a log reader hands it and acknowledges everything.
 type consumer struct {
-	batch int           // the consumer's batch size; 0 for the default
-	pause time.Duration // per Deliver call
-
 	mu       sync.Mutex
-	sizes    []int // of each Deliver call
 	got      []store.ClaimedMessage
 	count    map[string]int
 	statuses []store.LogStatus
@@ -35,12 +31,9 @@ func newConsumer() *consumer { return &consumer{count: map[string]int{}} }
 
 func (c *consumer) LogConsumer() store.LogConsumer {
 	return store.LogConsumer{
-		BatchSize: c.batch,
 		Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
-			time.Sleep(c.pause)
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			c.sizes = append(c.sizes, len(msgs))
 			out := &store.LogOutcome{}
 			for _, m := range msgs {
 				c.got = append(c.got, m)
@@ -155,68 +148,6 @@ func TestReadLogDeliversMessagesOfAnyWriterInCommitOrder(t *testing.T) {
 		10*time.Second, 50*time.Millisecond, "the reader reports that it caught up, and its lag")
 }
 
-// A reader that stops mid-stream resumes at the confirmed position: nothing is lost, and
-// messages recorded as delivered are not handed over again.
-func TestReadLogResumesWhereItStopped(t *testing.T) {
-	st, db := newStore(t)
-	c := newConsumer()
-	const n = 3000
-	var writes sync.WaitGroup
-	writes.Go(func() {
-		for i := range n / 100 {
-			write(t, st, db, messages(fmt.Sprintf("b%d", i), 100)...)
-		}
-	})
-	for range 3 {
-		stop := startReader(st, c)
-		time.Sleep(300 * time.Millisecond)
-		require.ErrorIs(t, stop(), context.Canceled)
-	}
-	writes.Wait()
-	stop := startReader(st, c)
-	c.waitFor(t, n, 60*time.Second)
-	require.ErrorIs(t, stop(), context.Canceled)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	require.Len(t, c.count, n)
-	require.Len(t, c.got, n, "a restart hands over no recorded message again")
-}
-
-// Two instances: one reads, the other waits as a standby and takes over when the first
-// stops.
-func TestReadLogStandbyTakesOver(t *testing.T) {
-	st, db := newStore(t)
-	leader, standby := newConsumer(), newConsumer()
-	stopLeader := startReader(st, leader)
-	require.Eventually(t, func() bool { return leader.lastStatus().Reading }, 10*time.Second, 10*time.Millisecond)
-	stopStandby := startReader(st, standby)
-	defer stopStandby()
-	require.Eventually(t, func() bool { s := standby.lastStatus(); return s.LagBytes != -2 && !s.Reading }, 10*time.Second, 10*time.Millisecond,
-		"the second instance reports it waits")
-	write(t, st, db, messages("a", 20)...)
-	leader.waitFor(t, 20, 10*time.Second)
-	require.ErrorIs(t, stopLeader(), context.Canceled)
-
-	write(t, st, db, messages("b", 20)...)
-	standby.waitFor(t, 20, 15*time.Second)
-	require.True(t, standby.lastStatus().Reading)
-	require.Equal(t, 0, standby.countOf(leader), "the standby delivers only what the leader did not")
-}
-
-func (c *consumer) countOf(other *consumer) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	other.mu.Lock()
-	defer other.mu.Unlock()
-	n := 0
-	for id := range c.count {
-		if other.count[id] > 0 {
-			n++
-		}
-	}
-	return n
-}
-
 // Killing the replication connection makes ReadLog return an error worth a retry; reading
 // again resumes without loss.
 func TestReadLogResumesAfterItsConnectionIsKilled(t *testing.T) {
@@ -303,44 +234,6 @@ func TestReadLogReportsWhyTheLogIsUnavailable(t *testing.T) {
 		err = st.ReadLog(context.Background(), newConsumer().LogConsumer())
 		require.ErrorIs(t, err, store.ErrLogUnavailable)
 	})
-}
-
-// A transaction larger than the consumer's batch is delivered in batches of that size, and
-// the slot is confirmed past it only once it is delivered whole: a reader stopped halfway
-// reads it again and skips the messages recorded as delivered.
-func TestReadLogCutsLargeTransactions(t *testing.T) {
-	st, db := newStore(t)
-	slot := slotOf(t, st.DB(), st.QualifiedName())
-	confirmed := func() string {
-		var lsn sql.NullString
-		require.NoError(t, db.QueryRow("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&lsn))
-		return lsn.String
-	}
-	c := &consumer{batch: 100, pause: 50 * time.Millisecond, count: map[string]int{}}
-	stop := startReader(st, c)
-	require.Eventually(t, func() bool { return c.lastStatus().Reading }, 10*time.Second, 10*time.Millisecond)
-	time.Sleep(1500 * time.Millisecond) // an idle confirmation moves the slot to the WAL's end
-	before := confirmed()
-	const n = 1050
-	write(t, st, db, messages("big", n)...)
-	require.Eventually(t, func() bool { return c.distinct() >= 300 }, 30*time.Second, time.Millisecond)
-	require.ErrorIs(t, stop(), context.Canceled)
-	first := c.distinct()
-	require.Less(t, first, n, "stopped halfway through the transaction")
-	require.Equal(t, before, confirmed(), "the slot stays before the transaction until it is delivered whole")
-
-	c.pause = 0
-	stop = startReader(st, c)
-	c.waitFor(t, n, 30*time.Second)
-	time.Sleep(300 * time.Millisecond)
-	require.ErrorIs(t, stop(), context.Canceled)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	require.Len(t, c.got, n, "the messages recorded as delivered are skipped")
-	for _, size := range c.sizes {
-		require.LessOrEqual(t, size, 100)
-	}
-	t.Logf("first run delivered %d; deliveries of %v", first, c.sizes)
 }
 
 // slotOf is the replication slot of an outbox table.

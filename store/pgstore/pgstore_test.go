@@ -36,6 +36,29 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+func TestLogConformance(t *testing.T) {
+	storetest.RunLog(t, func(t *testing.T) storetest.LogHarness {
+		st, db := newStore(t)
+		slot := slotOf(t, db, st.QualifiedName())
+		return storetest.LogHarness{
+			Harness: storetest.Harness{Store: st, DB: db},
+			Another: func(t *testing.T) store.Engine {
+				other, err := pgstore.Open(dbtest.PostgresDSN())
+				require.NoError(t, err)
+				t.Cleanup(func() { other.Close() })
+				st, err := sqlstore.EngineOf(pgstore.New(other, pgstore.Config{Table: st.QualifiedName()}))
+				require.NoError(t, err)
+				return st
+			},
+			Position: func(t *testing.T) string {
+				var lsn sql.NullString
+				require.NoError(t, db.QueryRow("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&lsn))
+				return lsn.String
+			},
+		}
+	})
+}
+
 func TestCapabilities(t *testing.T) {
 	st, _ := newStore(t)
 	require.Equal(t, store.Capabilities{Name: "postgres", SkipLocked: true, CrossProcessNotify: true, ChangeLog: true}, st.Capabilities())

@@ -49,8 +49,10 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"embed"
 	"errors"
 	"fmt"
+	"io/fs"
 	"regexp"
 	"strings"
 	"time"
@@ -178,10 +180,24 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if d, ok := db.Driver().(settingsDriver); ok {
 		conn = d.cfg
 	}
-	return sqlstore.New(db, sqlstore.MySQL(), cfg, sqlstore.Hooks{
+	return sqlstore.New(db, sqlstore.MySQL(schemaSteps()), cfg, sqlstore.Hooks{
 		Migrate: recordStart,
 		ReadLog: func(ctx context.Context, s *sqlstore.Store, c store.LogConsumer) error {
 			return readLog(ctx, s, c, conn)
 		},
 	})
+}
+
+// schema holds the outbox schema's steps, templates of the table's names: Migrate applies
+// them, and migrations/ holds them for the default table, for your own migration tool.
+//
+//go:embed schema/*.sql
+var schema embed.FS
+
+func schemaSteps() fs.FS {
+	steps, err := fs.Sub(schema, "schema")
+	if err != nil {
+		panic(err) // the directory is embedded
+	}
+	return steps
 }

@@ -61,8 +61,10 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"embed"
 	"errors"
 	"fmt"
+	"io/fs"
 	"regexp"
 	"strings"
 	"time"
@@ -138,7 +140,7 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if _, ok := db.Driver().(*stdlib.Driver); !ok {
 		return nil, fmt.Errorf("outbox: pgstore.New: db uses %T; open it with pgstore.Open or pgx's stdlib driver", db.Driver())
 	}
-	return sqlstore.New(db, sqlstore.Postgres(), cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, ReadLog: readLog, LogOnly: logOnly})
+	return sqlstore.New(db, sqlstore.Postgres(schemaSteps()), cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, ReadLog: readLog, LogOnly: logOnly})
 }
 
 // logOnly is ready while the outbox's slot and publication exist: then the WAL keeps what is
@@ -178,4 +180,18 @@ func listen(ctx context.Context, t sqlstore.ListenerTarget, wake func()) error {
 			wake()
 		}
 	})
+}
+
+// schema holds the outbox schema's steps, templates of the table's names: Migrate applies
+// them, and migrations/ holds them for the default table, for your own migration tool.
+//
+//go:embed schema/*.sql
+var schema embed.FS
+
+func schemaSteps() fs.FS {
+	steps, err := fs.Sub(schema, "schema")
+	if err != nil {
+		panic(err) // the directory is embedded
+	}
+	return steps
 }

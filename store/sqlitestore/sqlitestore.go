@@ -10,7 +10,9 @@ package sqlitestore
 
 import (
 	"database/sql"
+	"embed"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"regexp"
 	"strings"
@@ -102,9 +104,23 @@ type Store struct {
 // New returns the outbox store for db, a SQLite database opened with the modernc.org/sqlite
 // driver (see [Open]). Call Migrate on it once to create the table.
 func New(db *sql.DB, cfg Config) (*Store, error) {
-	s, err := sqlstore.New(db, sqlstore.SQLite(), cfg, sqlstore.Hooks{})
+	s, err := sqlstore.New(db, sqlstore.SQLite(schemaSteps()), cfg, sqlstore.Hooks{})
 	if err != nil {
 		return nil, err
 	}
 	return &Store{s.Outbox()}, nil
+}
+
+// schema holds the outbox schema's steps, templates of the table's names: Migrate applies
+// them, and migrations/ holds them for the default table, for your own migration tool.
+//
+//go:embed schema/*.sql
+var schema embed.FS
+
+func schemaSteps() fs.FS {
+	steps, err := fs.Sub(schema, "schema")
+	if err != nil {
+		panic(err) // the directory is embedded
+	}
+	return steps
 }

@@ -1,7 +1,6 @@
 package sqlstore
 
 import (
-	"embed"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -17,9 +16,6 @@ import (
 
 	"github.com/outboxgo/outbox/store"
 )
-
-//go:embed migrations
-var migrationFiles embed.FS
 
 // Dialect is what differs between the SQL databases the store runs on. Get one from
 // [SQLite], [Postgres] or [MySQL]; its fields are not exported because the store's queries
@@ -49,8 +45,8 @@ type Dialect struct {
 	asyncCommit string
 	// shareLock, appended to a SELECT, makes it a locking read, which waits for the
 	// transactions that wrote the rows to commit.
-	shareLock     string
-	migrationsDir string
+	shareLock      string
+	migrationFiles fs.FS // the schema's steps, NNNN_name.sql templates of the table's names
 	// classify maps a driver error to store.ErrNotMigrated or store.ErrPermission, or nil.
 	classify func(error) error
 }
@@ -71,18 +67,18 @@ const (
 	claimNamedLock
 )
 
-// SQLite is the dialect of SQLite 3.35 or later (for RETURNING).
-func SQLite() Dialect {
+// SQLite is, with the schema of its database package, the dialect of SQLite 3.35 or later (for RETURNING).
+func SQLite(schema fs.FS) Dialect {
 	return Dialect{
-		name:          "sqlite",
-		quote:         '"',
-		maxParams:     32766,
-		epoch:         "0",
-		unixMicroTime: true,
-		now:           "CAST(unixepoch('subsec') * 1000000 AS INTEGER)",
-		interval:      "%s",
-		claim:         claimSingleStatement,
-		migrationsDir: "migrations/sqlite",
+		name:           "sqlite",
+		quote:          '"',
+		maxParams:      32766,
+		epoch:          "0",
+		unixMicroTime:  true,
+		now:            "CAST(unixepoch('subsec') * 1000000 AS INTEGER)",
+		interval:       "%s",
+		claim:          claimSingleStatement,
+		migrationFiles: schema,
 		classify: func(err error) error {
 			var sqliteErr interface{ Code() int }
 			if errors.As(err, &sqliteErr) {
@@ -100,8 +96,8 @@ func SQLite() Dialect {
 	}
 }
 
-// Postgres is the dialect of PostgreSQL 12 or later.
-func Postgres() Dialect {
+// Postgres is, with the schema of its database package, the dialect of PostgreSQL 12 or later.
+func Postgres(schema fs.FS) Dialect {
 	return Dialect{
 		name:      "postgres",
 		quote:     '"',
@@ -110,12 +106,12 @@ func Postgres() Dialect {
 		epoch:     "'1970-01-01 00:00:00+00'",
 		// The start of the statement, not of its transaction (now()): a claim's transaction
 		// may wait for its lock.
-		now:           "statement_timestamp()",
-		interval:      "(%s * interval '1 microsecond')",
-		claim:         claimAdvisoryLock,
-		notify:        true,
-		asyncCommit:   "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit",
-		migrationsDir: "migrations/postgres",
+		now:            "statement_timestamp()",
+		interval:       "(%s * interval '1 microsecond')",
+		claim:          claimAdvisoryLock,
+		notify:         true,
+		asyncCommit:    "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit",
+		migrationFiles: schema,
 		classify: func(err error) error {
 			var pgErr interface{ SQLState() string }
 			if errors.As(err, &pgErr) {
@@ -133,18 +129,18 @@ func Postgres() Dialect {
 	}
 }
 
-// MySQL is the dialect of MySQL 8.0 and MariaDB 10.6 or later.
-func MySQL() Dialect {
+// MySQL is, with the schema of its database package, the dialect of MySQL 8.0 and MariaDB 10.6 or later.
+func MySQL(schema fs.FS) Dialect {
 	return Dialect{
-		name:          "mysql",
-		quote:         '`',
-		maxParams:     65535,
-		epoch:         "'1970-01-01 00:00:00'",
-		now:           "UTC_TIMESTAMP(6)",
-		interval:      "INTERVAL %s MICROSECOND",
-		claim:         claimNamedLock,
-		shareLock:     " LOCK IN SHARE MODE",
-		migrationsDir: "migrations/mysql",
+		name:           "mysql",
+		quote:          '`',
+		maxParams:      65535,
+		epoch:          "'1970-01-01 00:00:00'",
+		now:            "UTC_TIMESTAMP(6)",
+		interval:       "INTERVAL %s MICROSECOND",
+		claim:          claimNamedLock,
+		shareLock:      " LOCK IN SHARE MODE",
+		migrationFiles: schema,
 		classify: func(err error) error {
 			var myErr *mysql.MySQLError
 			if !errors.As(err, &myErr) {
@@ -319,7 +315,7 @@ type Migration struct {
 }
 
 func (d Dialect) migrations(t table) ([]Migration, error) {
-	entries, err := fs.ReadDir(migrationFiles, d.migrationsDir)
+	entries, err := fs.ReadDir(d.migrationFiles, ".")
 	if err != nil {
 		return nil, err
 	}
@@ -331,7 +327,7 @@ func (d Dialect) migrations(t table) ([]Migration, error) {
 		if !ok || err != nil {
 			return nil, fmt.Errorf("outbox: migration file %q is not named NNNN_name.sql", e.Name())
 		}
-		raw, err := fs.ReadFile(migrationFiles, d.migrationsDir+"/"+e.Name())
+		raw, err := fs.ReadFile(d.migrationFiles, e.Name())
 		if err != nil {
 			return nil, err
 		}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"time"
 
@@ -94,14 +95,20 @@ func (r *reader) sample(ctx context.Context) error {
 	if held.Int64 != 1 {
 		return errors.New("outbox: log reader: lost the lock (its session ended); another instance may read now")
 	}
-	s.file, s.pos, err = masterStatus(ctx, r.lockConn)
+	if r.mariadb && r.last.file != "" && maps.Equal(s.gtids, r.last.gtids) {
+		// Nothing was committed since the last sample: the binlog end has not moved (but for
+		// a rotation, which writes no transaction), and an idle reader spares a query.
+		s.file, s.pos = r.last.file, r.last.pos
+	} else {
+		s.file, s.pos, err = masterStatus(ctx, r.lockConn)
+	}
 	if err != nil {
 		if sqlErrNumber(err) == errSpecificDenied {
 			return store.LogUnavailable("%s: %v", privilegesNeeded, err)
 		}
 		return fmt.Errorf("outbox: log reader: read the binlog end: %w", err)
 	}
-	r.sampledAt = s.at
+	r.sampledAt, r.last = s.at, s
 	if len(r.samples) == maxSamples {
 		r.samples = r.samples[1:]
 	}

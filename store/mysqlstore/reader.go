@@ -111,6 +111,7 @@ type reader struct {
 
 	samples   []sample
 	sampledAt time.Time
+	last      sample // the last sample
 	caughtUp  time.Time
 	lag       int64
 

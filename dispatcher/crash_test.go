@@ -170,6 +170,8 @@ type readBackResult struct {
 	// (processHeader): the one that published it and did not record it. A message can go out
 	// again after each of several kills.
 	dupsBy map[string]int
+	// copies counts the copies of each message that arrived more than once.
+	copies map[string]int
 }
 
 // readBackByProcess is readBack, with the duplicates counted by process.
@@ -183,6 +185,7 @@ func readBackByProcess(t *testing.T, brokers []string, n int) (res readBackResul
 	seen := map[string]bool{}
 	lastBy := map[string]string{} // message id: the process that published its latest copy
 	res.dupsBy = map[string]int{}
+	res.copies = map[string]int{}
 	last := map[string]int{}
 	var (
 		settle     <-chan time.Time
@@ -201,6 +204,7 @@ func readBackByProcess(t *testing.T, brokers []string, n int) (res readBackResul
 			deliveries = append(deliveries, delivery{id: id, payload: r.Value})
 			if seen[id] {
 				res.dups++
+				res.copies[id] = max(res.copies[id], 1) + 1
 				res.dupsBy[lastBy[id]]++
 				lastBy[id] = r.Headers[processHeader]
 				continue

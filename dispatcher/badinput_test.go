@@ -14,13 +14,13 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
 	"github.com/outboxgo/outbox/internal/dbtest"
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/middleware/idempotency"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlitestore"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // Every bad input the library can be given, and what it gets: a clear error before anything is

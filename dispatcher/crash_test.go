@@ -17,9 +17,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/internal/kafkatest"
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 func sharedSQLite(t *testing.T) sharedDB {

@@ -19,10 +19,10 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // sarama starts one process-wide metrics goroutine that never ends.

@@ -19,8 +19,8 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 func collect(t *testing.T, r *sdkmetric.ManualReader) map[string]metricdata.Aggregation {

@@ -15,8 +15,8 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // plainInsert writes one message as a program that does not use this library would, with

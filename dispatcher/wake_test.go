@@ -10,8 +10,8 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // On Postgres, a commit made by another application instance (another connection pool and

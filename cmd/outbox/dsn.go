@@ -10,10 +10,10 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlitestore"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // dsnForms names the DSN forms the program accepts, for its messages. The stores' Open

@@ -15,8 +15,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 func main() {

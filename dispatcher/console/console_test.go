@@ -18,9 +18,9 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/dbtest"
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 func TestMain(m *testing.M) {

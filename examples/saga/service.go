@@ -29,7 +29,6 @@ import (
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlitestore"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // database is one service's own database: its domain tables, its outbox and its inbox.
@@ -146,7 +145,7 @@ func withSearchPath(dsn, schema string) string {
 func newDatabase(ctx context.Context, sqldb *sql.DB, schema string) (*database, error) {
 	d := &database{sql: sqldb}
 	var err error
-	outboxCfg, inboxCfg := sqlstore.Config{}, idempotency.Config{}
+	outboxCfg, inboxCfg := pgstore.Config{}, idempotency.Config{} // the same Config as sqlitestore.Config
 	if schema == "" {
 		d.bun = bun.NewDB(sqldb, sqlitedialect.New())
 		d.outbox, err = sqlitestore.New(sqldb, outboxCfg)

@@ -7,10 +7,10 @@ import (
 	"time"
 
 	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store/pgstore"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // failoverCase measures how soon the messages of a polling dispatcher that was killed are

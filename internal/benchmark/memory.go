@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store/pgstore"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // memoryCase fills a Postgres outbox with n messages, then has a child process (this program

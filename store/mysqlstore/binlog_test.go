@@ -18,9 +18,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/internal/dbtest"
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // logRecorder is a LogConsumer that publishes nothing and acknowledges every message, or

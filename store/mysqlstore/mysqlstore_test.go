@@ -11,9 +11,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/outboxgo/outbox/internal/dbtest"
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
-	"github.com/outboxgo/outbox/store/sqlstore"
 	"github.com/outboxgo/outbox/store/storetest"
 )
 

@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 // errBadConn makes database/sql discard a connection rather than return it to the pool.

@@ -9,9 +9,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/internal/dbtest"
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/pgstore"
-	"github.com/outboxgo/outbox/store/sqlstore"
 )
 
 func TestInspectLogFollowsTheSlot(t *testing.T) {

@@ -12,9 +12,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
-	"github.com/outboxgo/outbox/store/sqlstore"
 	"github.com/outboxgo/outbox/store/storetest"
 )
 

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
-
-	"github.com/outboxgo/outbox/publisher"
 )
 
 // laneCount is how many slices of the keyspace the lanes prototype cuts the outbox into.
@@ -101,32 +99,12 @@ func laneOnce(ctx context.Context, db *sql.DB, producer sarama.SyncProducer, lan
 	if err != nil {
 		return 0, err
 	}
-	var (
-		seqs []int64
-		msgs []*sarama.ProducerMessage
-	)
-	for rows.Next() {
-		var (
-			seq     int64
-			id, key string
-			payload []byte
-		)
-		if err := rows.Scan(&seq, &id, &key, &payload); err != nil {
-			rows.Close()
-			return 0, err
-		}
-		seqs = append(seqs, seq)
-		msgs = append(msgs, &sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(key), Value: sarama.ByteEncoder(payload),
-			Headers: []sarama.RecordHeader{{Key: []byte(publisher.MetadataID), Value: []byte(id)}}})
-	}
-	if err := rows.Err(); err != nil || len(msgs) == 0 {
-		return 0, err
-	}
-	if err := producer.SendMessages(msgs); err != nil {
+	seqs, err := sendRows(rows, producer)
+	if err != nil || len(seqs) == 0 {
 		return 0, err
 	}
 	if _, err := tx.ExecContext(ctx, record, seqs); err != nil {
 		return 0, fmt.Errorf("record lane %d: %w", lane, err)
 	}
-	return len(msgs), tx.Commit()
+	return len(seqs), tx.Commit()
 }

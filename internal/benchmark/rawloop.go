@@ -141,6 +141,21 @@ func rawLoopOnce(ctx context.Context, db *sql.DB, producer sarama.SyncProducer, 
 	if err != nil {
 		return 0, err
 	}
+	seqs, err := sendRows(rows, producer)
+	if err != nil || len(seqs) == 0 {
+		return 0, err
+	}
+	cond, args := in(seqs)
+	if _, err := tx.ExecContext(ctx, "DELETE FROM "+table+" WHERE "+cond, args...); err != nil {
+		return 0, err
+	}
+	return len(seqs), tx.Commit()
+}
+
+// sendRows sends the messages of rows (seq, id, key, payload) with one SendMessages, and
+// returns their seqs.
+func sendRows(rows *sql.Rows, producer sarama.SyncProducer) ([]int64, error) {
+	defer rows.Close()
 	var (
 		seqs []int64
 		msgs []*sarama.ProducerMessage
@@ -152,27 +167,16 @@ func rawLoopOnce(ctx context.Context, db *sql.DB, producer sarama.SyncProducer, 
 			payload []byte
 		)
 		if err := rows.Scan(&seq, &id, &key, &payload); err != nil {
-			rows.Close()
-			return 0, err
+			return nil, err
 		}
 		seqs = append(seqs, seq)
 		msgs = append(msgs, &sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(key), Value: sarama.ByteEncoder(payload),
 			Headers: []sarama.RecordHeader{{Key: []byte(publisher.MetadataID), Value: []byte(id)}}})
 	}
-	if err := rows.Err(); err != nil {
-		return 0, err
+	if err := rows.Err(); err != nil || len(msgs) == 0 {
+		return nil, err
 	}
-	if len(msgs) == 0 {
-		return 0, nil
-	}
-	if err := producer.SendMessages(msgs); err != nil {
-		return 0, err
-	}
-	cond, args := in(seqs)
-	if _, err := tx.ExecContext(ctx, "DELETE FROM "+table+" WHERE "+cond, args...); err != nil {
-		return 0, err
-	}
-	return len(msgs), tx.Commit()
+	return seqs, producer.SendMessages(msgs)
 }
 
 // fillRawLoop creates the hand loop's table and writes n messages to it as fill does to the

@@ -233,18 +233,6 @@ func (t table) lockKey(purpose string) int64 {
 	return int64(h.Sum64() >> 1)
 }
 
-// lockName is the MySQL named lock for purpose: an SQL expression and its one argument.
-// Named locks are server-wide: for a table named without its database, the database's name
-// goes into the lock's (hashed, as names are limited to 64 characters), so that the outboxes
-// of different databases do not share locks.
-func (t table) lockName(purpose string) (expr, arg string) {
-	name := fmt.Sprintf("outbox_%s_%x", purpose, t.lockKey(purpose))
-	if t.schema != "" {
-		return "?", name
-	}
-	return "CONCAT(?, '_', LEFT(SHA1(IFNULL(DATABASE(), '')), 12))", name
-}
-
 // channel is the Postgres notification channel of the table.
 func (t table) channel() string {
 	if c := "outbox_" + t.name; t.schema == "" && len(c) <= 63 {

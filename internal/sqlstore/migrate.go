@@ -93,47 +93,25 @@ func (s *Store) apply(ctx context.Context, conn *sql.Conn, versions string, m Mi
 	return tx.Commit()
 }
 
-// lockSession takes a lock named after the table and purpose on conn, waiting at most wait,
-// and returns its release. SQLite needs none: it runs one writer at a time.
+// lockSession takes the table's lock for purpose on conn, waiting at most wait, and returns
+// its release. SQLite needs none: it runs one writer at a time.
 func (s *Store) lockSession(ctx context.Context, conn *sql.Conn, purpose string, wait time.Duration) (func(), error) {
-	switch s.d.claim {
-	case claimAdvisoryLock:
-		key := s.t.lockKey(purpose)
-		lctx, cancel := context.WithTimeout(ctx, wait)
-		defer cancel()
-		if _, err := conn.ExecContext(lctx, "SELECT pg_advisory_lock($1)", key); err != nil {
-			return nil, fmt.Errorf("take lock %s: %w", purpose, err)
-		}
-		return func() {
-			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			if _, err := conn.ExecContext(uctx, "SELECT pg_advisory_unlock($1)", key); err != nil {
-				discard(conn)
-			}
-		}, nil
-	case claimNamedLock:
-		expr, name := s.t.lockName(purpose)
-		var got sql.NullInt64
-		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK("+expr+", ?)", name, int(wait.Seconds())).Scan(&got); err != nil {
-			return nil, fmt.Errorf("take lock %s: %w", name, err)
-		}
-		if got.Int64 != 1 {
-			return nil, fmt.Errorf("take lock %s: not granted within %v", name, wait)
-		}
-		return func() {
-			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			if _, err := conn.ExecContext(uctx, "SELECT RELEASE_LOCK("+expr+")", name); err != nil {
-				discard(conn)
-			}
-		}, nil
+	if s.hooks.Lock == nil {
+		return func() {}, nil
 	}
-	return func() {}, nil
+	unlock, ok, err := s.hooks.Lock(ctx, conn, s, purpose, wait)
+	if err != nil {
+		return nil, fmt.Errorf("take lock %s: %w", purpose, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("take lock %s: not granted within %v", purpose, wait)
+	}
+	return unlock, nil
 }
 
-// discard makes database/sql close conn instead of reusing it, so that a session lock or a
+// Discard makes database/sql close conn instead of reusing it, so that a session lock or a
 // LISTEN it may still hold dies with it.
-func discard(conn *sql.Conn) {
+func Discard(conn *sql.Conn) {
 	conn.Raw(func(any) error { return driver.ErrBadConn })
 }
 

@@ -2,7 +2,6 @@ package sqlstore
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"strconv"
 	"time"
@@ -100,11 +99,13 @@ func (s *Store) Purge(ctx context.Context, p *store.PurgeParams) (int64, error) 
 		return 0, fmt.Errorf("outbox: purge %s: %w", s.t, err)
 	}
 	defer conn.Close()
-	unlock, ok, err := s.tryLockSession(ctx, conn, "purge")
-	if err != nil || !ok {
-		return 0, err
+	if s.hooks.Lock != nil {
+		unlock, ok, err := s.hooks.Lock(ctx, conn, s, "purge", 0)
+		if err != nil || !ok {
+			return 0, err
+		}
+		defer unlock()
 	}
-	defer unlock()
 	t := s.t.String()
 	var total int64
 	for {
@@ -133,33 +134,4 @@ func (s *Store) Purge(ctx context.Context, p *store.PurgeParams) (int64, error) 
 			return total, nil
 		}
 	}
-}
-
-// tryLockSession takes the table's lock for purpose on conn if it is free, and reports
-// whether it did. SQLite runs one writer at a time and needs none.
-func (s *Store) tryLockSession(ctx context.Context, conn *sql.Conn, purpose string) (unlock func(), ok bool, err error) {
-	switch s.d.claim {
-	case claimAdvisoryLock:
-		key := s.t.lockKey(purpose)
-		if err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&ok); err != nil || !ok {
-			return nil, false, err
-		}
-		return func() {
-			if _, err := conn.ExecContext(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", key); err != nil {
-				discard(conn)
-			}
-		}, true, nil
-	case claimNamedLock:
-		expr, name := s.t.lockName(purpose)
-		var got sql.NullInt64
-		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK("+expr+", 0)", name).Scan(&got); err != nil || got.Int64 != 1 {
-			return nil, false, err
-		}
-		return func() {
-			if _, err := conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK("+expr+")", name); err != nil {
-				discard(conn)
-			}
-		}, true, nil
-	}
-	return func() {}, true, nil
 }

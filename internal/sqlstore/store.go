@@ -79,7 +79,14 @@ type Hooks struct {
 	// LogOnly lets [Config].LogOnly be set: it says how Write of s knows that the log will
 	// carry what it writes.
 	LogOnly func(s *Store) LogOnlyHook
+	// Lock takes the table's lock for purpose on conn (migrating, claiming where claims take
+	// turns, purging): waiting at most wait, or with wait 0 only if it is free. It returns its
+	// release and whether it got the lock. Nil where one writer runs at a time (SQLite).
+	Lock Locker
 }
+
+// Locker is a database's lock named after the table and a purpose; see [Hooks].Lock.
+type Locker func(ctx context.Context, conn *sql.Conn, s *Store, purpose string, wait time.Duration) (unlock func(), ok bool, err error)
 
 // LogOnlyHook tells Write of a log-only store whether the change log will carry its messages.
 type LogOnlyHook struct {

@@ -182,6 +182,7 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	}
 	return sqlstore.New(db, sqlstore.MySQL(schemaSteps()), cfg, sqlstore.Hooks{
 		Migrate: recordStart,
+		Lock:    lock,
 		ReadLog: func(ctx context.Context, s *sqlstore.Store, c store.LogConsumer) error {
 			return readLog(ctx, s, c, conn)
 		},

@@ -3,7 +3,6 @@ package pgstore
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 
@@ -11,16 +10,13 @@ import (
 	"github.com/outboxgo/outbox/store"
 )
 
-// errBadConn makes database/sql discard a connection rather than return it to the pool.
-var errBadConn = errors.New("outbox: discard connection")
-
 // waitForLead takes the outbox's log lock on conn, waiting as a standby while another
 // instance holds it.
 func waitForLead(ctx context.Context, s *sqlstore.Store, conn *sql.Conn, c store.LogConsumer) error {
 	reported := false
 	for {
-		var got bool
-		if err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", s.LockKey("log")).Scan(&got); err != nil {
+		_, got, err := lock(ctx, conn, s, "log", 0)
+		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err() // the driver reports a query it cancelled as a bad connection
 			}
@@ -41,12 +37,7 @@ func waitForLead(ctx context.Context, s *sqlstore.Store, conn *sql.Conn, c store
 	}
 }
 
-// unlock releases the log lock taken by waitForLead. Should that fail, the connection is
-// discarded: closing its session releases the lock.
+// unlock releases the log lock taken by waitForLead.
 func unlock(ctx context.Context, s *sqlstore.Store, conn *sql.Conn) {
-	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if _, err := conn.ExecContext(uctx, "SELECT pg_advisory_unlock($1)", s.LockKey("log")); err != nil {
-		conn.Raw(func(any) error { return errBadConn })
-	}
+	unlockKey(ctx, conn, s.LockKey("log"))
 }

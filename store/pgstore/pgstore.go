@@ -140,7 +140,7 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if _, ok := db.Driver().(*stdlib.Driver); !ok {
 		return nil, fmt.Errorf("outbox: pgstore.New: db uses %T; open it with pgstore.Open or pgx's stdlib driver", db.Driver())
 	}
-	return sqlstore.New(db, sqlstore.Postgres(schemaSteps()), cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, ReadLog: readLog, LogOnly: logOnly})
+	return sqlstore.New(db, sqlstore.Postgres(schemaSteps()), cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, ReadLog: readLog, LogOnly: logOnly, Lock: lock})
 }
 
 // logOnly is ready while the outbox's slot and publication exist: then the WAL keeps what is

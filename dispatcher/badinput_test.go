@@ -14,7 +14,6 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
 	"github.com/outboxgo/outbox/internal/dbtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/middleware/idempotency"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
@@ -61,14 +60,14 @@ func TestBadInputGetsAClearErrorAndLosesNothing(t *testing.T) {
 
 	t.Run("TableNames", func(t *testing.T) {
 		for _, name := range []string{"outbox;drop table x", `out"box`, "1outbox", "a.b.c", "x y"} {
-			_, err := sqlstore.EngineOf(sqlitestore.New(dbtest.SQLite(t), sqlitestore.Config{Table: name}))
+			_, err := dbtest.EngineOf(sqlitestore.New(dbtest.SQLite(t), sqlitestore.Config{Table: name}))
 			require.ErrorIs(t, err, store.ErrInvalidTable, name)
 			pg, _ := pgstore.Open(dbtest.PostgresDSN())
-			_, err = sqlstore.EngineOf(pgstore.New(pg, pgstore.Config{Table: name}))
+			_, err = dbtest.EngineOf(pgstore.New(pg, pgstore.Config{Table: name}))
 			require.ErrorIs(t, err, store.ErrInvalidTable, name)
 			pg.Close()
 			my, _ := mysqlstore.Open(dbtest.MySQLDSN())
-			_, err = sqlstore.EngineOf(mysqlstore.New(my, mysqlstore.Config{Table: name}))
+			_, err = dbtest.EngineOf(mysqlstore.New(my, mysqlstore.Config{Table: name}))
 			require.ErrorIs(t, err, store.ErrInvalidTable, name)
 			my.Close()
 		}
@@ -85,7 +84,7 @@ func TestBadInputGetsAClearErrorAndLosesNothing(t *testing.T) {
 		pg, err := pgstore.Open("postgres://u:hunter2@127.0.0.1:1/x?sslmode=disable&connect_timeout=2")
 		require.NoError(t, err)
 		defer pg.Close()
-		st, err := sqlstore.EngineOf(pgstore.New(pg, pgstore.Config{}))
+		st, err := dbtest.EngineOf(pgstore.New(pg, pgstore.Config{}))
 		require.NoError(t, err)
 		d, err := dispatcher.New(st, outboxtest.NewPublisher(), dispatcher.Config{Logger: quiet()})
 		require.NoError(t, err)
@@ -95,21 +94,21 @@ func TestBadInputGetsAClearErrorAndLosesNothing(t *testing.T) {
 	})
 
 	t.Run("NotMigrated", func(t *testing.T) {
-		for name, open := range map[string]func(t *testing.T) *sqlstore.Store{
-			"sqlite": func(t *testing.T) *sqlstore.Store {
-				st, err := sqlstore.EngineOf(sqlitestore.New(dbtest.SQLite(t), sqlitestore.Config{}))
+		for name, open := range map[string]func(t *testing.T) dbtest.Store{
+			"sqlite": func(t *testing.T) dbtest.Store {
+				st, err := dbtest.EngineOf(sqlitestore.New(dbtest.SQLite(t), sqlitestore.Config{}))
 				require.NoError(t, err)
 				return st
 			},
-			"postgres": func(t *testing.T) *sqlstore.Store {
+			"postgres": func(t *testing.T) dbtest.Store {
 				db, schema := dbtest.Postgres(t)
-				st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox"}))
+				st, err := dbtest.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox"}))
 				require.NoError(t, err)
 				return st
 			},
-			"mariadb": func(t *testing.T) *sqlstore.Store {
+			"mariadb": func(t *testing.T) dbtest.Store {
 				db, _ := dbtest.MySQL(t)
-				st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
+				st, err := dbtest.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 				require.NoError(t, err)
 				return st
 			},

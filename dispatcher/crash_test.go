@@ -16,8 +16,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/internal/kafkatest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 )
@@ -122,7 +122,7 @@ func envInt(name string, def int) int {
 // Every third transaction writes through plain SQL instead of Write, as another program
 // would, so that faults meet both kinds of writers; on a log-only outbox those rows are the
 // only ones in the table.
-func writeSteadily(db *sql.DB, st *sqlstore.Store, n, perTx int, pause time.Duration) error {
+func writeSteadily(db *sql.DB, st dbtest.Store, n, perTx int, pause time.Duration) error {
 	ctx := context.Background()
 	for start := 0; start < n; start += perTx {
 		tx, err := db.BeginTx(ctx, nil)

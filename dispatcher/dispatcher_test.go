@@ -19,7 +19,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 }
 
 type fixture struct {
-	st  *sqlstore.Store
+	st  dbtest.Store
 	pub *outboxtest.Publisher
 	ctx context.Context
 }
@@ -41,7 +41,7 @@ func setup(t *testing.T) *fixture {
 	db, err := sqlitestore.Open(filepath.Join(t.TempDir(), "outbox.db"))
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
-	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
+	st, err := dbtest.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
@@ -344,7 +344,7 @@ func TestWriteWakesIdleDispatcher(t *testing.T) {
 }
 
 type countingStore struct {
-	*sqlstore.Store
+	dbtest.Store
 	n atomic.Int64
 }
 
@@ -477,7 +477,7 @@ func TestStartRefusesUnmigratedStore(t *testing.T) {
 	db, err := sqlitestore.Open(filepath.Join(t.TempDir(), "empty.db"))
 	require.NoError(t, err)
 	defer db.Close()
-	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
+	st, err := dbtest.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 	require.NoError(t, err)
 	d, err := dispatcher.New(st, outboxtest.NewPublisher(), dispatcher.Config{Logger: quiet()})
 	require.NoError(t, err)
@@ -628,7 +628,7 @@ func TestStartWhileStillStopping(t *testing.T) {
 // lostClaimStore makes its first claim take effect and then fail, as a claim does when its
 // connection drops, or its context ends, as it commits.
 type lostClaimStore struct {
-	*sqlstore.Store
+	dbtest.Store
 	lost atomic.Bool
 }
 

@@ -23,7 +23,7 @@
 // fails, it is retried after an exponential backoff with jitter, persisted in the store, and
 // only the later messages of its own key wait for it. After Config.MaxAttempts failed attempts,
 // or at once when the publisher marks its error [publisher.Permanent], it is parked and its key
-// moves on, unless the store keeps strict order (sqlstore.Config.StrictOrder): then the key
+// moves on, unless the store keeps strict order (the StrictOrder of its Config): then the key
 // waits until the parked message is requeued or deleted.
 //
 // # Polling and wake-ups

@@ -20,7 +20,6 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/internal/kafkatest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
@@ -36,7 +35,7 @@ type sharedDB struct {
 	kind  string // sqlite, postgres or mariadb
 	dsn   string
 	table string
-	open  func(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store)
+	open  func(t testing.TB, dsn, table string) (*sql.DB, dbtest.Store)
 	// pollOnly keeps its dispatchers polling where the database has a change log.
 	pollOnly bool
 	// logOnly is a Postgres outbox whose messages only the WAL carries (Config.LogOnly).
@@ -75,33 +74,33 @@ var serverDBs = []func(*testing.T) sharedDB{sharedPostgres, polling(sharedPostgr
 // allDBs are serverDBs and SQLite.
 var allDBs = append([]func(*testing.T) sharedDB{sharedSQLite}, serverDBs...)
 
-func openPostgres(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
+func openPostgres(t testing.TB, dsn, table string) (*sql.DB, dbtest.Store) {
 	db, err := pgstore.Open(dsn)
 	require.NoError(t, err)
-	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: table, Logger: quiet()}))
+	st, err := dbtest.EngineOf(pgstore.New(db, pgstore.Config{Table: table, Logger: quiet()}))
 	require.NoError(t, err)
 	return db, st
 }
 
-func openPostgresLogOnly(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
+func openPostgresLogOnly(t testing.TB, dsn, table string) (*sql.DB, dbtest.Store) {
 	db, err := pgstore.Open(dsn)
 	require.NoError(t, err)
-	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: table, Logger: quiet(), LogOnly: true}))
+	st, err := dbtest.EngineOf(pgstore.New(db, pgstore.Config{Table: table, Logger: quiet(), LogOnly: true}))
 	require.NoError(t, err)
 	return db, st
 }
 
-func openMySQL(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store) {
+func openMySQL(t testing.TB, dsn, table string) (*sql.DB, dbtest.Store) {
 	db, err := mysqlstore.Open(dsn)
 	require.NoError(t, err)
-	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{Table: table, Logger: quiet()}))
+	st, err := dbtest.EngineOf(mysqlstore.New(db, mysqlstore.Config{Table: table, Logger: quiet()}))
 	require.NoError(t, err)
 	return db, st
 }
 
 // prepare gives a test an in-process Kafka broker and a migrated outbox on shared, closed when
 // the test ends.
-func (shared sharedDB) prepare(t *testing.T) (brokers []string, db *sql.DB, st *sqlstore.Store) {
+func (shared sharedDB) prepare(t *testing.T) (brokers []string, db *sql.DB, st dbtest.Store) {
 	t.Helper()
 	cluster, err := kafkatest.NewCluster()
 	require.NoError(t, err)
@@ -138,7 +137,7 @@ const (
 
 // fill writes n messages of 256 bytes over instanceKeys keys, 500 per transaction. The
 // payload starts with the message's index.
-func fill(t testing.TB, db *sql.DB, st *sqlstore.Store, n int) {
+func fill(t testing.TB, db *sql.DB, st dbtest.Store, n int) {
 	ctx := context.Background()
 	pad := strings.Repeat("x", 256)
 	for start := 0; start < n; start += 500 {
@@ -191,7 +190,7 @@ func verifyKafka(t *testing.T, brokers []string, n int) {
 	require.Zero(t, dups, "no message was published twice")
 }
 
-func waitAllDelivered(t *testing.T, st *sqlstore.Store, n int) {
+func waitAllDelivered(t *testing.T, st dbtest.Store, n int) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		res, err := st.List(context.Background(), &store.ListParams{State: store.Pending, Limit: 1})
@@ -265,15 +264,15 @@ func TestThreeDispatcherProcessesShareOneDatabase(t *testing.T) {
 	}
 }
 
-func openSQLite(t testing.TB, path, table string) (*sql.DB, *sqlstore.Store) {
+func openSQLite(t testing.TB, path, table string) (*sql.DB, dbtest.Store) {
 	db, err := sqlitestore.Open(path)
 	require.NoError(t, err)
-	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{Table: table, Logger: quiet()}))
+	st, err := dbtest.EngineOf(sqlitestore.New(db, sqlitestore.Config{Table: table, Logger: quiet()}))
 	require.NoError(t, err)
 	return db, st
 }
 
-var openers = map[string]func(t testing.TB, dsn, table string) (*sql.DB, *sqlstore.Store){
+var openers = map[string]func(t testing.TB, dsn, table string) (*sql.DB, dbtest.Store){
 	"postgres": openPostgres, "mariadb": openMySQL, "sqlite": openSQLite,
 }
 

@@ -17,7 +17,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -28,7 +28,7 @@ var logDatabases = []func(*testing.T) sharedDB{sharedPostgres, logOnlyPostgres, 
 
 // claimCounter counts the messages a store hands out through claims.
 type claimCounter struct {
-	*sqlstore.Store
+	dbtest.Store
 	claimed atomic.Int64
 	calls   atomic.Int64
 }
@@ -66,7 +66,7 @@ func waitMode(t *testing.T, d *dispatcher.Dispatcher, want dispatcher.Mode) {
 		"dispatcher mode is %s, want %s", d.Mode(), want)
 }
 
-func writeN(t *testing.T, db *sql.DB, st *sqlstore.Store, prefix string, n int) {
+func writeN(t *testing.T, db *sql.DB, st dbtest.Store, prefix string, n int) {
 	t.Helper()
 	tx, err := db.Begin()
 	require.NoError(t, err)
@@ -258,7 +258,7 @@ func TestStandbyDispatcherTakesOverTheLog(t *testing.T) {
 // watchedLog is a store that tells how a dispatcher came to read its log: how often ReadLog
 // was called, what the reader reported, and which messages claims handed out.
 type watchedLog struct {
-	*sqlstore.Store
+	dbtest.Store
 	reads        atomic.Int64
 	standby      atomic.Int64 // reports of waiting for another reader
 	readingSince atomic.Int64 // unix nanoseconds of the first report of reading; 0: none
@@ -388,7 +388,7 @@ type silentLog struct {
 	report      chan struct{} // closed: the reader reports that it reads, caught up
 }
 
-func newSilentLog(st *sqlstore.Store) *silentLog {
+func newSilentLog(st dbtest.Store) *silentLog {
 	return &silentLog{claimCounter: &claimCounter{Store: st}, entered: make(chan struct{}), report: make(chan struct{})}
 }
 

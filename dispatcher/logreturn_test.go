@@ -19,7 +19,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -41,22 +41,22 @@ func returnConfig(logs *syncBuffer) dispatcher.Config {
 
 // openMigrated opens a pool and a store of its own on shared, configured by cfg (Table and
 // Logger are set), and migrates it.
-func openMigrated(t *testing.T, shared sharedDB, cfg sqlstore.Config) (*sql.DB, *sqlstore.Store) {
+func openMigrated(t *testing.T, shared sharedDB, cfg pgstore.Config) (*sql.DB, dbtest.Store) {
 	t.Helper()
 	cfg.Table, cfg.Logger = shared.table, quiet()
 	var (
 		db  *sql.DB
-		st  *sqlstore.Store
+		st  dbtest.Store
 		err error
 	)
 	if shared.kind == "postgres" {
 		db, err = pgstore.Open(shared.dsn)
 		require.NoError(t, err)
-		st, err = sqlstore.EngineOf(pgstore.New(db, cfg))
+		st, err = dbtest.EngineOf(pgstore.New(db, cfg))
 	} else {
 		db, err = mysqlstore.Open(shared.dsn)
 		require.NoError(t, err)
-		st, err = sqlstore.EngineOf(mysqlstore.New(db, cfg))
+		st, err = dbtest.EngineOf(mysqlstore.New(db, cfg))
 	}
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
@@ -74,7 +74,7 @@ type steadyWriters struct {
 	errs    chan error
 }
 
-func startWriters(db *sql.DB, st *sqlstore.Store, writers, keys int, pause time.Duration) *steadyWriters {
+func startWriters(db *sql.DB, st dbtest.Store, writers, keys int, pause time.Duration) *steadyWriters {
 	w := &steadyWriters{stop: make(chan struct{}), errs: make(chan error, writers)}
 	for i := range writers {
 		w.wg.Go(func() {
@@ -230,7 +230,7 @@ func requireLoggedOnce(t *testing.T, logs *syncBuffer) int {
 // requireAllOnceInOrder waits until the n messages written went out, and checks that each
 // key's first deliveries followed its write order, and that the outbox holds all n,
 // delivered.
-func requireAllOnceInOrder(t *testing.T, pub *outboxtest.Publisher, st *sqlstore.Store, n int) {
+func requireAllOnceInOrder(t *testing.T, pub *outboxtest.Publisher, st dbtest.Store, n int) {
 	t.Helper()
 	var published []string
 	require.Eventually(t, func() bool {
@@ -256,7 +256,7 @@ func requireAllOnceInOrder(t *testing.T, pub *outboxtest.Publisher, st *sqlstore
 // is logged once when it begins and once when it ends.
 func TestReturnToTheLogAfterAPurge(t *testing.T) {
 	shared := sharedMySQL(t)
-	db, st := openMigrated(t, shared, sqlstore.Config{})
+	db, st := openMigrated(t, shared, pgstore.Config{})
 	pub := outboxtest.NewPublisher()
 	writers := startWriters(db, st, 4, 5, 3*time.Millisecond)
 	var stopWriters sync.Once
@@ -408,7 +408,7 @@ func assertEventually(d time.Duration, cond func() bool) bool {
 // the sweep delivers what was written while no slot existed first.
 func TestReturnToTheLogAfterTheSlotIsDropped(t *testing.T) {
 	shared := sharedPostgres(t)
-	db, st := openMigrated(t, shared, sqlstore.Config{})
+	db, st := openMigrated(t, shared, pgstore.Config{})
 	pub := outboxtest.NewPublisher()
 	var logs syncBuffer
 	d := startDispatcher(t, st, pub, returnConfig(&logs))
@@ -452,7 +452,7 @@ func TestReturnToTheLogAfterTheSlotIsDropped(t *testing.T) {
 // otherwise the test is skipped.
 func TestReturnToTheLogAfterTheSlotIsInvalidated(t *testing.T) {
 	shared := sharedPostgres(t)
-	db, st := openMigrated(t, shared, sqlstore.Config{})
+	db, st := openMigrated(t, shared, pgstore.Config{})
 	var (
 		held    atomic.Bool
 		holding atomic.Int64 // publishes blocked now
@@ -585,7 +585,7 @@ func TestModeNeverSaysLogWhileTheLogIsUnavailable(t *testing.T) {
 	for _, newDB := range []func(*testing.T) sharedDB{sharedMySQL, sharedPostgres} {
 		shared := newDB(t)
 		t.Run(shared.name, func(t *testing.T) {
-			db, st := openMigrated(t, shared, sqlstore.Config{ManualLogRecovery: true})
+			db, st := openMigrated(t, shared, pgstore.Config{ManualLogRecovery: true})
 			var mend func()
 			if shared.kind == "postgres" {
 				slot := slotOf(t, st.DB(), st.QualifiedName())

@@ -19,7 +19,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -112,7 +112,7 @@ func TestMetrics(t *testing.T) {
 
 // laggingLog is a store whose change log reader reports a lag and then reads nothing.
 type laggingLog struct {
-	*sqlstore.Store
+	dbtest.Store
 	lag int64
 }
 

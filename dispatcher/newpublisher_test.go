@@ -7,7 +7,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/dispatcher"
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
@@ -31,7 +30,6 @@ func TestNewRefusesANilPublisher(t *testing.T) {
 		"nil *kafkapub.Publisher":                     {f.st, (*kafkapub.Publisher)(nil), "publisher is nil"},
 		"nil *kafkapub.Publisher as a BatchPublisher": {f.st, publisher.BatchPublisher((*kafkapub.Publisher)(nil)), "publisher is nil"},
 		"nil store":                                   {nil, f.pub, "store is nil"},
-		"nil *sqlstore.Store":                         {(*sqlstore.Store)(nil), f.pub, "store is nil: a nil *sqlstore.Store"},
 		"nil *pgstore.Store":                          {(*pgstore.Store)(nil), f.pub, "store is nil: a nil *pgstore.Store"},
 		"a store without an engine":                   {noEngine{}, f.pub, "store's engine is nil"},
 	} {

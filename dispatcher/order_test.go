@@ -15,7 +15,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -67,7 +67,7 @@ func requireFirstDeliveriesInOrder(t *testing.T, published []string, total int) 
 // startRecording starts a dispatcher on st that publishes to a recording publisher, and
 // returns a function that waits until n distinct messages were published, stops the
 // dispatcher and returns the payloads in publish order.
-func startRecording(t *testing.T, shared sharedDB, st *sqlstore.Store, cfg dispatcher.Config) func(n int) []string {
+func startRecording(t *testing.T, shared sharedDB, st dbtest.Store, cfg dispatcher.Config) func(n int) []string {
 	t.Helper()
 	pub := outboxtest.NewPublisher()
 	cfg.Logger = quiet()
@@ -167,7 +167,7 @@ func retryBusy(write func() error) error {
 
 // writeMixed writes messages first and first+1 of key in one transaction: through Write
 // then plain SQL, or the other way round when sqlFirst.
-func writeMixed(ctx context.Context, kind string, db *sql.DB, st *sqlstore.Store, key string, first int, sqlFirst bool) error {
+func writeMixed(ctx context.Context, kind string, db *sql.DB, st dbtest.Store, key string, first int, sqlFirst bool) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err

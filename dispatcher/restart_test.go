@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/dispatcher"
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
 )
@@ -65,7 +65,7 @@ func TestDatabaseRestartLosesNothing(t *testing.T) {
 // writeThroughRestarts writes n messages like writeSteadily, retrying each transaction until
 // it commits: the server may be down for a while. A retry that finds its messages already
 // stored (the commit went through, its answer was lost) counts as written.
-func writeThroughRestarts(db *sql.DB, st *sqlstore.Store, n, perTx int, pause time.Duration) error {
+func writeThroughRestarts(db *sql.DB, st dbtest.Store, n, perTx int, pause time.Duration) error {
 	ctx := context.Background()
 	for start := 0; start < n; start += perTx {
 		var msgs []store.Message
@@ -88,7 +88,7 @@ func writeThroughRestarts(db *sql.DB, st *sqlstore.Store, n, perTx int, pause ti
 	return nil
 }
 
-func writeTx(ctx context.Context, db *sql.DB, st *sqlstore.Store, msgs []store.Message) error {
+func writeTx(ctx context.Context, db *sql.DB, st dbtest.Store, msgs []store.Message) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err

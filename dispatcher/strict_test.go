@@ -13,7 +13,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
@@ -22,7 +22,7 @@ import (
 )
 
 // openStrict opens a store with Config.StrictOrder on the database of shared, migrated.
-func openStrict(t *testing.T, shared sharedDB) (*sql.DB, *sqlstore.Store) {
+func openStrict(t *testing.T, shared sharedDB) (*sql.DB, dbtest.Store) {
 	t.Helper()
 	var (
 		db  *sql.DB
@@ -38,15 +38,15 @@ func openStrict(t *testing.T, shared sharedDB) (*sql.DB, *sqlstore.Store) {
 	}
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
-	cfg := sqlstore.Config{Table: shared.table, Logger: quiet(), StrictOrder: true}
-	var st *sqlstore.Store
+	cfg := pgstore.Config{Table: shared.table, Logger: quiet(), StrictOrder: true}
+	var st dbtest.Store
 	switch shared.kind {
 	case "sqlite":
-		st, err = sqlstore.EngineOf(sqlitestore.New(db, cfg))
+		st, err = dbtest.EngineOf(sqlitestore.New(db, cfg))
 	case "postgres":
-		st, err = sqlstore.EngineOf(pgstore.New(db, cfg))
+		st, err = dbtest.EngineOf(pgstore.New(db, cfg))
 	default:
-		st, err = sqlstore.EngineOf(mysqlstore.New(db, cfg))
+		st, err = dbtest.EngineOf(mysqlstore.New(db, cfg))
 	}
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(context.Background()))

@@ -10,7 +10,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -46,7 +46,7 @@ func TestAnotherInstancesCommitWakesAnIdleDispatcher(t *testing.T) {
 
 // timedStore records when each claim was made.
 type timedStore struct {
-	*sqlstore.Store
+	dbtest.Store
 	mu    sync.Mutex
 	times []time.Time
 }

@@ -282,3 +282,16 @@ type PurgeParams struct {
 	// BatchSize bounds each DELETE. Defaults to 1000.
 	BatchSize int
 }
+
+// Migration is one step of the outbox schema.
+type Migration struct {
+	// Version orders the migrations, from 1.
+	Version int
+	// Name describes the step, e.g. "create_outbox".
+	Name string
+	// SQL is the step's statements for the configured table name, separated by semicolons.
+	SQL string
+}
+
+// DefaultTable is the outbox table's default name in the SQL stores of this module.
+const DefaultTable = "outbox"

@@ -12,7 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/internal/dbtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 )
@@ -133,7 +132,7 @@ func TestReportsUnusableOutbox(t *testing.T) {
 // read it.
 func pgRoleWithSelectOnly(t *testing.T, db *sql.DB, schema string) string {
 	t.Helper()
-	owner, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox"}))
+	owner, err := dbtest.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox"}))
 	require.NoError(t, err)
 	require.NoError(t, owner.Migrate(context.Background()))
 	role := dbtest.Name("outbox_reader")

@@ -10,7 +10,7 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlitestore"
@@ -21,12 +21,37 @@ import (
 // the application, and the other way round.
 const dsnForms = "postgres://..., postgresql://..., mysql://<go-sql-driver DSN> such as mysql://user:pass@tcp(host:3306)/db, sqlite://<path> or file:<path>"
 
+// outboxStore is what the program calls on a store of this module's engine: the operator
+// calls, the schema's steps, and the table's name. Every store package's Config is one type,
+// pgstore.Config.
+type outboxStore interface {
+	store.Engine
+	store.Outbox
+	store.Operator
+	Migrate(ctx context.Context) error
+	Migrations() ([]store.Migration, error)
+	QualifiedName() string
+}
+
+// engineOf is the engine of a store of this module: the command reads the table as a
+// dispatcher does.
+func engineOf[S store.Outbox](s S, err error) (outboxStore, error) {
+	if err != nil {
+		return nil, err
+	}
+	e, ok := store.EngineOf(s).(outboxStore)
+	if !ok {
+		return nil, fmt.Errorf("outbox: %T is no store of this module", s)
+	}
+	return e, nil
+}
+
 // backend is how the program reaches the outbox in one kind of database.
 type backend struct {
 	name string
 	// open is the store's Open, which takes the DSN as given, scheme and all.
 	open func(dsn string) (*sql.DB, error)
-	new  func(db *sql.DB, cfg sqlstore.Config) (*sqlstore.Store, error)
+	new  func(db *sql.DB, cfg pgstore.Config) (outboxStore, error)
 	// exists, when set, returns an error when the database is plainly not there, before
 	// opening it would create it (a SQLite file).
 	exists func(dsn string) error
@@ -34,18 +59,18 @@ type backend struct {
 	// declare a ChangeLog.
 	inspectLog func(ctx context.Context, db *sql.DB, table string) (logReport, error)
 	// afterMigrate describes what Migrate does besides applying the migrations.
-	afterMigrate func(st *sqlstore.Store) string
+	afterMigrate func(st outboxStore) string
 }
 
 var (
 	postgresBackend = backend{
 		name: "postgres",
 		open: pgstore.Open,
-		new: func(db *sql.DB, cfg sqlstore.Config) (*sqlstore.Store, error) {
-			return sqlstore.EngineOf(pgstore.New(db, cfg))
+		new: func(db *sql.DB, cfg pgstore.Config) (outboxStore, error) {
+			return engineOf(pgstore.New(db, cfg))
 		},
 		inspectLog: postgresLog,
-		afterMigrate: func(st *sqlstore.Store) string {
+		afterMigrate: func(st outboxStore) string {
 			_, pub := pgstore.DefaultNames("", st.QualifiedName())
 			return fmt.Sprintf("creates the publication %s for the log reader and, when wal_level is logical, the replication slot %s_ and the first 8 hex digits of the MD5 of the database's name (pgoutput), unless the database has a slot %s from before", pub, pub, pub)
 		},
@@ -53,19 +78,19 @@ var (
 	mysqlBackend = backend{
 		name: "mysql",
 		open: mysqlstore.Open,
-		new: func(db *sql.DB, cfg sqlstore.Config) (*sqlstore.Store, error) {
-			return sqlstore.EngineOf(mysqlstore.New(db, cfg))
+		new: func(db *sql.DB, cfg pgstore.Config) (outboxStore, error) {
+			return engineOf(mysqlstore.New(db, cfg))
 		},
 		inspectLog: mysqlLog,
-		afterMigrate: func(st *sqlstore.Store) string {
+		afterMigrate: func(st outboxStore) string {
 			return fmt.Sprintf("records the binlog position where the log reader starts in %s_log_position, when the server writes a binlog", st.QualifiedName())
 		},
 	}
 	sqliteBackend = backend{
 		name: "sqlite",
 		open: sqlitestore.Open,
-		new: func(db *sql.DB, cfg sqlstore.Config) (*sqlstore.Store, error) {
-			return sqlstore.EngineOf(sqlitestore.New(db, cfg))
+		new: func(db *sql.DB, cfg pgstore.Config) (outboxStore, error) {
+			return engineOf(sqlitestore.New(db, cfg))
 		},
 		exists: func(dsn string) error {
 			path := dsn // sqlitestore.Open took it: a path after sqlite:// or file:

@@ -9,7 +9,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/internal/dbtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -25,7 +24,7 @@ func TestOneDSNServesTheProgramAndTheApplication(t *testing.T) {
 	for _, tc := range []struct {
 		name, dsn, table string
 		open             func(string) (*sql.DB, error)
-		new              func(*sql.DB, sqlstore.Config) (*sqlstore.Store, error)
+		new              func(*sql.DB, pgstore.Config) (outboxStore, error)
 	}{
 		{"postgres", dbtest.PostgresDSN(), pgSchema + ".outbox", pgstore.Open, postgresBackend.new},
 		{"mysql", "mysql://" + myDSN, "outbox", mysqlstore.Open, mysqlBackend.new},
@@ -40,7 +39,7 @@ func TestOneDSNServesTheProgramAndTheApplication(t *testing.T) {
 			db, err := tc.open(tc.dsn)
 			require.NoError(t, err)
 			defer db.Close()
-			st, err := tc.new(db, sqlstore.Config{Table: tc.table})
+			st, err := tc.new(db, pgstore.Config{Table: tc.table})
 			require.NoError(t, err)
 			require.NoError(t, st.Write(context.Background(), db, store.Message{Topic: "orders", Payload: []byte("1")}))
 

@@ -15,8 +15,8 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/pgstore"
 )
 
 func main() {
@@ -106,7 +106,7 @@ type globals struct {
 func (g *globals) register(fs *flag.FlagSet) {
 	fs.Func("dsn", "the database `DSN`: postgres://..., mysql://<go-sql-driver DSN>, sqlite://<path> or file:<path> (default $OUTBOX_DSN)",
 		func(s string) error { g.dsn = s; return nil })
-	fs.Func("table", "the outbox `table`, optionally schema-qualified (default \""+sqlstore.DefaultTable+"\")",
+	fs.Func("table", "the outbox `table`, optionally schema-qualified (default \""+store.DefaultTable+"\")",
 		func(s string) error { g.table = s; return nil })
 	fs.BoolFunc("json", "print one JSON document instead of text", func(s string) error {
 		v, err := strconv.ParseBool(s)
@@ -139,7 +139,7 @@ type app struct {
 	be    backend
 	dsn   string // the DSN, which the backend's Open takes as it is
 	db    *sql.DB
-	st    *sqlstore.Store
+	st    outboxStore
 	table string // the table's unquoted, qualified name
 }
 
@@ -235,7 +235,7 @@ func (a *app) open(ctx context.Context, connect, check bool) error {
 		return &usageError{trimPrefix(err)}
 	}
 	a.db = db
-	st, err := a.be.new(db, sqlstore.Config{Table: a.g.table, Logger: slog.New(slog.NewTextHandler(a.stderr, nil))})
+	st, err := a.be.new(db, pgstore.Config{Table: a.g.table, Logger: slog.New(slog.NewTextHandler(a.stderr, nil))})
 	if errors.Is(err, store.ErrInvalidTable) {
 		return &usageError{trimPrefix(err)}
 	}

@@ -16,7 +16,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/outboxgo/outbox/internal/dbtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/mysqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -46,7 +45,7 @@ type fixture struct {
 	kind  string
 	flags []string // --dsn and --table
 	db    *sql.DB
-	st    *sqlstore.Store // the application's view of the same outbox
+	st    dbtest.Store // the application's view of the same outbox
 }
 
 // setups make a fixture in each database.
@@ -66,7 +65,7 @@ func sqliteFixture(t *testing.T) fixture {
 	db, err := sqlitestore.Open(path)
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
-	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
+	st, err := dbtest.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 	require.NoError(t, err)
 	return fixture{kind: "sqlite", flags: []string{"--dsn", "file:" + path}, db: db, st: st}
 }
@@ -75,7 +74,7 @@ func sqliteFixture(t *testing.T) fixture {
 func postgresFixture(t *testing.T) fixture {
 	db, schema := dbtest.Postgres(t)
 	table := schema + ".outbox"
-	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: table}))
+	st, err := dbtest.EngineOf(pgstore.New(db, pgstore.Config{Table: table}))
 	require.NoError(t, err)
 	return fixture{kind: "postgres", flags: []string{"--dsn", dbtest.PostgresDSN(), "--table", table}, db: db, st: st}
 }
@@ -83,7 +82,7 @@ func postgresFixture(t *testing.T) fixture {
 // mysqlFixture uses a database of its own, named in the DSN, and the default table.
 func mysqlFixture(t *testing.T) fixture {
 	db, dsn := dbtest.MySQL(t)
-	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
+	st, err := dbtest.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 	require.NoError(t, err)
 	return fixture{kind: "mysql", flags: []string{"--dsn", "mysql://" + dsn}, db: db, st: st}
 }

@@ -24,7 +24,6 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
 	"github.com/outboxgo/outbox/internal/dbtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/pgstore"
 )
@@ -95,7 +94,7 @@ const xssPayload = `<script>window.xssRan=1</script><img src=x onerror="window.x
 // liveOutbox is a Postgres outbox with a running dispatcher, three parked messages in topic
 // "orders" and delivered ones in "payments", and the console serving it.
 type liveOutbox struct {
-	st       *sqlstore.Store
+	st       dbtest.Store
 	pub      *outboxtest.Publisher
 	url      string   // the console, mounted under /ops/outbox/
 	parked   []string // ids of the parked messages: the script payload, JSON, binary
@@ -108,7 +107,7 @@ func startLiveOutbox(t *testing.T) *liveOutbox {
 	t.Cleanup(cancel)
 	db, schema := dbtest.Postgres(t)
 	quiet := slog.New(slog.DiscardHandler)
-	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox", Logger: quiet}))
+	st, err := dbtest.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox", Logger: quiet}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 

@@ -18,7 +18,6 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/dbtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 )
@@ -28,7 +27,7 @@ func TestMain(m *testing.M) {
 }
 
 // park writes msgs and parks them, as a dispatcher does after their last attempt.
-func park(t *testing.T, st *sqlstore.Store, db store.Execer, lastError string, msgs ...store.Message) {
+func park(t *testing.T, st dbtest.Store, db store.Execer, lastError string, msgs ...store.Message) {
 	t.Helper()
 	ctx := context.Background()
 	require.NoError(t, st.Write(ctx, db, msgs...))
@@ -42,10 +41,10 @@ func park(t *testing.T, st *sqlstore.Store, db store.Execer, lastError string, m
 	require.NoError(t, st.Fail(ctx, &store.FailParams{Token: res.Token, Failures: failures}))
 }
 
-func sqliteStore(t *testing.T) (*sqlstore.Store, *sql.DB) {
+func sqliteStore(t *testing.T) (dbtest.Store, *sql.DB) {
 	t.Helper()
 	db := dbtest.SQLite(t)
-	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
+	st, err := dbtest.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(context.Background()))
 	return st, db
@@ -111,7 +110,7 @@ func (c *client) token() string {
 	return m[1]
 }
 
-func parkedCount(t *testing.T, st *sqlstore.Store) int {
+func parkedCount(t *testing.T, st dbtest.Store) int {
 	t.Helper()
 	res, err := st.List(context.Background(), &store.ListParams{State: store.Parked, Limit: 1000})
 	require.NoError(t, err)

@@ -12,19 +12,19 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func newStore(t *testing.T) *sqlstore.Store {
+func newStore(t *testing.T) dbtest.Store {
 	t.Helper()
 	db, err := sqlitestore.Open(filepath.Join(t.TempDir(), "app.db"))
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
-	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
+	st, err := dbtest.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(context.Background()))
 	return st

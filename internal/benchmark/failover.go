@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/outboxgo/outbox/dispatcher"
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -32,7 +32,7 @@ func failoverCase() error {
 		return err
 	}
 	defer db.Close()
-	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{}))
+	st, err := dbtest.EngineOf(pgstore.New(db, pgstore.Config{}))
 	if err == nil {
 		err = st.Migrate(context.Background())
 	}

@@ -53,7 +53,6 @@ import (
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/internal/kafkatest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
@@ -238,12 +237,12 @@ func (queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndD
 // database is a fresh outbox, plus a way to open another pool on it and to count the
 // queries the server received.
 type database struct {
-	st      *sqlstore.Store
-	open    func() (*sqlstore.Store, error)
+	st      dbtest.Store
+	open    func() (dbtest.Store, error)
 	queries func() (int64, error) // nil: the server cannot tell
 	// counting, where set, opens another pool that counts the queries it sends, for the
 	// idle case's dispatcher.
-	counting func() (*sqlstore.Store, func() int64, error)
+	counting func() (dbtest.Store, func() int64, error)
 	cleanup  func()
 }
 
@@ -256,12 +255,12 @@ func newDatabase(name string) (*database, error) {
 			return nil, err
 		}
 		path := filepath.Join(dir, "bench.db")
-		open := func() (*sqlstore.Store, error) {
+		open := func() (dbtest.Store, error) {
 			db, err := sqlitestore.Open(path)
 			if err != nil {
 				return nil, err
 			}
-			return sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
+			return dbtest.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 		}
 		st, err := open()
 		if err != nil {
@@ -273,12 +272,12 @@ func newDatabase(name string) (*database, error) {
 		if err != nil {
 			return nil, err
 		}
-		open := func() (*sqlstore.Store, error) {
+		open := func() (dbtest.Store, error) {
 			db, err := pgstore.Open(pg.dsn)
 			if err != nil {
 				return nil, err
 			}
-			return sqlstore.EngineOf(pgstore.New(db, pgstore.Config{LogOnly: name == "postgres-logonly"}))
+			return dbtest.EngineOf(pgstore.New(db, pgstore.Config{LogOnly: name == "postgres-logonly"}))
 		}
 		st, err := open()
 		if err != nil {
@@ -290,7 +289,7 @@ func newDatabase(name string) (*database, error) {
 		// count (pg_stat_database) is no measure at this scale: a backend reports it up to
 		// 10 s late, so a 20 s window counts 3 of 10 queries, or start-up work as idle
 		// queries. Only the idle case uses this pool: a pgx tracer slows the others.
-		d.counting = func() (*sqlstore.Store, func() int64, error) {
+		d.counting = func() (dbtest.Store, func() int64, error) {
 			var sent atomic.Int64
 			cfg, err := pgx.ParseConfig(pg.dsn)
 			if err != nil {
@@ -301,7 +300,7 @@ func newDatabase(name string) (*database, error) {
 			pool := stdlib.OpenDB(*cfg, stdlib.OptionShouldPing(func(_ context.Context, p stdlib.ShouldPingParams) bool {
 				return p.IdleDuration > 10*time.Second
 			}))
-			cst, err := sqlstore.EngineOf(pgstore.New(pool, pgstore.Config{LogOnly: name == "postgres-logonly"}))
+			cst, err := dbtest.EngineOf(pgstore.New(pool, pgstore.Config{LogOnly: name == "postgres-logonly"}))
 			return cst, sent.Load, err
 		}
 		d.cleanup = func() {
@@ -323,12 +322,12 @@ func newDatabase(name string) (*database, error) {
 			return nil, err
 		}
 		cfg.DBName = dbName
-		open := func() (*sqlstore.Store, error) {
+		open := func() (dbtest.Store, error) {
 			db, err := mysqlstore.Open(cfg.FormatDSN())
 			if err != nil {
 				return nil, err
 			}
-			return sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
+			return dbtest.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
 		}
 		st, err := open()
 		if err != nil {
@@ -355,7 +354,7 @@ func newDatabase(name string) (*database, error) {
 	return nil, fmt.Errorf("unknown database %q", name)
 }
 
-func fill(st *sqlstore.Store, n int) error {
+func fill(st dbtest.Store, n int) error {
 	ctx := context.Background()
 	payload := []byte(strings.Repeat("p", 256))
 	for start := 0; start < n; start += 1000 {
@@ -447,7 +446,7 @@ func drainCase(name, label string, n int, cfg dispatcher.Config, rawRate float64
 
 // countingStore counts claims, for SQLite, whose queries no server counts.
 type countingStore struct {
-	*sqlstore.Store
+	dbtest.Store
 	claims atomic.Int64
 }
 
@@ -544,7 +543,7 @@ func idleCase(name, label string, window time.Duration, cfg dispatcher.Config) e
 
 // wakeLatency writes 20 messages through st, a few seconds apart so that the dispatcher is
 // back in its slow idle poll, and returns the sorted commit-to-consume latencies.
-func wakeLatency(st *sqlstore.Store, consumer *kafkatest.Consumer) ([]time.Duration, error) {
+func wakeLatency(st dbtest.Store, consumer *kafkatest.Consumer) ([]time.Duration, error) {
 	ctx := context.Background()
 	var lat []time.Duration
 	for range 20 {

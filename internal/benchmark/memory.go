@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/outboxgo/outbox/dispatcher"
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store/pgstore"
@@ -32,7 +32,7 @@ func memoryCase(n int) error {
 	if err != nil {
 		return err
 	}
-	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{}))
+	st, err := dbtest.EngineOf(pgstore.New(db, pgstore.Config{}))
 	if err == nil {
 		err = st.Migrate(context.Background())
 	}
@@ -146,7 +146,7 @@ func childDrain(dsn string, brokers []string, pollOnly bool) error {
 		return err
 	}
 	defer db.Close()
-	st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{}))
+	st, err := dbtest.EngineOf(pgstore.New(db, pgstore.Config{}))
 	if err != nil {
 		return err
 	}

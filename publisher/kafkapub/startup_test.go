@@ -21,8 +21,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outboxgo/outbox/dispatcher"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/internal/kafkatest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
@@ -241,7 +241,7 @@ func TestDispatcherWaitsForATopic(t *testing.T) {
 }
 
 type dispatcherFixture struct {
-	st  *sqlstore.Store
+	st  dbtest.Store
 	d   *dispatcher.Dispatcher
 	ctx context.Context
 }
@@ -252,7 +252,7 @@ func startDispatcher(t *testing.T, pub *kafkapub.Publisher) *dispatcherFixture {
 	db, err := sqlitestore.Open(filepath.Join(t.TempDir(), "outbox.db"))
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
-	st, err := sqlstore.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
+	st, err := dbtest.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
 	require.NoError(t, err)
 	require.NoError(t, st.Migrate(ctx))
 	// Short waits between attempts, and enough of them that none is parked meanwhile.

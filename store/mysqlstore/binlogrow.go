@@ -10,8 +10,8 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/replication"
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
 // The outbox columns a logged row is read from.

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
 // lock takes the table's named lock for purpose on conn: waiting at most wait (in whole

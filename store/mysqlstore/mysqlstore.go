@@ -59,8 +59,8 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
 // Config configures the store. See [sqlstore.Config].

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
 // position is a place in the binlog: where a transaction ends.

@@ -13,8 +13,8 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/go-sql-driver/mysql"
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
 // readLog is the store's change log reader: it streams the binlog as a replica would, from

@@ -7,7 +7,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
 // deliver takes committed transactions in order and hands them to the consumer in batches.

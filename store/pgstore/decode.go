@@ -12,8 +12,8 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
 // decodeRow turns an inserted outbox row into a message. Columns are found by name, and come

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
 // waitForLead takes the outbox's log lock on conn, waiting as a standby while another

@@ -5,7 +5,7 @@ import (
 	"database/sql"
 	"time"
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
 // lock takes the table's advisory lock for purpose on conn: waiting at most wait, or with

@@ -6,7 +6,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
 // recorder records published batches in order on its own goroutine.

@@ -10,8 +10,8 @@ import (
 	"github.com/uptrace/bun/dialect/sqlitedialect"
 
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
-	"github.com/outboxgo/outbox/internal/sqlstore"
 	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
 	"github.com/outboxgo/outbox/store/sqlitestore"
 )
 

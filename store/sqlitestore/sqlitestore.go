@@ -19,7 +19,7 @@ import (
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
-	"github.com/outboxgo/outbox/internal/sqlstore"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
 // DriverName is the database/sql driver name that modernc.org/sqlite registers.

@@ -293,14 +293,7 @@ func (b *builder) inSeqs(column string, vs []int64) string {
 }
 
 // Migration is one step of the outbox schema.
-type Migration struct {
-	// Version orders the migrations, from 1.
-	Version int
-	// Name describes the step, e.g. "create_outbox".
-	Name string
-	// SQL is the step's statements for the configured table name, separated by semicolons.
-	SQL string
-}
+type Migration = store.Migration
 
 func (d Dialect) migrations(t table) ([]Migration, error) {
 	entries, err := fs.ReadDir(d.migrationFiles, ".")

@@ -14,7 +14,7 @@ import (
 )
 
 // DefaultTable is the outbox table's default name.
-const DefaultTable = "outbox"
+const DefaultTable = store.DefaultTable
 
 // Config configures a [Store].
 type Config struct {

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -41,4 +42,18 @@ func TestEngineOfTakesAWrapperAsItIs(t *testing.T) {
 	w := wrapped{inner}
 	require.Equal(t, store.Engine(w), store.EngineOf(w), "a wrapper of an engine is driven itself, not the engine it wraps")
 	require.Equal(t, store.Engine(inner), store.EngineOf(handle{inner}), "an outbox that is no engine hands over its Engine")
+}
+
+func TestEngineAsNamesWhatItCannotGive(t *testing.T) {
+	inner := engine{id: 2}
+	got, err := store.EngineAs[engine](handle{inner}, nil)
+	require.NoError(t, err)
+	require.Equal(t, inner, got)
+
+	_, err = store.EngineAs[interface{ Migrate() }](handle{inner}, nil)
+	require.ErrorContains(t, err, "the engine of store_test.handle is no interface { Migrate() }", "an engine without the calls asked for is an error, not a panic")
+
+	failed := errors.New("cannot connect")
+	_, err = store.EngineAs[engine](handle{}, failed)
+	require.ErrorIs(t, err, failed, "New's error comes back as it is")
 }

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"database/sql"
+	"fmt"
+	"reflect"
 	"time"
 )
 
@@ -46,6 +48,21 @@ func EngineOf(o Outbox) Engine {
 		return e
 	}
 	return o.Engine()
+}
+
+// EngineAs is the engine of the outbox that a store's New returned, as E, for tools that
+// drive more of it than the Engine contract (an operator command, tests); New's results pass
+// straight in: store.EngineAs[myEngine](pgstore.New(db, cfg)).
+func EngineAs[E any, O Outbox](o O, err error) (E, error) {
+	var zero E
+	if err != nil {
+		return zero, err
+	}
+	e, ok := EngineOf(o).(E)
+	if !ok {
+		return zero, fmt.Errorf("outbox: the engine of %T is no %v", o, reflect.TypeFor[E]())
+	}
+	return e, nil
 }
 
 // Writer writes messages in the caller's transaction; see [Engine.Write].

@@ -33,19 +33,6 @@ type outboxStore interface {
 	QualifiedName() string
 }
 
-// engineOf is the engine of a store of this module: the command reads the table as a
-// dispatcher does.
-func engineOf[S store.Outbox](s S, err error) (outboxStore, error) {
-	if err != nil {
-		return nil, err
-	}
-	e, ok := store.EngineOf(s).(outboxStore)
-	if !ok {
-		return nil, fmt.Errorf("outbox: %T is no store of this module", s)
-	}
-	return e, nil
-}
-
 // backend is how the program reaches the outbox in one kind of database.
 type backend struct {
 	name string
@@ -67,7 +54,7 @@ var (
 		name: "postgres",
 		open: pgstore.Open,
 		new: func(db *sql.DB, cfg pgstore.Config) (outboxStore, error) {
-			return engineOf(pgstore.New(db, cfg))
+			return store.EngineAs[outboxStore](pgstore.New(db, cfg))
 		},
 		inspectLog: postgresLog,
 		afterMigrate: func(st outboxStore) string {
@@ -79,7 +66,7 @@ var (
 		name: "mysql",
 		open: mysqlstore.Open,
 		new: func(db *sql.DB, cfg pgstore.Config) (outboxStore, error) {
-			return engineOf(mysqlstore.New(db, cfg))
+			return store.EngineAs[outboxStore](mysqlstore.New(db, cfg))
 		},
 		inspectLog: mysqlLog,
 		afterMigrate: func(st outboxStore) string {
@@ -90,7 +77,7 @@ var (
 		name: "sqlite",
 		open: sqlitestore.Open,
 		new: func(db *sql.DB, cfg pgstore.Config) (outboxStore, error) {
-			return engineOf(sqlitestore.New(db, cfg))
+			return store.EngineAs[outboxStore](sqlitestore.New(db, cfg))
 		},
 		exists: func(dsn string) error {
 			path := dsn // sqlitestore.Open took it: a path after sqlite:// or file:

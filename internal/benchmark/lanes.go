@@ -10,12 +10,13 @@ import (
 	"github.com/IBM/sarama"
 )
 
-// laneCount is how many slices of the keyspace the lanes prototype cuts the outbox into.
+// laneCount is how many slices of the keyspace the lanes prototype cuts the outbox into: a
+// power of two, as laneOf masks the hash.
 const laneCount = 64
 
 // laneOf is the lane of a row of the outbox table (Postgres): a hash of its key, or of its
-// id when it has none, so that a key's messages share a lane; 63 is laneCount-1.
-const laneOf = "(hashtext(CASE WHEN message_key = '' THEN id ELSE message_key END) & 63)"
+// id when it has none, so that a key's messages share a lane.
+var laneOf = "(hashtext(CASE WHEN message_key = '' THEN id ELSE message_key END) & " + strconv.Itoa(laneCount-1) + ")"
 
 // lanesCase measures a prototype of the claim model the speed issue proposes, not the
 // library: each worker drains one lane at a time in one transaction that takes the lane's

@@ -3,7 +3,6 @@ package dbtest
 import (
 	"context"
 	"database/sql"
-	"fmt"
 
 	"github.com/outboxgo/outbox/store"
 )
@@ -25,13 +24,4 @@ type Store interface {
 
 // EngineOf is the engine of a store of this module; a store package's New passes straight in:
 // dbtest.EngineOf(pgstore.New(db, cfg)).
-func EngineOf[S store.Outbox](s S, err error) (Store, error) {
-	if err != nil {
-		return nil, err
-	}
-	e, ok := store.EngineOf(s).(Store)
-	if !ok {
-		return nil, fmt.Errorf("dbtest: %T has no engine of this module", s)
-	}
-	return e, nil
-}
+func EngineOf[O store.Outbox](o O, err error) (Store, error) { return store.EngineAs[Store](o, err) }

@@ -52,7 +52,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"regexp"
 	"strings"
 	"time"
@@ -180,7 +179,7 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if d, ok := db.Driver().(settingsDriver); ok {
 		conn = d.cfg
 	}
-	return sqlstore.New(db, sqlstore.MySQL(schemaSteps()), cfg, sqlstore.Hooks{
+	return sqlstore.New(db, sqlstore.MySQL(schema), cfg, sqlstore.Hooks{
 		Migrate: recordStart,
 		Lock:    lock,
 		ReadLog: func(ctx context.Context, s *sqlstore.Store, c store.LogConsumer) error {
@@ -194,11 +193,3 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 //
 //go:embed schema/*.sql
 var schema embed.FS
-
-func schemaSteps() fs.FS {
-	steps, err := fs.Sub(schema, "schema")
-	if err != nil {
-		panic(err) // the directory is embedded
-	}
-	return steps
-}

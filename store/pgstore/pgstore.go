@@ -64,7 +64,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"regexp"
 	"strings"
 	"time"
@@ -140,7 +139,7 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if _, ok := db.Driver().(*stdlib.Driver); !ok {
 		return nil, fmt.Errorf("outbox: pgstore.New: db uses %T; open it with pgstore.Open or pgx's stdlib driver", db.Driver())
 	}
-	return sqlstore.New(db, sqlstore.Postgres(schemaSteps()), cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, ReadLog: readLog, LogOnly: logOnly, Lock: lock})
+	return sqlstore.New(db, sqlstore.Postgres(schema), cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, ReadLog: readLog, LogOnly: logOnly, Lock: lock})
 }
 
 // logOnly is ready while the outbox's slot and publication exist: then the WAL keeps what is
@@ -187,11 +186,3 @@ func listen(ctx context.Context, t sqlstore.ListenerTarget, wake func()) error {
 //
 //go:embed schema/*.sql
 var schema embed.FS
-
-func schemaSteps() fs.FS {
-	steps, err := fs.Sub(schema, "schema")
-	if err != nil {
-		panic(err) // the directory is embedded
-	}
-	return steps
-}

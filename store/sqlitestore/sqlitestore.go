@@ -12,7 +12,6 @@ import (
 	"database/sql"
 	"embed"
 	"fmt"
-	"io/fs"
 	"net/url"
 	"regexp"
 	"strings"
@@ -104,7 +103,7 @@ type Store struct {
 // New returns the outbox store for db, a SQLite database opened with the modernc.org/sqlite
 // driver (see [Open]). Call Migrate on it once to create the table.
 func New(db *sql.DB, cfg Config) (*Store, error) {
-	s, err := sqlstore.New(db, sqlstore.SQLite(schemaSteps()), cfg, sqlstore.Hooks{})
+	s, err := sqlstore.New(db, sqlstore.SQLite(schema), cfg, sqlstore.Hooks{})
 	if err != nil {
 		return nil, err
 	}
@@ -116,11 +115,3 @@ func New(db *sql.DB, cfg Config) (*Store, error) {
 //
 //go:embed schema/*.sql
 var schema embed.FS
-
-func schemaSteps() fs.FS {
-	steps, err := fs.Sub(schema, "schema")
-	if err != nil {
-		panic(err) // the directory is embedded
-	}
-	return steps
-}

@@ -120,9 +120,13 @@ func (s *Store) window(b *builder, p *store.ClaimParams) string {
 	if p.OlderThan > 0 {
 		return ""
 	}
-	size := max(s.windowSize.Load(), int64(minWindow*p.Limit))
 	return " AND o.seq <= COALESCE((SELECT w.seq FROM " + s.t.String() + " w WHERE w.state = 'pending' ORDER BY w.seq LIMIT 1 OFFSET " +
-		b.arg(size-1) + "), " + strconv.FormatInt(math.MaxInt64, 10) + ")"
+		b.arg(s.windowOf(p)-1) + "), " + strconv.FormatInt(math.MaxInt64, 10) + ")"
+}
+
+// windowOf is how many of the oldest pending messages a polling claim of p looks at.
+func (s *Store) windowOf(p *store.ClaimParams) int64 {
+	return max(s.windowSize.Load(), int64(minWindow*p.Limit))
 }
 
 // sized sets the next claim's window after a claim of limit that got got messages.
@@ -134,8 +138,7 @@ func (s *Store) sized(p *store.ClaimParams, got int) {
 		s.windowSize.Store(0)
 		return
 	}
-	size := max(s.windowSize.Load(), int64(minWindow*p.Limit))
-	s.windowSize.Store(min(size*2, math.MaxInt32))
+	s.windowSize.Store(min(s.windowOf(p)*2, math.MaxInt32))
 }
 
 // parkedHolds is, with Config.StrictOrder, the condition that no earlier message of the

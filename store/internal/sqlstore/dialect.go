@@ -46,7 +46,7 @@ type Dialect struct {
 	// shareLock, appended to a SELECT, makes it a locking read, which waits for the
 	// transactions that wrote the rows to commit.
 	shareLock      string
-	migrationFiles fs.FS // the schema's steps, NNNN_name.sql templates of the table's names
+	migrationFiles fs.FS // the schema's steps in its schema/ directory, NNNN_name.sql templates of the table's names
 	// classify maps a driver error to store.ErrNotMigrated or store.ErrPermission, or nil.
 	classify func(error) error
 }
@@ -296,7 +296,7 @@ func (b *builder) inSeqs(column string, vs []int64) string {
 type Migration = store.Migration
 
 func (d Dialect) migrations(t table) ([]Migration, error) {
-	entries, err := fs.ReadDir(d.migrationFiles, ".")
+	entries, err := fs.ReadDir(d.migrationFiles, "schema")
 	if err != nil {
 		return nil, err
 	}
@@ -308,7 +308,7 @@ func (d Dialect) migrations(t table) ([]Migration, error) {
 		if !ok || err != nil {
 			return nil, fmt.Errorf("outbox: migration file %q is not named NNNN_name.sql", e.Name())
 		}
-		raw, err := fs.ReadFile(d.migrationFiles, e.Name())
+		raw, err := fs.ReadFile(d.migrationFiles, "schema/"+e.Name())
 		if err != nil {
 			return nil, err
 		}

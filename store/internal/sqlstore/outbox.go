@@ -3,7 +3,6 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
-	"fmt"
 
 	"github.com/outboxgo/outbox/store"
 )
@@ -26,19 +25,9 @@ func (s *Store) Outbox() Outbox { return Outbox{s} }
 // Engine is the store itself: a dispatcher drives it.
 func (s *Store) Engine() store.Engine { return s }
 
-// EngineOf is the engine of a store of this module, for tools that read the table as a
-// dispatcher does (the operator command, tests); a store package's New passes straight in:
-// sqlstore.EngineOf(pgstore.New(db, cfg)).
-func EngineOf[S store.Outbox](s S, err error) (*Store, error) {
-	if err != nil {
-		return nil, err
-	}
-	e, ok := store.EngineOf(s).(*Store)
-	if !ok {
-		return nil, fmt.Errorf("outbox: %T is not a SQL store of this module", s)
-	}
-	return e, nil
-}
+// EngineOf is the engine of a store of this module, for the store packages' tests: a store
+// package's New passes straight in: sqlstore.EngineOf(pgstore.New(db, cfg)).
+func EngineOf[O store.Outbox](o O, err error) (*Store, error) { return store.EngineAs[*Store](o, err) }
 
 // Engine is the part of the store that a dispatcher and the operator tools drive.
 func (o Outbox) Engine() store.Engine { return o.s }

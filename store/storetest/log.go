@@ -153,7 +153,7 @@ func writeInTurn(t *testing.T, h Harness, prefix string, n int, pause time.Durat
 			for i := range msgs {
 				msgs[i] = store.Message{ID: store.NewID(), Topic: "log", Key: fmt.Sprintf("k%d", len(ids)%5), Payload: []byte(fmt.Sprintf("%s-%d", prefix, len(ids)+i))}
 			}
-			if werr = writeTx(h, msgs); werr != nil {
+			if werr = writeTx(context.Background(), h, msgs); werr != nil {
 				return
 			}
 			for _, m := range msgs {
@@ -167,18 +167,6 @@ func writeInTurn(t *testing.T, h Harness, prefix string, n int, pause time.Durat
 		require.NoError(t, werr)
 		return ids
 	}
-}
-
-func writeTx(h Harness, msgs []store.Message) error {
-	tx, err := h.DB.Begin()
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if err := h.Store.Write(context.Background(), tx, msgs...); err != nil {
-		return err
-	}
-	return tx.Commit()
 }
 
 // requireOnceInOrder checks that got is want: each message once, in commit order.

@@ -93,15 +93,25 @@ func write(t *testing.T, h Harness, msgs ...store.Message) []string {
 			msgs[i].ID = store.NewID()
 		}
 	}
-	tx, err := h.DB.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	require.NoError(t, h.Store.Write(ctx, tx, msgs...))
-	require.NoError(t, tx.Commit())
+	require.NoError(t, writeTx(ctx, h, msgs))
 	ids := make([]string, len(msgs))
 	for i, m := range msgs {
 		ids[i] = m.ID
 	}
 	return ids
+}
+
+// writeTx writes msgs in one committed transaction.
+func writeTx(ctx context.Context, h Harness, msgs []store.Message) error {
+	tx, err := h.DB.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if err := h.Store.Write(ctx, tx, msgs...); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 func claim(t *testing.T, h Harness, limit int, lease time.Duration) *store.ClaimResult {

@@ -61,6 +61,7 @@ import (
 	wmredis "github.com/ThreeDotsLabs/watermill-redisstream/pkg/redisstream"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
+	"github.com/vmihailenco/msgpack"
 
 	"github.com/outboxgo/outbox/publisher"
 )
@@ -191,14 +192,13 @@ func (p *Publisher) PublishBatch(topic string, msgs []*message.Message) error {
 }
 
 // xaddEncoder builds the XADD commands of one batch. The arguments of all of them share one
-// slice, and the metadata of all of them one buffer, so that a message costs a few
-// allocations rather than the map, the msgpack encoder and the argument slice of each.
+// slice, so that a message costs a few allocations rather than the map and the argument
+// slice of each.
 type xaddEncoder struct {
 	custom wmredis.Marshaller // nil: watermill-redisstream's default format, encoded here
 	topic  string
 	head   []any // XADD stream [MAXLEN ~ n] *
 	args   []any
-	md     []byte
 }
 
 func (p *Publisher) encoder(topic string, n int) *xaddEncoder {
@@ -214,7 +214,6 @@ func (p *Publisher) encoder(topic string, n int) *xaddEncoder {
 		return e
 	}
 	e.args = make([]any, 0, n*(len(e.head)+6))
-	e.md = make([]byte, 0, n*128)
 	return e
 }
 
@@ -239,45 +238,15 @@ func (e *xaddEncoder) xadd(msg *message.Message) ([]any, error) {
 	}
 	var md []byte
 	if len(msg.Metadata) > 0 {
-		start := len(e.md)
-		e.md = appendMsgpackMetadata(e.md, msg.Metadata)
-		md = e.md[start:len(e.md):len(e.md)]
+		var err error
+		if md, err = msgpack.Marshal(msg.Metadata); err != nil { // as watermill-redisstream does
+			return nil, err
+		}
 	}
 	start := len(e.args)
 	e.args = append(e.args, e.head...)
 	e.args = append(e.args, wmredis.UUIDHeaderKey, msg.UUID, "metadata", md, "payload", []byte(msg.Payload))
 	return e.args[start:len(e.args):len(e.args)], nil
-}
-
-// appendMsgpackMetadata appends metadata as msgpack encodes a map of strings (as
-// vmihailenco/msgpack, which watermill-redisstream decodes it with, does).
-func appendMsgpackMetadata(b []byte, md message.Metadata) []byte {
-	switch n := len(md); {
-	case n < 16:
-		b = append(b, 0x80|byte(n))
-	case n < 1<<16:
-		b = append(b, 0xde, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0xdf, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	for k, v := range md {
-		b = appendMsgpackString(appendMsgpackString(b, k), v)
-	}
-	return b
-}
-
-func appendMsgpackString(b []byte, s string) []byte {
-	switch n := len(s); {
-	case n < 32:
-		b = append(b, 0xa0|byte(n))
-	case n < 1<<8:
-		b = append(b, 0xd9, byte(n))
-	case n < 1<<16:
-		b = append(b, 0xda, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0xdb, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(b, s...)
 }
 
 // hasCmdError reports whether the failure of a pipeline shows in its commands.

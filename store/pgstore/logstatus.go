@@ -55,7 +55,7 @@ func InspectLog(ctx context.Context, db *sql.DB, table string) (*LogState, error
 	defer conn.Close()
 
 	st := &LogState{LagBytes: -1, RetainedBytes: -1}
-	if st.Slot, st.Publication, err = names(ctx, conn, s.QualifiedName()); err != nil {
+	if st.Slot, st.Publication, err = Names(ctx, conn, s.QualifiedName()); err != nil {
 		return nil, err
 	}
 	var (

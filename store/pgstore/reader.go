@@ -27,7 +27,7 @@ func readLog(ctx context.Context, s *sqlstore.Store, c store.LogConsumer) error 
 	}
 	defer unlock(ctx, s, lockConn)
 	r := &reader{s: s, c: c, lockConn: lockConn}
-	r.slot, r.pub, err = names(ctx, lockConn, s.QualifiedName())
+	r.slot, r.pub, err = Names(ctx, lockConn, s.QualifiedName())
 	if err != nil {
 		return err
 	}

@@ -32,14 +32,10 @@ func DefaultNames(database, table string) (slot, publication string) {
 }
 
 // Names returns the replication slot and the publication of the outbox table in the
-// database db is connected to: those of [DefaultNames], or, when the database has a slot
-// named like the publication (made before slot names named the database), that one.
-func Names(ctx context.Context, db *sql.DB, table string) (slot, publication string, err error) {
-	return names(ctx, db, table)
-}
-
-// names is Names through any handle.
-func names(ctx context.Context, q interface {
+// database that db (a *sql.DB, *sql.Conn or *sql.Tx) is connected to: those of
+// [DefaultNames], or, when the database has a slot named like the publication (made before
+// slot names named the database), that one.
+func Names(ctx context.Context, db interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }, table string) (slot, publication string, err error) {
 	legacy := baseName(table)
@@ -47,7 +43,7 @@ func names(ctx context.Context, q interface {
 		database string
 		old      bool
 	)
-	err = q.QueryRowContext(ctx, "SELECT current_database(), EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database())", legacy).
+	err = db.QueryRowContext(ctx, "SELECT current_database(), EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database())", legacy).
 		Scan(&database, &old)
 	if err != nil {
 		return "", "", fmt.Errorf("outbox: name the replication slot of %s: %w", table, err)
@@ -89,7 +85,7 @@ var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 // transaction on the server. Without wal_level = logical, or without the rights, it logs why
 // and leaves the dispatchers polling.
 func setUpLog(ctx context.Context, s *sqlstore.Store, conn *sql.Conn) error {
-	slot, pub, err := names(ctx, conn, s.QualifiedName())
+	slot, pub, err := Names(ctx, conn, s.QualifiedName())
 	if err != nil {
 		return err
 	}

@@ -186,25 +186,13 @@ func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 		cancel()
 	}()
 	d.logs.outageAt.Store(0) // an outage of an earlier run ended with it
-	consumer := store.LogConsumer{
-		// Publishing ends only with the run's context, not when reading stops: a graceful
-		// stop finishes the batch in hand.
-		Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
-			out := d.deliver(ctx, msgs)
-			d.logs.logPublished.Add(int64(len(out.delivered)))
-			d.followUp(out)
-			return &store.LogOutcome{Delivered: out.delivered, Failures: out.failures, Unattempted: out.unattempted}
-		},
-		Status:          d.logStatus,
-		DeleteDelivered: d.cfg.DeleteDelivered,
-		BatchSize:       d.cfg.BatchSize,
-	}
+	opts := store.LogOptions{Status: d.logStatus, DeleteDelivered: d.cfg.DeleteDelivered, BatchSize: d.cfg.BatchSize}
 	wait := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
 		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
 	var failingSince time.Time // first failure since the reader last read
 	for {
 		started := time.Now()
-		err := lr.ReadLog(readCtx, consumer)
+		err := d.readLogOnce(readCtx, ctx, lr, opts)
 		if readCtx.Err() != nil {
 			return
 		}
@@ -242,6 +230,20 @@ func (d *Dispatcher) readLog(ctx context.Context, r *run, lr store.LogReader) {
 		case <-timer.C:
 		}
 	}
+}
+
+// readLogOnce opens the log, once this instance leads, and follows it until reading stops
+// or fails.
+func (d *Dispatcher) readLogOnce(ctx, pubCtx context.Context, lr store.LogReader, opts store.LogOptions) error {
+	stream, err := lr.OpenLog(ctx, opts)
+	if err != nil {
+		return err
+	}
+	err = d.follow(ctx, pubCtx, stream)
+	if cerr := stream.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // logOutage logs that the log cannot be read and the dispatcher polls: a warning when the

@@ -255,7 +255,7 @@ func TestStandbyDispatcherTakesOverTheLog(t *testing.T) {
 	}
 }
 
-// watchedLog is a store that tells how a dispatcher came to read its log: how often ReadLog
+// watchedLog is a store that tells how a dispatcher came to read its log: how often OpenLog
 // was called, what the reader reported, and which messages claims handed out.
 type watchedLog struct {
 	dbtest.Store
@@ -266,10 +266,10 @@ type watchedLog struct {
 	claimed      sync.Map // payload → true, of the messages claims handed out
 }
 
-func (w *watchedLog) ReadLog(ctx context.Context, c store.LogConsumer) error {
+func (w *watchedLog) OpenLog(ctx context.Context, o store.LogOptions) (store.LogStream, error) {
 	w.reads.Add(1)
-	status := c.Status
-	c.Status = func(s store.LogStatus) {
+	status := o.Status
+	o.Status = func(s store.LogStatus) {
 		if s.Reading {
 			w.readingSince.CompareAndSwap(0, time.Now().UnixNano())
 		} else {
@@ -277,7 +277,7 @@ func (w *watchedLog) ReadLog(ctx context.Context, c store.LogConsumer) error {
 		}
 		status(s)
 	}
-	return w.Store.ReadLog(ctx, c)
+	return w.Store.OpenLog(ctx, o)
 }
 
 func (w *watchedLog) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimResult, error) {
@@ -324,7 +324,7 @@ func standbyTakesOver(t *testing.T, shared sharedDB) {
 
 	// It took over by the lock the first gave up: the reader that waited went on to read. A
 	// reader that failed and was retried, or a fall back to polling (which only a failed
-	// ReadLog causes), would deliver all the same, late and by another path.
+	// OpenLog causes), would deliver all the same, late and by another path.
 	require.EqualValues(t, 1, standby.reads.Load(), "the standby's log reader failed and was called again")
 	for i := range 100 {
 		_, ok := standby.claimed.Load(fmt.Sprintf("b-%d", i))
@@ -383,7 +383,7 @@ func requireDelivered(t *testing.T, st store.Outbox, n int, logOnly bool) {
 // dispatcher must not claim, as its claims would race the instance that reads the log.
 type silentLog struct {
 	*claimCounter
-	entered     chan struct{} // closed once ReadLog runs
+	entered     chan struct{} // closed once OpenLog runs
 	enteredOnce sync.Once
 	report      chan struct{} // closed: the reader reports that it reads, caught up
 }
@@ -398,17 +398,27 @@ func (l *silentLog) Capabilities() store.Capabilities {
 	return c
 }
 
-func (l *silentLog) ReadLog(ctx context.Context, c store.LogConsumer) error {
+func (l *silentLog) OpenLog(ctx context.Context, o store.LogOptions) (store.LogStream, error) {
 	l.enteredOnce.Do(func() { close(l.entered) })
 	select {
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	case <-l.report:
 	}
-	c.Status(store.LogStatus{Reading: true, CaughtUp: time.Now()})
-	<-ctx.Done()
-	return ctx.Err()
+	o.Status(store.LogStatus{Reading: true, CaughtUp: time.Now()})
+	return quietLog{}, nil
 }
+
+// quietLog is an open change log that carries nothing.
+type quietLog struct{}
+
+func (quietLog) Next(ctx context.Context) (*store.LogBatch, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (quietLog) Filter(context.Context, *store.LogBatch) error   { return nil }
+func (quietLog) Record(context.Context, []*store.LogBatch) error { return nil }
+func (quietLog) Close() error                                    { return nil }
 
 // goroutineID is the calling goroutine's number, as stack traces show it.
 func goroutineID() string {

@@ -122,12 +122,11 @@ func (l laggingLog) Capabilities() store.Capabilities {
 	return c
 }
 
-func (l laggingLog) ReadLog(ctx context.Context, c store.LogConsumer) error {
+func (l laggingLog) OpenLog(ctx context.Context, o store.LogOptions) (store.LogStream, error) {
 	for range 2 {
-		c.Status(store.LogStatus{Reading: true, CaughtUp: time.Now().Add(-3 * time.Second), LagBytes: l.lag})
+		o.Status(store.LogStatus{Reading: true, CaughtUp: time.Now().Add(-3 * time.Second), LagBytes: l.lag})
 	}
-	<-ctx.Done()
-	return ctx.Err()
+	return quietLog{}, nil
 }
 
 // In log mode the reader's lag shows in the log gauges, and a lag past LogLagWarning is

@@ -8,10 +8,10 @@ import (
 	"time"
 )
 
-// ErrLogUnavailable is returned, wrapped with the reason, by [LogReader.ReadLog] when the
-// database's change log cannot be read: a server setting, a missing privilege, a dropped
-// replication slot or a purged log position. Dispatchers then poll, and try the log again
-// later.
+// ErrLogUnavailable is returned, wrapped with the reason, by [LogReader.OpenLog] and
+// [LogStream.Next] when the database's change log cannot be read: a server setting, a
+// missing privilege, a dropped replication slot or a purged log position. Dispatchers then
+// poll, and try the log again later.
 var ErrLogUnavailable = errors.New("outbox: change log unavailable")
 
 // LogUnavailable returns an error wrapping ErrLogUnavailable that says why.
@@ -32,24 +32,18 @@ func LogUnavailableReason(err error) string {
 // One reader at a time reads an outbox: the others wait as standbys and take over when it
 // goes away.
 type LogReader interface {
-	// ReadLog waits until this instance is the outbox's log reader, then hands the messages of
-	// committed transactions, in commit order, to c.Deliver and records the outcome, until ctx
-	// ends or the log fails. It returns an error wrapping ErrLogUnavailable when the log
-	// cannot be read at all, and other errors for failures worth a retry (a lost connection).
-	ReadLog(ctx context.Context, c LogConsumer) error
+	// OpenLog waits until this instance is the outbox's log reader (a standby meanwhile,
+	// which it reports through o.Status), and opens the log where the batches recorded
+	// before end. It returns an error wrapping ErrLogUnavailable when the log cannot be read
+	// at all, and other errors for failures worth a retry (a lost connection).
+	OpenLog(ctx context.Context, o LogOptions) (LogStream, error)
 }
 
-// LogConsumer is what a [LogReader] hands messages to.
-type LogConsumer struct {
-	// Deliver publishes msgs, written in this order, and reports what became of each. The
-	// reader records the outcome and moves its log position past them. It is called from one
-	// goroutine at a time.
-	Deliver func(ctx context.Context, msgs []ClaimedMessage) *LogOutcome
-	// BatchSize is the most messages per Deliver call; 0 means DefaultLogBatchSize. A reader
-	// may publish one batch while it records the one before, so a crash can send two batches
-	// again.
+// LogOptions is how a dispatcher reads the change log.
+type LogOptions struct {
+	// BatchSize is the most messages per batch; 0 means DefaultLogBatchSize.
 	BatchSize int
-	// DeleteDelivered has the reader delete delivered messages instead of marking them, as
+	// DeleteDelivered has recording delete delivered messages instead of marking them, as
 	// [MarkDeliveredParams.Delete] does.
 	DeleteDelivered bool
 	// Status, when set, receives the reader's status whenever it changes, and at least every
@@ -57,19 +51,63 @@ type LogConsumer struct {
 	Status func(LogStatus)
 }
 
-// DefaultLogBatchSize is the default of LogConsumer.BatchSize.
+// DefaultLogBatchSize is the default of LogOptions.BatchSize.
 const DefaultLogBatchSize = 500
 
 // Batch returns BatchSize, or its default when unset.
-func (c LogConsumer) Batch() int {
-	if c.BatchSize > 0 {
-		return c.BatchSize
+func (o LogOptions) Batch() int {
+	if o.BatchSize > 0 {
+		return o.BatchSize
 	}
 	return DefaultLogBatchSize
 }
 
-// LogOutcome is what became of the messages handed to [LogConsumer.Deliver]. A message in
-// none of its lists is handed over to polling, as a message in Unattempted is.
+// LogStream is an open change log, read a batch at a time: read ([LogStream.Next]), filter
+// ([LogStream.Filter]), publish (the dispatcher), record ([LogStream.Record]). Next and
+// Filter are called from one goroutine; Record from another, so that a batch is recorded
+// while the next one is read and published.
+type LogStream interface {
+	// Next waits for messages of committed transactions and returns those at hand, in commit
+	// order, at most a batch of them. A transaction larger than a batch comes in parts. It
+	// returns an error wrapping ErrLogUnavailable when the log can no longer be read (a
+	// dropped slot, a purged position).
+	Next(ctx context.Context) (*LogBatch, error)
+	// Filter looks the batch's messages up in the table and sets its Publish: those still
+	// pending that polling does not hold and that no held message of their key precedes. The
+	// others are left to polling when the batch is recorded. Every earlier batch that
+	// [LogBatch.HoldsKeys] must be recorded first.
+	Filter(ctx context.Context, b *LogBatch) error
+	// Record records the outcome of batches, in the order Next returned them, in one
+	// transaction, and moves the log position past them. It runs to its end even if ctx
+	// ends: what the broker acknowledged must be marked.
+	Record(ctx context.Context, bs []*LogBatch) error
+	// Close ends the reading, which a standby then takes over. Batches not recorded are read
+	// again by the next reader.
+	Close() error
+}
+
+// LogBatch is a batch of messages read from the change log, and what became of them.
+type LogBatch struct {
+	// Publish is what [LogStream.Filter] found to publish, in commit order.
+	Publish []ClaimedMessage
+	// HeldBack is set by Filter when it left messages to polling (behind a held message of
+	// their key) or found some held: recording them holds their keys back.
+	HeldBack bool
+	// Outcome is what became of Publish, as the dispatcher tells it.
+	Outcome LogOutcome
+	// Read is the stream's own record of the batch: its messages, where it ends in the log.
+	Read any
+}
+
+// HoldsKeys reports whether recording the batch will hold keys back (failed, handed-over or
+// held messages): the next batch may be filtered only after it is recorded.
+func (b *LogBatch) HoldsKeys() bool {
+	o := b.Outcome
+	return b.HeldBack || len(o.Failures) > 0 || len(o.Unattempted) > 0 || len(o.Delivered)+len(o.Failures) < len(b.Publish)
+}
+
+// LogOutcome is what became of the messages of a [LogBatch]'s Publish. A message in none of
+// its lists is handed over to polling, as a message in Unattempted is.
 type LogOutcome struct {
 	// Delivered messages were acknowledged by the publisher.
 	Delivered []string

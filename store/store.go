@@ -112,7 +112,7 @@ type Capabilities struct {
 	// other processes (Postgres LISTEN/NOTIFY). Otherwise it hears only this process's writes.
 	CrossProcessNotify bool
 	// ChangeLog is true when the store implements [LogReader] for its database. Whether the
-	// server's settings allow reading the log is known only when ReadLog runs.
+	// server's settings allow reading the log is known only when the log is opened (OpenLog).
 	ChangeLog bool
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/internal/sqlstore"
 	"github.com/outboxgo/outbox/store/mysqlstore"
+	"github.com/outboxgo/outbox/store/storetest"
 )
 
 // logRecorder is a LogConsumer that publishes nothing and acknowledges every message, or
@@ -38,8 +39,8 @@ type logRecorder struct {
 	statuses []store.LogStatus
 }
 
-func (r *logRecorder) consumer() store.LogConsumer {
-	return store.LogConsumer{
+func (r *logRecorder) consumer() storetest.LogConsumer {
+	return storetest.LogConsumer{
 		BatchSize: r.batch,
 		Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
 			time.Sleep(r.pause)
@@ -103,7 +104,7 @@ func startReader(t *testing.T, st *sqlstore.Store, rec *logRecorder) *runningRea
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	rr := &runningReader{cancel: cancel, done: make(chan error, 1)}
-	go func() { rr.done <- st.ReadLog(ctx, rec.consumer()) }()
+	go func() { rr.done <- storetest.ReadLog(ctx, st, rec.consumer()) }()
 	t.Cleanup(func() { rr.stop(t) })
 	return rr
 }
@@ -577,7 +578,7 @@ func TestReadLogUnavailable(t *testing.T) {
 			st := tc.open(t, admin, dsn)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			err := st.ReadLog(ctx, (&logRecorder{}).consumer())
+			err := storetest.ReadLog(ctx, st, (&logRecorder{}).consumer())
 			require.ErrorIs(t, err, store.ErrLogUnavailable)
 			require.ErrorContains(t, err, tc.want)
 			t.Logf("%v", err)

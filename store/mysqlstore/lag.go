@@ -59,9 +59,6 @@ func (r *reader) tick(ctx context.Context) error {
 	if time.Since(r.heard) > silenceLimit {
 		return fmt.Errorf("outbox: binlog stream: nothing from the server for %v, though it sends heartbeats every %v", silenceLimit, heartbeatPeriod)
 	}
-	if err := r.settle(ctx, true); err != nil {
-		return err
-	}
 	r.advance()
 	if time.Since(r.sampledAt) < sampleEvery-sampleEvery/10 {
 		return nil

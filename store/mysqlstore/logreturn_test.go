@@ -14,6 +14,7 @@ import (
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/internal/sqlstore"
 	"github.com/outboxgo/outbox/store/mysqlstore"
+	"github.com/outboxgo/outbox/store/storetest"
 )
 
 // readingReported reports whether the reader ever said that it reads.
@@ -104,7 +105,7 @@ func TestReadLogStartsAgainWhenItsPositionIsLost(t *testing.T) {
 	lost := &logRecorder{}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := st.ReadLog(ctx, lost.consumer())
+	err := storetest.ReadLog(ctx, st, lost.consumer())
 	require.ErrorIs(t, err, store.ErrLogUnavailable)
 	require.ErrorContains(t, err, "no longer holds")
 	require.ErrorContains(t, err, "starts again from the server's current position at its next try")
@@ -145,7 +146,7 @@ func TestReadLogLeavesALostPositionToTheOperator(t *testing.T) {
 	loseThePosition(t, db)
 	for range 2 {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := st.ReadLog(ctx, (&logRecorder{}).consumer())
+		err := storetest.ReadLog(ctx, st, (&logRecorder{}).consumer())
 		cancel()
 		require.ErrorIs(t, err, store.ErrLogUnavailable)
 		require.ErrorContains(t, err, "delete the row of")

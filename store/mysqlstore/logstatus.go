@@ -33,7 +33,7 @@ type LogState struct {
 	// BINLOG MONITOR on MariaDB). A reader stores its position with each batch it records, and
 	// otherwise at most once a second, so a reader that keeps up shows a few hundred bytes.
 	LagBytes int64 `json:"lag_bytes"`
-	// Problem says why the binlog cannot be read, and what to do about it, as ReadLog would
+	// Problem says why the binlog cannot be read, and what to do about it, as the log reader would
 	// report it; empty when a reader can read the binlog.
 	Problem string `json:"problem,omitempty"`
 }

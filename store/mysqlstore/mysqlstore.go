@@ -19,8 +19,8 @@
 //   - a database handle from [Open], which keeps the connection settings that the binlog
 //     connection reuses (database/sql does not expose them).
 //
-// Otherwise ReadLog returns an error wrapping [store.ErrLogUnavailable] that says what is
-// missing, and dispatchers poll. binlog_row_metadata=FULL is optional: with it, rows are
+// Otherwise the log reader fails with an error wrapping [store.ErrLogUnavailable] that says
+// what is missing, and dispatchers poll. binlog_row_metadata=FULL is optional: with it, rows are
 // mapped to columns by the names in the binlog; without it, by the table's current columns
 // in information_schema, so that rows logged before a column was added or dropped are left
 // to the sweep, and rows logged before a column was moved would be misread.
@@ -30,11 +30,11 @@
 // a second of its going away. The reader keeps its position (the last GTID of each domain on
 // MariaDB, the file and offset on MySQL) in the table named after the outbox table with a
 // "_log_position" suffix, written in the transaction that marks a batch delivered. A batch
-// holds at most the consumer's batch size (a larger transaction is cut, and read again from
+// holds at most the dispatcher's batch size (a larger transaction is cut, and read again from
 // its start after a crash, skipping what was marked), and is recorded while the next one is
 // published, so after a crash at most those two batches are published again. Migrate records the server's current position there; messages
 // written before it are delivered by the dispatchers' sweep. When the binlog no longer
-// holds the stored position (its files were purged while no reader ran), ReadLog says so
+// holds the stored position (its files were purged while no reader ran), the reader says so
 // with [store.ErrLogUnavailable] and deletes the row, and the next try (a dispatcher's
 // LogRetry later) starts from the server's current position: every message not yet delivered
 // is in the table, and the sweep delivers what was written in between before the reader
@@ -182,8 +182,8 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	return sqlstore.New(db, sqlstore.MySQL(schema), cfg, sqlstore.Hooks{
 		Migrate: recordStart,
 		Lock:    lock,
-		ReadLog: func(ctx context.Context, s *sqlstore.Store, c store.LogConsumer) error {
-			return readLog(ctx, s, c, conn)
+		OpenLog: func(ctx context.Context, s *sqlstore.Store, o store.LogOptions) (store.LogStream, error) {
+			return openLog(ctx, s, o, conn)
 		},
 	})
 }

@@ -239,6 +239,11 @@ func (r *reader) forgetPosition(ctx context.Context, lost *lostPositionError) er
 	if _, err := r.lockConn.ExecContext(dctx, "DELETE FROM "+r.posTable+" WHERE id = 1"); err != nil {
 		return fmt.Errorf("%w (and deleting it to start again from the current position failed: %v)", lost, err)
 	}
+	return restartMessage(lost)
+}
+
+// restartMessage says that the reader starts again from the server's current position.
+func restartMessage(lost *lostPositionError) error {
 	return store.LogUnavailable("the binlog no longer holds the reader's position %s (purged, or the log was reset): %v; "+
 		"the reader starts again from the server's current position at its next try, and the sweep delivers what was written meanwhile "+
 		"(mysqlstore Config.ManualLogRecovery leaves it to an operator)", lost.at, lost.err)

@@ -17,30 +17,44 @@ import (
 	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
-// readLog is the store's change log reader: it streams the binlog as a replica would, from
-// the position stored with the last batch, while it holds the outbox's log lock.
-func readLog(ctx context.Context, s *sqlstore.Store, c store.LogConsumer, conn *mysql.Config) error {
+// openLog opens the store's change log: it streams the binlog as a replica would, from the
+// position stored with the last batch, while it holds the outbox's log lock.
+func openLog(ctx context.Context, s *sqlstore.Store, o store.LogOptions, conn *mysql.Config) (store.LogStream, error) {
 	if conn == nil {
-		return store.LogUnavailable("the binlog connection needs the database handle's connection settings: open the database with mysqlstore.Open")
+		return nil, store.LogUnavailable("the binlog connection needs the database handle's connection settings: open the database with mysqlstore.Open")
 	}
 	switch conn.Net {
 	case "tcp", "tcp4", "tcp6", "unix":
 	default:
-		return store.LogUnavailable("the binlog connection dials tcp or unix sockets only, not %q", conn.Net)
+		return nil, store.LogUnavailable("the binlog connection dials tcp or unix sockets only, not %q", conn.Net)
 	}
 	lockConn, err := s.DB().Conn(ctx)
 	if err != nil {
-		return fmt.Errorf("outbox: log reader: %w", err)
+		return nil, fmt.Errorf("outbox: log reader: %w", err)
 	}
-	defer lockConn.Close()
-	r := &reader{s: s, c: c, conn: conn, lockConn: lockConn, log: s.Logger().With(slog.String("component", "outbox.binlog")), lag: -1}
+	r := &reader{s: s, o: o, conn: conn, lockConn: lockConn, log: s.Logger().With(slog.String("component", "outbox.binlog")), lag: -1}
 	if err := r.identify(ctx); err != nil {
-		return err
+		lockConn.Close()
+		return nil, err
 	}
 	if err := r.waitForLead(ctx); err != nil {
-		return err
+		lockConn.Close()
+		return nil, err
 	}
-	defer r.unlock(ctx)
+	if err := r.open(ctx); err != nil {
+		r.release(ctx)
+		if lost := (*lostPositionError)(nil); errors.As(err, &lost) && s.RecoversLostLog() {
+			err = r.forgetPosition(ctx, lost)
+		}
+		r.unlock(ctx)
+		lockConn.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// open checks the server, and starts streaming from the stored position.
+func (r *reader) open(ctx context.Context) error {
 	if err := r.check(ctx); err != nil {
 		return err
 	}
@@ -49,27 +63,70 @@ func readLog(ctx context.Context, s *sqlstore.Store, c store.LogConsumer, conn *
 		return err
 	}
 	// A standby holds no second connection: the lookup session is the leader's.
-	if r.lookup, err = lookupConn(ctx, s.DB()); err != nil {
+	if r.lookup, err = lookupConn(ctx, r.s.DB()); err != nil {
 		return err
 	}
-	defer func() {
+	cfg, err := r.syncerConfig()
+	if err != nil {
+		return err
+	}
+	r.syncer = replication.NewBinlogSyncer(cfg)
+	streamer, err := r.startStream(r.syncer, start)
+	if err != nil {
+		return err
+	}
+	// The goroutine outlives OpenLog's context: Close ends it.
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.src = eventSource{
+		events: make(chan *replication.BinlogEvent, 16),
+		errs:   make(chan error, 1),
+		tick:   time.NewTicker(sampleEvery / 2),
+		idle:   time.NewTimer(idleWait),
+		cancel: cancel,
+	}
+	r.forwarding.Go(func() { forwardEvents(fctx, streamer, r.src.events, r.src.errs) })
+	r.startAt(start)
+	return nil
+}
+
+// Close implements [store.LogStream]: it ends the stream, deletes a lost position (see
+// forgetPosition) and releases the log lock to a standby.
+func (r *reader) Close() error {
+	ctx := context.Background()
+	r.release(ctx)
+	if r.lost != nil {
+		if err := r.forgetPosition(ctx, r.lost); err != nil && errors.Is(err, r.lost) {
+			r.log.Error("cannot delete the lost binlog position", slog.Any("error", err))
+		}
+	}
+	r.unlock(ctx)
+	return r.lockConn.Close()
+}
+
+// release stops streaming and closes the lookup session.
+func (r *reader) release(context.Context) {
+	if r.src.cancel != nil {
+		r.src.cancel()
+		r.forwarding.Wait()
+		r.src.tick.Stop()
+		r.src.idle.Stop()
+	}
+	if r.syncer != nil {
+		r.syncer.Close()
+	}
+	if r.lookup != nil {
 		// Its session setting must not reach the pool.
 		r.lookup.Raw(func(any) error { return driver.ErrBadConn })
 		r.lookup.Close()
-	}()
-	err = r.run(ctx, start)
-	if lost := (*lostPositionError)(nil); errors.As(err, &lost) && s.RecoversLostLog() {
-		return r.forgetPosition(ctx, lost)
 	}
-	return err
 }
 
-// reader is one run of the binlog reader. Only the goroutine that called ReadLog uses it,
-// except decodeRows, which go-mysql calls from its own goroutine and which reads only what
-// identify set.
+// reader is an open binlog. Next and Filter run on the dispatcher's reading goroutine, Record
+// on its recording one (they share what mu guards), and decodeRows on go-mysql's, where it
+// reads only what identify set.
 type reader struct {
 	s        *sqlstore.Store
-	c        store.LogConsumer
+	o        store.LogOptions
 	conn     *mysql.Config
 	lockConn *sql.Conn
 	lookup   *sql.Conn // in READ COMMITTED: where logged rows are looked up (see lookupConn)
@@ -83,16 +140,19 @@ type reader struct {
 	cols     columnCache
 	warned   uint64 // table id whose rows could not be mapped, logged once
 
+	syncer     *replication.BinlogSyncer
+	src        eventSource
+	forwarding sync.WaitGroup
+	lost       *lostPositionError // a position the binlog no longer holds, deleted by Close
+
 	curFile string // position after the last event
 	curPos  uint32
 	read    position // after the last transaction read
-	flushed position // after the last transaction whose messages are recorded
 
-	// recording is the batch whose outcome is being recorded while the next one is read and
-	// published: nil, or a channel that receives the result once.
-	recording  chan error
-	recordPos  position // stored with it
-	recordHold bool     // it holds keys back: publish the next batch only after it
+	mu         sync.Mutex
+	flushed    position // after the last transaction whose messages are recorded
+	unrecorded int      // batches handed out by Next and not yet recorded
+	storedAt   time.Time
 
 	inTx    bool
 	txGTID  gtid
@@ -105,9 +165,8 @@ type reader struct {
 	batchTxs []batchTx // the transactions of the batch, in order
 	queued   position  // stored with the last batch handed over: where batch is read again
 	batchAt  time.Time
-	dirty    bool // read moved past changes of other tables since the position was stored
-	storedAt time.Time
-	heard    time.Time // last event, or end of the last delivery
+	dirty    bool      // read moved past changes of other tables since the position was stored
+	heard    time.Time // last event, or the last call of Next
 
 	samples   []sample
 	sampledAt time.Time
@@ -147,8 +206,8 @@ func (r *reader) identify(ctx context.Context) error {
 }
 
 func (r *reader) status(st store.LogStatus) {
-	if r.c.Status != nil {
-		r.c.Status(st)
+	if r.o.Status != nil {
+		r.o.Status(st)
 	}
 }
 
@@ -163,38 +222,18 @@ type querier interface {
 // idle and hands over a batch that is not full.
 const idleWait = 200 * time.Microsecond
 
-// run streams the binlog from start until ctx ends or the stream fails.
-func (r *reader) run(ctx context.Context, start position) error {
-	cfg, err := r.syncerConfig()
-	if err != nil {
-		return err
-	}
-	syncer := replication.NewBinlogSyncer(cfg)
-	defer syncer.Close()
-	// A batch being recorded finishes (its messages were published), whatever ends the run.
-	defer r.waitRecorded()
-	streamer, err := r.startStream(syncer, start)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	src := eventSource{
-		events: make(chan *replication.BinlogEvent, 16),
-		errs:   make(chan error, 1),
-		tick:   time.NewTicker(sampleEvery / 2),
-		idle:   time.NewTimer(idleWait),
-	}
-	defer src.tick.Stop()
-	defer src.idle.Stop()
-	wg.Go(func() { forwardEvents(ctx, streamer, src.events, src.errs) })
-	r.startAt(start)
+// Next implements [store.LogStream]: it follows the binlog until a batch is due (see take).
+func (r *reader) Next(ctx context.Context) (*store.LogBatch, error) {
+	r.heard = time.Now() // the time since the last call was the dispatcher's, not the server's
+	idle := false
 	for {
-		e, err := r.next(ctx, src)
-		if err != nil {
-			return err
+		b, err := r.take(ctx, idle)
+		if b != nil || err != nil {
+			return b, r.stopped(err)
+		}
+		var e *replication.BinlogEvent
+		if e, idle, err = r.next(ctx); err != nil {
+			return nil, r.stopped(err)
 		}
 		if e == nil {
 			continue
@@ -205,12 +244,14 @@ func (r *reader) run(ctx context.Context, start position) error {
 			r.status(store.LogStatus{Reading: true, LagBytes: -1})
 		}
 		if err := r.handle(ctx, e, false); err != nil {
-			return err
-		}
-		if err := r.settle(ctx, false); err != nil {
-			return err
+			return nil, r.stopped(err)
 		}
 	}
+}
+
+// Filter implements [store.LogStream]; rows are looked up on the lookup session.
+func (r *reader) Filter(ctx context.Context, b *store.LogBatch) error {
+	return r.s.FilterLog(ctx, b, r.lookup, r.o.DeleteDelivered)
 }
 
 // eventSource is what the reader waits on: the stream's events and its error, the tick
@@ -220,6 +261,7 @@ type eventSource struct {
 	errs   chan error
 	tick   *time.Ticker
 	idle   *time.Timer
+	cancel context.CancelFunc // ends forwardEvents
 }
 
 // forwardEvents hands the streamer's events over until ctx ends or the stream fails. go-mysql
@@ -253,20 +295,19 @@ func (r *reader) startAt(start position) {
 	r.storedAt, r.heard = now, now
 }
 
-// next returns the next event. It returns nil after it took something else instead: a
-// recorded batch or a tick.
-func (r *reader) next(ctx context.Context, src eventSource) (*replication.BinlogEvent, error) {
+// next returns the next event, or nil and whether the stream is idle: nothing more at hand
+// a moment after the batch's last message, or a tick.
+func (r *reader) next(ctx context.Context) (*replication.BinlogEvent, bool, error) {
+	src := r.src
 	select {
 	case e := <-src.events:
-		return e, nil
-	case err := <-r.recording:
-		return nil, r.recorded(err)
+		return e, false, nil
 	case err := <-src.errs:
-		return nil, r.streamError(err)
+		return nil, false, r.streamError(err)
 	case <-src.tick.C:
-		return nil, r.tick(ctx)
+		return nil, true, r.tick(ctx)
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, false, ctx.Err()
 	default:
 	}
 	// Nothing more at hand: hand over what the committed transactions hold. The stream may
@@ -275,24 +316,20 @@ func (r *reader) next(ctx context.Context, src eventSource) (*replication.Binlog
 		src.idle.Reset(idleWait)
 		select {
 		case e := <-src.events:
-			return e, nil
+			return e, false, nil
 		case <-src.idle.C:
+			return nil, true, nil
 		}
-	}
-	if err := r.settle(ctx, true); err != nil {
-		return nil, err
 	}
 	select {
 	case e := <-src.events:
-		return e, nil
-	case err := <-r.recording:
-		return nil, r.recorded(err)
+		return e, false, nil
 	case err := <-src.errs:
-		return nil, r.streamError(err)
+		return nil, false, r.streamError(err)
 	case <-src.tick.C:
-		return nil, r.tick(ctx)
+		return nil, true, r.tick(ctx)
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, false, ctx.Err()
 	}
 }
 

@@ -53,8 +53,8 @@ func (r *reader) syncerConfig() (replication.BinlogSyncerConfig, error) {
 		TLSConfig:       r.conn.TLS,
 		ParseTime:       true,
 		HeartbeatPeriod: heartbeatPeriod,
-		// A lost connection ends ReadLog, which is called again and resumes from the stored
-		// position; go-mysql's own retries would resume from what it read instead.
+		// A lost connection ends the reading; the dispatcher opens the log again, from the
+		// stored position. go-mysql's own retries would resume from what it read instead.
 		DisableRetrySync: true,
 		// Bounds the events read ahead (and their memory: an event holds up to about
 		// binlog_row_event_max_size of rows, or one larger row) while a batch is delivered.

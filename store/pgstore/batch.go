@@ -2,66 +2,43 @@ package pgstore
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/internal/sqlstore"
 )
 
-// deliver takes committed transactions in order and hands them to the consumer in batches.
-// A recorder goroutine records the published batches in order, merging those that queue up
-// into one transaction, and moves the confirmed position past each; publishing goes on
-// meanwhile, except behind a batch that holds keys, whose recording the next batch awaits.
-// deliver also samples the server's WAL end, to report when the reader caught up and how far
-// behind it is.
-func (r *reader) deliver(ctx context.Context, txns <-chan txn) (err error) {
-	rec := newRecorder(r)
-	defer func() {
-		// What was published is recorded even when reading stops: the broker has it.
-		if rerr := rec.close(); err == nil || errors.Is(err, context.Canceled) {
-			err = cmpErr(rerr, err)
-		}
-	}()
-	prog := progress{lag: -1}
-	tick := time.NewTicker(sampleEvery)
-	defer tick.Stop()
-	for {
-		if t := r.carry; t != nil && ctx.Err() == nil {
-			r.carry = nil
-			if err := r.publishBatch(ctx, rec, *t, txns); err != nil {
-				return err
-			}
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-rec.failed:
-			return err
-		case <-tick.C:
-			if err := r.report(ctx, &prog); err != nil {
-				return err
-			}
-		case t := <-txns:
-			if err := r.publishBatch(ctx, rec, t, txns); err != nil {
-				return err
-			}
-		}
-	}
+// position is where a batch leaves the reader once recorded: how many transactions it
+// completes, and where the last of them ends.
+type position struct {
+	whole int
+	end   pglogrepl.LSN
 }
 
-// publishBatch publishes first and what else is at hand, up to a batch, and queues the
-// outcome for recording with the transactions it completes.
-func (r *reader) publishBatch(ctx context.Context, rec *recorder, first txn, txns <-chan txn) error {
-	batch := []txn{first}
+// Next implements [store.LogStream]: it waits for a committed transaction and returns it with
+// those queued behind it, up to a batch.
+func (r *reader) Next(ctx context.Context) (*store.LogBatch, error) {
+	first := r.carry
+	r.carry = nil
+	if first == nil {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-r.failed:
+			return nil, r.err
+		case t := <-r.txns:
+			first = &t
+		}
+	}
+	batch := []txn{*first}
 	n := len(first.msgs)
 more:
-	for n < r.c.Batch() {
+	for n < r.o.Batch() {
 		select {
-		case t := <-txns:
-			if n+len(t.msgs) > r.c.Batch() {
+		case t := <-r.txns:
+			if n+len(t.msgs) > r.o.Batch() {
 				r.carry = &t // the next batch starts with it, and counts it as taken
 				break more
 			}
@@ -77,35 +54,45 @@ more:
 	default:
 	}
 	msgs := make([]sqlstore.LogMessage, 0, n)
-	var (
-		whole int           // transactions this batch completes
-		end   pglogrepl.LSN // the last one's end
-	)
+	var at position
 	for _, t := range batch {
 		msgs = append(msgs, t.msgs...)
 		if t.end != 0 {
-			whole, end = whole+1, t.end
+			at.whole, at.end = at.whole+1, t.end
 		}
 	}
-	if rec.holdsKeys {
-		if err := rec.wait(); err != nil {
-			return err
-		}
-	}
-	published, err := r.s.PublishLog(ctx, r.c, msgs, nil)
-	if err != nil {
-		return err
-	}
-	rec.add(published, whole, end)
-	return nil
+	return sqlstore.NewLogBatch(msgs, at), nil
 }
 
-// cmpErr returns the first non-nil error.
-func cmpErr(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
+// sampleEvery samples the server's WAL end every sampleEvery until ctx ends, to report when
+// the reader caught up and how far behind it is.
+func (r *reader) sampleEvery(ctx context.Context) error {
+	prog := progress{lag: -1}
+	tick := time.NewTicker(sampleEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			if err := r.report(ctx, &prog); err != nil {
+				return err
+			}
 		}
 	}
-	return nil
+}
+
+// confirmRecorded counts txns transactions as recorded and moves the confirmed position to
+// end, waking the receiver to confirm it at once.
+func (r *reader) confirmRecorded(txns int, end pglogrepl.LSN) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inFlight -= txns
+	if end > r.confirmed {
+		r.confirmed = end
+		r.confirmNow = true
+		if r.interrupt != nil {
+			r.interrupt()
+		}
+	}
 }

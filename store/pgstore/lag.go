@@ -75,8 +75,8 @@ func (r *reader) report(ctx context.Context, p *progress) error {
 		p.caughtUp = p.samples[0].at
 		p.samples = p.samples[1:]
 	}
-	if r.c.Status != nil && r.streaming.Load() {
-		r.c.Status(store.LogStatus{Reading: true, CaughtUp: p.caughtUp, LagBytes: p.lag})
+	if r.o.Status != nil && r.streaming.Load() {
+		r.o.Status(store.LogStatus{Reading: true, CaughtUp: p.caughtUp, LagBytes: p.lag})
 	}
 	return nil
 }

@@ -10,13 +10,13 @@ import (
 
 // waitForLead takes the outbox's log lock on conn, waiting as a standby while another
 // instance holds it.
-func waitForLead(ctx context.Context, s *sqlstore.Store, conn *sql.Conn, c store.LogConsumer) error {
+func waitForLead(ctx context.Context, s *sqlstore.Store, conn *sql.Conn, o store.LogOptions) error {
 	return sqlstore.WaitForLead(ctx, func(ctx context.Context) (bool, error) {
 		_, got, err := lock(ctx, conn, s, "log", 0)
 		return got, err
 	}, func() {
-		if c.Status != nil {
-			c.Status(store.LogStatus{})
+		if o.Status != nil {
+			o.Status(store.LogStatus{})
 		}
 	})
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/internal/sqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/storetest"
 )
 
 // consumer records what a log reader hands it and acknowledges everything.
@@ -29,8 +30,8 @@ type consumer struct {
 
 func newConsumer() *consumer { return &consumer{count: map[string]int{}} }
 
-func (c *consumer) LogConsumer() store.LogConsumer {
-	return store.LogConsumer{
+func (c *consumer) LogConsumer() storetest.LogConsumer {
+	return storetest.LogConsumer{
 		Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
 			c.mu.Lock()
 			defer c.mu.Unlock()
@@ -73,10 +74,10 @@ func (c *consumer) waitFor(t *testing.T, n int, within time.Duration) {
 
 // startReader runs ReadLog in the background; the returned function stops it and returns
 // its error.
-func startReader(st *sqlstore.Store, c interface{ LogConsumer() store.LogConsumer }) (stop func() error) {
+func startReader(st *sqlstore.Store, c interface{ LogConsumer() storetest.LogConsumer }) (stop func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- st.ReadLog(ctx, c.LogConsumer()) }()
+	go func() { done <- storetest.ReadLog(ctx, st, c.LogConsumer()) }()
 	return func() error {
 		cancel()
 		return <-done
@@ -157,7 +158,7 @@ func TestReadLogResumesAfterItsConnectionIsKilled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- st.ReadLog(ctx, c.LogConsumer()) }()
+	go func() { done <- storetest.ReadLog(ctx, st, c.LogConsumer()) }()
 	write(t, st, db, messages("a", 100)...)
 	c.waitFor(t, 100, 10*time.Second)
 
@@ -173,7 +174,7 @@ func TestReadLogResumesAfterItsConnectionIsKilled(t *testing.T) {
 	}
 	write(t, st, db, messages("b", 100)...)
 	require.Eventually(t, func() bool {
-		go func() { done <- st.ReadLog(ctx, c.LogConsumer()) }()
+		go func() { done <- storetest.ReadLog(ctx, st, c.LogConsumer()) }()
 		select {
 		case err := <-done: // the server may still hold the slot for the killed sender
 			return err == nil
@@ -197,7 +198,7 @@ func TestReadLogReportsWhyTheLogIsUnavailable(t *testing.T) {
 		_, err = db.Exec("SELECT pg_drop_replication_slot($1)", slot)
 		require.NoError(t, err)
 		for range 2 { // and again at the next try
-			err = st.ReadLog(context.Background(), newConsumer().LogConsumer())
+			err = storetest.ReadLog(context.Background(), st, newConsumer().LogConsumer())
 			require.ErrorIs(t, err, store.ErrLogUnavailable)
 			require.ErrorContains(t, err, "run Migrate")
 		}
@@ -223,7 +224,7 @@ func TestReadLogReportsWhyTheLogIsUnavailable(t *testing.T) {
 		defer userDB.Close()
 		userStore, err := sqlstore.EngineOf(pgstore.New(userDB, pgstore.Config{Table: st.QualifiedName()}))
 		require.NoError(t, err)
-		err = userStore.ReadLog(context.Background(), newConsumer().LogConsumer())
+		err = storetest.ReadLog(context.Background(), userStore, newConsumer().LogConsumer())
 		require.ErrorIs(t, err, store.ErrLogUnavailable)
 		require.ErrorContains(t, err, "REPLICATION")
 	})
@@ -231,7 +232,7 @@ func TestReadLogReportsWhyTheLogIsUnavailable(t *testing.T) {
 		db, schema := dbtest.Postgres(t)
 		st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox"}))
 		require.NoError(t, err)
-		err = st.ReadLog(context.Background(), newConsumer().LogConsumer())
+		err = storetest.ReadLog(context.Background(), st, newConsumer().LogConsumer())
 		require.ErrorIs(t, err, store.ErrLogUnavailable)
 	})
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/outboxgo/outbox/store/internal/sqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
 	"github.com/outboxgo/outbox/store/sqlitestore"
+	"github.com/outboxgo/outbox/store/storetest"
 )
 
 func newLogOnlyStore(t *testing.T) (*sqlstore.Store, string) {
@@ -82,8 +83,8 @@ type outcomeConsumer struct {
 	handed     map[string]int // by payload, whatever became of it
 }
 
-func (c *outcomeConsumer) LogConsumer() store.LogConsumer {
-	return store.LogConsumer{Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
+func (c *outcomeConsumer) LogConsumer() storetest.LogConsumer {
+	return storetest.LogConsumer{Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		out := &store.LogOutcome{}

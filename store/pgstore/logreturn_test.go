@@ -9,6 +9,7 @@ import (
 
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/internal/sqlstore"
+	"github.com/outboxgo/outbox/store/storetest"
 )
 
 // readingReported reports whether c was ever told that its reader reads.
@@ -66,7 +67,7 @@ func TestReadLogCreatesALostSlotAgain(t *testing.T) {
 
 	first := newConsumer()
 	done := make(chan error, 1)
-	go func() { done <- st.ReadLog(ctx, first.LogConsumer()) }()
+	go func() { done <- storetest.ReadLog(ctx, st, first.LogConsumer()) }()
 	write(t, st, db, messages("a", 21)...)
 	first.waitFor(t, 21, 15*time.Second)
 	require.Eventually(t, func() bool {
@@ -87,7 +88,7 @@ func TestReadLogCreatesALostSlotAgain(t *testing.T) {
 	// The first try says what happens; a try that found the slot gone while reading may have
 	// said it already.
 	second := newConsumer()
-	err := st.ReadLog(ctx, second.LogConsumer())
+	err := storetest.ReadLog(ctx, st, second.LogConsumer())
 	if err != nil {
 		require.ErrorIs(t, err, store.ErrLogUnavailable)
 		require.ErrorContains(t, err, "creates it at its next try")
@@ -95,7 +96,7 @@ func TestReadLogCreatesALostSlotAgain(t *testing.T) {
 	}
 
 	third := newConsumer()
-	go func() { done <- st.ReadLog(ctx, third.LogConsumer()) }()
+	go func() { done <- storetest.ReadLog(ctx, st, third.LogConsumer()) }()
 	require.Eventually(t, third.readingReported, 15*time.Second, 10*time.Millisecond, "the reader reads from a new slot")
 	var exists bool
 	require.NoError(t, db.QueryRow("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", slot).Scan(&exists))

@@ -34,7 +34,7 @@ type LogState struct {
 	LagBytes int64 `json:"lag_bytes"`
 	// RetainedBytes is how much WAL the slot keeps on the server's disk. -1 without a slot.
 	RetainedBytes int64 `json:"retained_bytes"`
-	// Problem says why the log cannot be read, and what to do about it, as ReadLog would
+	// Problem says why the log cannot be read, and what to do about it, as the log reader would
 	// report it; empty when a reader can read the log.
 	Problem string `json:"problem,omitempty"`
 }
@@ -86,7 +86,7 @@ func InspectLog(ctx context.Context, db *sql.DB, table string) (*LogState, error
 			st.RetainedBytes = retained.Int64
 		}
 	}
-	// The reader's own check, so that the reason is the one ReadLog gives.
+	// The reader's own check, so that the reason is the one the log reader gives.
 	r := &reader{s: s, lockConn: conn, slot: st.Slot, pub: st.Publication}
 	if err := r.check(ctx); errors.Is(err, store.ErrLogUnavailable) {
 		st.Problem = store.LogUnavailableReason(err)

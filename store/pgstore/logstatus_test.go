@@ -12,6 +12,7 @@ import (
 	"github.com/outboxgo/outbox/store"
 	"github.com/outboxgo/outbox/store/internal/sqlstore"
 	"github.com/outboxgo/outbox/store/pgstore"
+	"github.com/outboxgo/outbox/store/storetest"
 )
 
 func TestInspectLogFollowsTheSlot(t *testing.T) {
@@ -88,7 +89,7 @@ func TestOutboxesOfOneTableInTwoDatabasesHaveSlotsOfTheirOwn(t *testing.T) {
 	got := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- st.ReadLog(rctx, store.LogConsumer{Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
+		done <- storetest.ReadLog(rctx, st, storetest.LogConsumer{Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
 			out := &store.LogOutcome{}
 			for _, m := range msgs {
 				out.Delivered = append(out.Delivered, m.ID)

@@ -25,12 +25,12 @@
 //     slot waits for every write transaction open at that moment, so it is not done at start
 //     (the reader creates one only in place of a lost slot, while the dispatchers poll).
 //
-// Otherwise ReadLog returns an error wrapping [store.ErrLogUnavailable] that says what is
-// missing, and dispatchers poll. One reader per outbox holds the slot; other instances wait on
+// Otherwise the log reader fails with an error wrapping [store.ErrLogUnavailable] that says
+// what is missing, and dispatchers poll. One reader per outbox holds the slot; other instances wait on
 // an advisory lock and take over within about a second. The reader confirms to the server the
 // commit position of transactions whose messages are all recorded, and, when idle, the end of
 // the WAL, so that the slot does not keep WAL on a quiet outbox. A batch holds at most the
-// consumer's batch size (a larger transaction is cut, and read again from its start after a
+// dispatcher's batch size (a larger transaction is cut, and read again from its start after a
 // crash, skipping what was marked), and is recorded while the next is published: after a
 // crash at most those two batches are published again. A slot that
 // no reader consumes keeps WAL on the server: drop it (pg_drop_replication_slot) once the
@@ -139,7 +139,7 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if _, ok := db.Driver().(*stdlib.Driver); !ok {
 		return nil, fmt.Errorf("outbox: pgstore.New: db uses %T; open it with pgstore.Open or pgx's stdlib driver", db.Driver())
 	}
-	return sqlstore.New(db, sqlstore.Postgres(schema), cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, ReadLog: readLog, LogOnly: logOnly, Lock: lock})
+	return sqlstore.New(db, sqlstore.Postgres(schema), cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, OpenLog: openLog, LogOnly: logOnly, Lock: lock})
 }
 
 // logOnly is ready while the outbox's slot and publication exist: then the WAL keeps what is

@@ -95,8 +95,8 @@ func (r *reader) receive(ctx context.Context, conn *pgconn.PgConn, txns chan<- t
 			continue
 		}
 		if _, ok := raw.(*pgproto3.CopyData); ok && !r.streaming.Load() {
-			if r.c.Status != nil {
-				r.c.Status(store.LogStatus{Reading: true, LagBytes: -1})
+			if r.o.Status != nil {
+				r.o.Status(store.LogStatus{Reading: true, LagBytes: -1})
 			}
 			r.streaming.Store(true)
 		}
@@ -266,9 +266,9 @@ func (rc *receiver) commit(ctx context.Context, msg *pglogrepl.CommitMessage) er
 	r.mu.Lock()
 	r.inFlight++
 	r.mu.Unlock()
-	for len(cur.msgs) > r.c.Batch() {
-		part := txn{msgs: cur.msgs[:r.c.Batch():r.c.Batch()]}
-		cur.msgs = cur.msgs[r.c.Batch():]
+	for len(cur.msgs) > r.o.Batch() {
+		part := txn{msgs: cur.msgs[:r.o.Batch():r.o.Batch()]}
+		cur.msgs = cur.msgs[r.o.Batch():]
 		if err := rc.hand(ctx, part); err != nil {
 			return err
 		}
@@ -294,7 +294,7 @@ func (rc *receiver) hand(ctx context.Context, t txn) error {
 	for {
 		timer := time.NewTimer(statusEvery)
 		in := rc.txns
-		if r.queued.Load() >= int64(2*r.c.Batch()) {
+		if r.queued.Load() >= int64(2*r.o.Batch()) {
 			in = nil // wait until the deliverer takes some
 		}
 		select {

@@ -55,8 +55,8 @@ type logConsumer struct {
 	statuses []store.LogStatus
 }
 
-func (c *logConsumer) consumer() store.LogConsumer {
-	return store.LogConsumer{
+func (c *logConsumer) consumer() LogConsumer {
+	return LogConsumer{
 		BatchSize: c.batch,
 		Deliver: func(_ context.Context, msgs []store.ClaimedMessage) *store.LogOutcome {
 			c.mu.Lock()
@@ -117,7 +117,7 @@ func readLog(t *testing.T, st store.Engine, c *logConsumer) (stop func() error) 
 	require.True(t, ok, "%T reads no change log", st)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- r.ReadLog(ctx, c.consumer()) }()
+	go func() { done <- ReadLog(ctx, r, c.consumer()) }()
 	var (
 		once sync.Once
 		err  error

@@ -24,8 +24,9 @@
 //
 // # Change log readers
 //
-// [Store.PublishLog] and [LogBatch.Record] are the two halves of delivering messages read
-// from a change log: publishing skips what polling delivered or holds, and hands a key over
-// to polling behind a message it holds; recording marks the outcome, with the reader's
-// position when it keeps one, in one transaction.
+// A database package's log stream reads batches of committed messages ([NewLogBatch]);
+// [Store.FilterLog] and [Store.RecordLog] are the stream's other two steps: filtering skips
+// what polling delivered or holds, and hands a key over to polling behind a message it
+// holds; recording marks the outcome, with the reader's position when it keeps one, in one
+// transaction.
 package sqlstore

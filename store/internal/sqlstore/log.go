@@ -28,17 +28,37 @@ type LogMessage struct {
 	store.Message
 }
 
-// ReadLog implements [store.LogReader] through the store's [Hooks].ReadLog.
-func (s *Store) ReadLog(ctx context.Context, c store.LogConsumer) error {
-	if s.hooks.ReadLog == nil {
-		return fmt.Errorf("%w: the %s store reads no change log", store.ErrLogUnavailable, s.d.name)
-	}
-	if c.Deliver == nil {
-		return fmt.Errorf("outbox: ReadLog: LogConsumer.Deliver is nil")
+// OpenLog implements [store.LogReader] through the store's [Hooks].OpenLog.
+func (s *Store) OpenLog(ctx context.Context, o store.LogOptions) (store.LogStream, error) {
+	if s.hooks.OpenLog == nil {
+		return nil, fmt.Errorf("%w: the %s store reads no change log", store.ErrLogUnavailable, s.d.name)
 	}
 	// Not reset when reading ends: another dispatcher on this Store value may be reading.
 	s.catchUp.Store(-1)
-	return s.hooks.ReadLog(ctx, s, c)
+	return s.hooks.OpenLog(ctx, s, o)
+}
+
+// LogRead is a batch as a store's stream reads it, kept in [store.LogBatch].Read: its
+// messages, where the stream stands once it is recorded, and what filtering found.
+type LogRead struct {
+	Msgs []LogMessage
+	// Position is the stream's own: where it stands once the batch is recorded.
+	Position any
+	filtered *logRecord
+}
+
+// NewLogBatch is a batch of msgs read from the change log, to be at pos once recorded.
+func NewLogBatch(msgs []LogMessage, pos any) *store.LogBatch {
+	return &store.LogBatch{Read: &LogRead{Msgs: msgs, Position: pos}}
+}
+
+// ReadOf is the LogRead of a batch that [NewLogBatch] made.
+func ReadOf(b *store.LogBatch) *LogRead {
+	r, _ := b.Read.(*LogRead)
+	if r == nil {
+		panic(fmt.Sprintf("outbox: a log batch of another store (%T)", b.Read))
+	}
+	return r
 }
 
 // catchingUp reports whether messages that were pending before the first batch of this
@@ -71,10 +91,8 @@ func (s *Store) catchingUp(ctx context.Context, first int64) (bool, error) {
 	return err == nil, err
 }
 
-// LogBatch is a published log batch whose outcome is not recorded yet.
-type LogBatch struct {
-	s         *Store
-	del       bool // delivered messages are deleted (LogConsumer.DeleteDelivered)
+// logRecord is what recording a log batch writes.
+type logRecord struct {
 	delivered []int64
 	failures  []store.Failure
 	handOver  []int64
@@ -85,45 +103,42 @@ type LogBatch struct {
 	// logOnly are the batch's log-only messages that were not delivered, by id: recording
 	// inserts them into the table, failed or handed over, for polling.
 	logOnly map[string]LogMessage
+	seqOf   map[string]int64 // the seqs of the messages to publish, by id
 }
 
-// HoldsKeys reports whether recording the batch will hold back keys (failed or handed-over
-// messages): the next batch must then be published only after this one is recorded.
-func (b *LogBatch) HoldsKeys() bool {
-	return len(b.failures) > 0 || len(b.handOver) > 0 || len(b.marks) > 0
-}
-
-// Merge adds o's outcome to b's, so that both are recorded in one transaction.
-func (b *LogBatch) Merge(o *LogBatch) {
-	b.delivered = append(b.delivered, o.delivered...)
-	b.failures = append(b.failures, o.failures...)
-	b.handOver = append(b.handOver, o.handOver...)
-	b.marks = append(b.marks, o.marks...)
+// merge adds o to r, so that both are recorded in one transaction.
+func (r *logRecord) merge(o *logRecord) {
+	r.delivered = append(r.delivered, o.delivered...)
+	r.failures = append(r.failures, o.failures...)
+	r.handOver = append(r.handOver, o.handOver...)
+	r.marks = append(r.marks, o.marks...)
 	for _, m := range o.logOnly {
-		b.keepLogOnly(m)
+		r.keepLogOnly(m)
 	}
 }
 
-func (b *LogBatch) keepLogOnly(m LogMessage) {
-	if b.logOnly == nil {
-		b.logOnly = map[string]LogMessage{}
+func (r *logRecord) keepLogOnly(m LogMessage) {
+	if r.logOnly == nil {
+		r.logOnly = map[string]LogMessage{}
 	}
-	b.logOnly[m.ID] = m
+	r.logOnly[m.ID] = m
 }
 
-// PublishLog hands msgs, read from the change log in commit order, to c.Deliver, and
-// returns the outcome to record. Their rows are looked up through lookup when it is set: a
-// MySQL session in READ COMMITTED, whose locking reads wait for the writers' commits (the
-// binlog carries a transaction before InnoDB commits it), without gap locks.
+// FilterLog implements [store.LogStream].Filter for a stream of this store. Rows are looked
+// up through lookup when it is set: a MySQL session in READ COMMITTED, whose locking reads
+// wait for the writers' commits (the binlog carries a transaction before InnoDB commits it),
+// without gap locks; deleting is [store.LogOptions].DeleteDelivered.
 //
 // Messages that are no longer pending, or that polling holds (claimed, or waiting for a
 // retry), are skipped: polling delivered them before the log reached them, or owns them now.
 // A message whose key has an earlier message held by polling is handed over to polling, with
 // the later messages of its key, so that the key stays in order.
-func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogMessage, lookup *sql.Conn) (*LogBatch, error) {
-	ready, heldFrom, claimed, err := s.logFilter(ctx, msgs, lookup, c.DeleteDelivered)
+func (s *Store) FilterLog(ctx context.Context, b *store.LogBatch, lookup *sql.Conn, deleting bool) error {
+	read := ReadOf(b)
+	msgs := read.Msgs
+	ready, heldFrom, claimed, err := s.logFilter(ctx, msgs, lookup, deleting)
 	if err != nil {
-		return nil, fmt.Errorf("outbox: look up logged messages in %s: %w", s.t, err)
+		return fmt.Errorf("outbox: look up logged messages in %s: %w", s.t, err)
 	}
 	// Messages pending from before this reading session may not be in the log, and an
 	// earlier message of a key must not be overtaken: until they are delivered, every
@@ -134,74 +149,87 @@ func (s *Store) PublishLog(ctx context.Context, c store.LogConsumer, msgs []LogM
 	}
 	catchingUp, err := s.catchingUp(ctx, first)
 	if err != nil {
-		return nil, fmt.Errorf("outbox: look up messages pending before the log reader started in %s: %w", s.t, err)
+		return fmt.Errorf("outbox: look up messages pending before the log reader started in %s: %w", s.t, err)
 	}
 	var (
-		deliver []store.ClaimedMessage
 		blocked = map[string]bool{}
-		seqOf   = make(map[string]int64, len(msgs))
-		batch   = &LogBatch{s: s, del: c.DeleteDelivered, marks: claimed}
+		rec     = &logRecord{marks: claimed, seqOf: make(map[string]int64, len(msgs))}
 	)
+	b.Publish = nil
 	for _, m := range msgs {
 		if !ready[m.Seq] {
 			continue
 		}
-		seqOf[m.ID] = m.Seq
+		rec.seqOf[m.ID] = m.Seq
 		if m.LogOnly {
-			batch.keepLogOnly(m)
+			rec.keepLogOnly(m)
 		}
 		if catchingUp {
-			batch.handOver = append(batch.handOver, m.Seq)
+			rec.handOver = append(rec.handOver, m.Seq)
 			continue
 		}
 		if m.Key != "" {
 			if from, ok := heldFrom[m.Key]; (ok && from < m.Seq) || blocked[m.Key] {
 				blocked[m.Key] = true
-				batch.handOver = append(batch.handOver, m.Seq)
+				rec.handOver = append(rec.handOver, m.Seq)
 				continue
 			}
 		}
-		deliver = append(deliver, store.ClaimedMessage{Message: m.Message})
+		b.Publish = append(b.Publish, store.ClaimedMessage{Message: m.Message})
 	}
-	if len(deliver) == 0 {
-		return batch, nil
-	}
-	out := c.Deliver(ctx, deliver)
-	seen := make(map[string]bool, len(deliver))
-	for _, id := range out.Delivered {
-		if seq, ok := seqOf[id]; ok && !seen[id] {
-			if _, logOnly := batch.logOnly[id]; logOnly {
-				delete(batch.logOnly, id) // no row to mark
+	read.filtered = rec
+	b.HeldBack = len(rec.handOver) > 0 || len(rec.marks) > 0
+	return nil
+}
+
+// settle adds to the record what became of the batch's published messages: delivered ones
+// are marked (log-only ones have no row to mark), failed ones recorded, and the others
+// handed over to polling.
+func (r *logRecord) settle(b *store.LogBatch) {
+	seen := make(map[string]bool, len(b.Publish))
+	for _, id := range b.Outcome.Delivered {
+		if seq, ok := r.seqOf[id]; ok && !seen[id] {
+			if _, logOnly := r.logOnly[id]; logOnly {
+				delete(r.logOnly, id)
 			} else {
-				batch.delivered = append(batch.delivered, seq)
+				r.delivered = append(r.delivered, seq)
 			}
 		}
 		seen[id] = true
 	}
-	for _, f := range out.Failures {
-		if _, ok := seqOf[f.ID]; ok && !seen[f.ID] {
-			batch.failures = append(batch.failures, f)
+	for _, f := range b.Outcome.Failures {
+		if _, ok := r.seqOf[f.ID]; ok && !seen[f.ID] {
+			r.failures = append(r.failures, f)
 		}
 		seen[f.ID] = true
 	}
-	for _, m := range deliver {
+	for _, m := range b.Publish {
 		if !seen[m.ID] {
-			batch.handOver = append(batch.handOver, seqOf[m.ID])
+			r.handOver = append(r.handOver, r.seqOf[m.ID])
 		}
 	}
-	return batch, nil
 }
 
-// Record records the batch's outcome, and checkpoint(tx) when it is not nil, in one
-// transaction, retrying a few times. It runs even if ctx has ended: what the broker
+// RecordLog implements [store.LogStream].Record for a stream of this store: it records the
+// outcome of bs, each filtered by [Store.FilterLog], and checkpoint(tx) when it is not nil,
+// in one transaction, retrying a few times. It runs even if ctx has ended: what the broker
 // acknowledged must be marked.
-func (b *LogBatch) Record(ctx context.Context, checkpoint func(context.Context, *sql.Tx) error) error {
+func (s *Store) RecordLog(ctx context.Context, bs []*store.LogBatch, deleting bool, checkpoint func(context.Context, *sql.Tx) error) error {
+	all := &logRecord{}
+	for _, b := range bs {
+		rec := ReadOf(b).filtered
+		if rec == nil {
+			return fmt.Errorf("outbox: record a log batch of %s that was not filtered", s.t)
+		}
+		rec.settle(b)
+		all.merge(rec)
+	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	bo := backoff.WithContext(backoff.WithMaxRetries(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxElapsedTime(0)), 4), rctx)
 	return backoff.Retry(func() error {
-		return b.s.recordLog(rctx, b, checkpoint)
+		return s.recordLog(rctx, all, deleting, checkpoint)
 	}, bo)
 }
 
@@ -211,7 +239,7 @@ func (b *LogBatch) Record(ctx context.Context, checkpoint func(context.Context, 
 // before InnoDB commits), so a row the filter does not find is looked up again, first after
 // 100 µs, as the gap is mostly far shorter than a millisecond, then at doubling waits. A row
 // still missing was deleted: its message is not handed over. Where delivered messages are
-// deleted (LogConsumer.DeleteDelivered), a reader that reads again what polling delivered
+// deleted (LogOptions.DeleteDelivered), a reader that reads again what polling delivered
 // meanwhile pays this wait once per batch.
 const visibleWithin = 200 * time.Millisecond
 
@@ -381,11 +409,11 @@ func (l *logLookup) scan(ctx context.Context, q string, args []any, found map[in
 // recordLog records a log batch's outcome, and the reader's checkpoint, in one transaction.
 // Rows a sweep claimed meanwhile are left to it, except that an acknowledged message is
 // marked delivered whoever holds it.
-func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(context.Context, *sql.Tx) error) error {
+func (s *Store) recordLog(ctx context.Context, batch *logRecord, deleting bool, checkpoint func(context.Context, *sql.Tx) error) error {
 	delivered, failures, handOver := batch.delivered, batch.failures, batch.handOver
 	markDelivered := func(db store.Execer, seqs []int64, async bool) error {
 		b := builder{d: s.d}
-		_, err := db.ExecContext(ctx, s.markDelivered(b.inSeqs("seq", seqs), batch.del, async), b.args...)
+		_, err := db.ExecContext(ctx, s.markDelivered(b.inSeqs("seq", seqs), deleting, async), b.args...)
 		return err
 	}
 	if checkpoint == nil && len(failures)+len(handOver)+len(batch.marks) == 0 && len(delivered) <= s.d.maxParams-8 {
@@ -429,7 +457,7 @@ func (s *Store) recordLog(ctx context.Context, batch *LogBatch, checkpoint func(
 
 // recordHandOver records in tx the failures of a log batch and what it hands over to
 // polling, and marks the rows a claim held as held.
-func (s *Store) recordHandOver(ctx context.Context, tx *sql.Tx, batch *LogBatch) error {
+func (s *Store) recordHandOver(ctx context.Context, tx *sql.Tx, batch *logRecord) error {
 	t := s.t.String()
 	handOver := batch.handOver
 	logOnly, err := s.recordLogFailures(ctx, tx, batch)
@@ -479,7 +507,7 @@ func (s *Store) recordHandOver(ctx context.Context, tx *sql.Tx, batch *LogBatch)
 
 // recordLogFailures records the failed attempts of a log batch in tx, and returns the
 // failed log-only messages, which have no row to update: they are inserted instead.
-func (s *Store) recordLogFailures(ctx context.Context, tx *sql.Tx, batch *LogBatch) ([]logOnlyRow, error) {
+func (s *Store) recordLogFailures(ctx context.Context, tx *sql.Tx, batch *logRecord) ([]logOnlyRow, error) {
 	var logOnly []logOnlyRow
 	for _, f := range batch.failures {
 		b := builder{d: s.d}

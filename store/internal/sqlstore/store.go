@@ -74,8 +74,9 @@ type Hooks struct {
 	// Migrate runs after the schema steps of [Store.Migrate], on the same connection and
 	// under the same lock (Postgres creates its publication and replication slot there).
 	Migrate func(ctx context.Context, s *Store, conn *sql.Conn) error
-	// ReadLog reads the database's change log; see [store.LogReader].
-	ReadLog func(ctx context.Context, s *Store, c store.LogConsumer) error
+	// OpenLog opens the database's change log; see [store.LogReader]. Its stream filters
+	// and records batches through [Store.FilterLog] and [Store.RecordLog].
+	OpenLog func(ctx context.Context, s *Store, o store.LogOptions) (store.LogStream, error)
 	// LogOnly lets [Config].LogOnly be set: it says how Write of s knows that the log will
 	// carry what it writes.
 	LogOnly func(s *Store) LogOnlyHook
@@ -164,7 +165,7 @@ func New(db *sql.DB, d Dialect, cfg Config, hooks Hooks) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.LogOnly && (hooks.LogOnly == nil || hooks.ReadLog == nil) {
+	if cfg.LogOnly && (hooks.LogOnly == nil || hooks.OpenLog == nil) {
 		return nil, fmt.Errorf("outbox: Config.LogOnly: the %s store cannot check at write time that its change log carries messages (use Postgres)", d.name)
 	}
 	s := &Store{
@@ -196,7 +197,7 @@ func (s *Store) Table() string { return s.t.String() }
 // Capabilities implements [store.Engine].
 func (s *Store) Capabilities() store.Capabilities {
 	return store.Capabilities{Name: s.d.name, SkipLocked: s.d.claim != claimSingleStatement, CrossProcessNotify: s.listener != nil,
-		ChangeLog: s.hooks.ReadLog != nil}
+		ChangeLog: s.hooks.OpenLog != nil}
 }
 
 const columns = "seq, id, topic, message_key, payload, headers, created_at, state, attempts, next_attempt_at, claimed_until, claim_token, last_error, delivered_at"

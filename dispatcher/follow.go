@@ -1,0 +1,148 @@
+package dispatcher
+
+import (
+	"context"
+	"sync"
+
+	"github.com/outboxgo/outbox/store"
+)
+
+// follow reads an open change log until reading stops or fails, a batch at a time: read it,
+// filter it, publish it, record it. A batch is recorded while the next one is read and
+// published, except after a batch that holds keys back, which the next batch's filter must
+// see: so a crash publishes at most two batches again. Publishing ends only with pubCtx, the
+// run's context, not when reading stops: a graceful stop finishes the batch in hand, and
+// records it.
+func (d *Dispatcher) follow(ctx, pubCtx context.Context, stream store.LogStream) (err error) {
+	rec := newRecorder(stream)
+	defer func() {
+		if rerr := rec.close(); err == nil || ctx.Err() != nil {
+			err = cmpErr(rerr, err)
+		}
+	}()
+	for {
+		b, err := stream.Next(ctx)
+		if err != nil {
+			return err
+		}
+		if rec.holdsKeys {
+			if err := rec.wait(); err != nil {
+				return err
+			}
+		}
+		if err := stream.Filter(ctx, b); err != nil {
+			return err
+		}
+		if len(b.Publish) > 0 {
+			out := d.deliver(pubCtx, b.Publish)
+			d.logs.logPublished.Add(int64(len(out.delivered)))
+			d.followUp(out)
+			b.Outcome = store.LogOutcome{Delivered: out.delivered, Failures: out.failures, Unattempted: out.unattempted}
+		}
+		if err := rec.add(b); err != nil {
+			return err
+		}
+	}
+}
+
+// recorder records published batches in order on its own goroutine, merging those that
+// queue up behind one being recorded into one transaction.
+type recorder struct {
+	stream    store.LogStream
+	queue     chan *store.LogBatch
+	failed    chan error // receives the first recording error
+	pending   sync.WaitGroup
+	holdsKeys bool // a batch queued since the last wait holds keys
+	done      chan struct{}
+}
+
+func newRecorder(stream store.LogStream) *recorder {
+	// Unbuffered: one batch is published while another records.
+	rec := &recorder{stream: stream, queue: make(chan *store.LogBatch), failed: make(chan error, 1), done: make(chan struct{})}
+	go rec.run()
+	return rec
+}
+
+// add queues a published batch, or returns the error that stopped recording.
+func (rec *recorder) add(b *store.LogBatch) error {
+	rec.holdsKeys = rec.holdsKeys || b.HoldsKeys()
+	rec.pending.Add(1)
+	select {
+	case rec.queue <- b:
+		return nil
+	case err := <-rec.failed:
+		rec.pending.Done()
+		rec.failed <- err
+		return err
+	}
+}
+
+// wait waits until every queued batch is recorded.
+func (rec *recorder) wait() error {
+	rec.pending.Wait()
+	rec.holdsKeys = false
+	return rec.err()
+}
+
+func (rec *recorder) err() error {
+	select {
+	case err := <-rec.failed:
+		rec.failed <- err
+		return err
+	default:
+		return nil
+	}
+}
+
+// close records what is queued and stops the recorder.
+func (rec *recorder) close() error {
+	close(rec.queue)
+	<-rec.done
+	return rec.err()
+}
+
+// run records the queued batches in order, each with those queued behind it, until the queue
+// is closed. After a failure it records nothing more, and only counts the batches off.
+func (rec *recorder) run() {
+	defer close(rec.done)
+	var failed bool
+	for b := range rec.queue {
+		bs := rec.queued(b)
+		if !failed {
+			// Recording outlives the reading: the broker has these messages.
+			if err := rec.stream.Record(context.Background(), bs); err != nil {
+				failed = true
+				rec.failed <- err
+			}
+		}
+		for range bs {
+			rec.pending.Done()
+		}
+	}
+}
+
+// queued is b and the batches already queued behind it.
+func (rec *recorder) queued(b *store.LogBatch) []*store.LogBatch {
+	bs := []*store.LogBatch{b}
+	for {
+		select {
+		case next, ok := <-rec.queue:
+			if !ok {
+				return bs
+			}
+			bs = append(bs, next)
+		default:
+			return bs
+		}
+	}
+}
+
+// cmpErr returns the first non-nil error.
+func cmpErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

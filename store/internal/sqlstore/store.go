@@ -251,3 +251,37 @@ func (s *Store) checkLogOnly(ctx context.Context, db interface {
 	}
 	return nil
 }
+
+// inChunks calls f with consecutive parts of vs, each at most size long.
+func inChunks[T any](vs []T, size int, f func([]T) error) error {
+	for start := 0; start < len(vs); start += size {
+		if err := f(vs[start:min(start+size, len(vs))]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LockKey is the Postgres advisory lock key for purpose, one per outbox table.
+func (s *Store) LockKey(purpose string) int64 { return s.t.lockKey(purpose) }
+
+// Schema is the table's schema (Postgres) or database (MySQL) as configured; empty when the
+// table name is not qualified.
+func (s *Store) Schema() string { return s.t.schema }
+
+// QualifiedName is the table's unquoted name, schema-qualified as configured.
+func (s *Store) QualifiedName() string {
+	if s.t.schema != "" {
+		return s.t.schema + "." + s.t.name
+	}
+	return s.t.name
+}
+
+// TableName is the table's unquoted name without its schema.
+func (s *Store) TableName() string { return s.t.name }
+
+// Logger is the store's logger.
+func (s *Store) Logger() *slog.Logger { return s.log }
+
+// Now is the store's clock.
+func (s *Store) Now() time.Time { return s.now() }

@@ -11,7 +11,11 @@ import (
 // are classified by it, never by their text.
 const (
 	errNoSuchTable     = 1146
+	errNoSuchColumn    = 1054
+	errNoSuchDatabase  = 1049
 	errTableDenied     = 1142
+	errColumnDenied    = 1143
+	errDuplicateEntry  = 1062
 	errDBDenied        = 1044
 	errAccessDenied    = 1045
 	errSpecificDenied  = 1227

@@ -179,7 +179,7 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if d, ok := db.Driver().(settingsDriver); ok {
 		conn = d.cfg
 	}
-	return sqlstore.New(db, sqlstore.MySQL(schema), cfg, sqlstore.Hooks{
+	return sqlstore.New(db, dialect, cfg, sqlstore.Hooks{
 		Migrate: recordStart,
 		Lock:    lock,
 		OpenLog: func(ctx context.Context, s *sqlstore.Store, o store.LogOptions) (store.LogStream, error) {

@@ -11,6 +11,10 @@ import (
 const (
 	codeInvalidAuthorization  = "28000" // invalid_authorization_specification: pg_hba.conf turned the connection away
 	codeInsufficientPrivilege = "42501"
+	codeUndefinedTable        = "42P01"
+	codeUndefinedColumn       = "42703"
+	codeInvalidSchemaName     = "3F000"
+	codeUniqueViolation       = "23505"
 	codeUndefinedObject       = "42704"
 	codeDuplicateObject       = "42710"
 	codeConfigLimitExceeded   = "53400" // configuration_limit_exceeded: no free replication slot

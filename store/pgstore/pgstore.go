@@ -139,7 +139,7 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	if _, ok := db.Driver().(*stdlib.Driver); !ok {
 		return nil, fmt.Errorf("outbox: pgstore.New: db uses %T; open it with pgstore.Open or pgx's stdlib driver", db.Driver())
 	}
-	return sqlstore.New(db, sqlstore.Postgres(schema), cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, OpenLog: openLog, LogOnly: logOnly, Lock: lock})
+	return sqlstore.New(db, dialect, cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, OpenLog: openLog, LogOnly: logOnly, Lock: lock})
 }
 
 // logOnly is ready while the outbox's slot and publication exist: then the WAL keeps what is
@@ -151,6 +151,10 @@ func logOnly(s *sqlstore.Store) sqlstore.LogOnlyHook {
 		Ready: "EXISTS (SELECT 1 FROM pg_replication_slots WHERE " + slotNamesSQL(s.QualifiedName()) + " AND database = current_database() AND restart_lsn IS NOT NULL)" +
 			" AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '" + pub + "')",
 		NotReady: fmt.Sprintf("replication slot %s_<the first 8 hex digits of the MD5 of the database's name> (or %s, made before), of this database and not invalidated, and publication %s are needed: run Migrate on a server with wal_level = logical", pub, pub, pub),
+		// A VALUES list in a subquery leaves its values' types to be told.
+		Row:           "(%s::text,%s::text,%s::text,%s::bytea,%s::text,%s,%s)",
+		KeepSeq:       "OVERRIDING SYSTEM VALUE",
+		SkipConflicts: "ON CONFLICT DO NOTHING",
 	}
 }
 

@@ -103,7 +103,7 @@ type Store struct {
 // New returns the outbox store for db, a SQLite database opened with the modernc.org/sqlite
 // driver (see [Open]). Call Migrate on it once to create the table.
 func New(db *sql.DB, cfg Config) (*Store, error) {
-	s, err := sqlstore.New(db, sqlstore.SQLite(schema), cfg, sqlstore.Hooks{})
+	s, err := sqlstore.New(db, dialect, cfg, sqlstore.Hooks{})
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,6 @@
 package sqlstore
 
 import (
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"io/fs"
@@ -12,14 +11,12 @@ import (
 	"text/template"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
-
 	"github.com/outboxgo/outbox/store"
 )
 
-// Dialect is what differs between the SQL databases the store runs on. Get one from
-// [SQLite], [Postgres] or [MySQL]; its fields are not exported because the store's queries
-// depend on them together.
+// Dialect is what differs between the SQL databases the store runs on: each database
+// package describes its own in a [DialectSpec]. Its fields are not exported because the
+// store's queries depend on them together.
 type Dialect struct {
 	name      string
 	quote     byte
@@ -37,7 +34,12 @@ type Dialect struct {
 	// to now.
 	interval string
 	claim    claimStyle
-	notify   bool // Write sends pg_notify on the table's channel
+	// claimTurn is, where claims take turns in a transaction (claimAdvisoryLock), the
+	// statement that waits for the turn, with the lock key as its one argument.
+	claimTurn string
+	// notifyWrite wraps a Write's INSERT so that it wakes the dispatchers of other
+	// processes; nil where the database has no notifications.
+	notifyWrite func(insert, channel string) string
 	// asyncCommit, a table expression joined to an UPDATE (FROM) or a DELETE (USING), lets
 	// the statement's own transaction commit without waiting for the WAL flush. Marking
 	// messages delivered can: a mark lost in a server crash only publishes them again, which
@@ -47,117 +49,92 @@ type Dialect struct {
 	// transactions that wrote the rows to commit.
 	shareLock      string
 	migrationFiles fs.FS // the schema's steps in its schema/ directory, NNNN_name.sql templates of the table's names
-	// classify maps a driver error to store.ErrNotMigrated or store.ErrPermission, or nil.
+	// classify maps a driver error to store.ErrNotMigrated, store.ErrPermission or
+	// store.ErrDuplicateID, or nil.
 	classify func(error) error
+}
+
+// DialectSpec is how a database package describes its SQL to the store.
+type DialectSpec struct {
+	// Name is the database's name in messages and [store.Capabilities].
+	Name string
+	// Quote quotes identifiers.
+	Quote byte
+	// Numbered placeholders ($1, $2) instead of ?; they take arrays of values too.
+	Numbered bool
+	// MaxParams is the most parameters a statement may bind.
+	MaxParams int
+	// Epoch is the SQL literal of the "never" time that unclaimed messages carry in
+	// claimed_until; it must match the literal in the schema's "held" column.
+	Epoch string
+	// UnixMicroTime: times are stored as integer unix microseconds.
+	UnixMicroTime bool
+	// Now is the SQL expression of the database's clock, in the form the table stores times.
+	// Every time the store writes or compares comes from it, so that no writer's or
+	// dispatcher's clock can reorder messages or cut a lease short.
+	Now string
+	// Interval is the SQL expression of an interval of microseconds given as %s, which adds
+	// to Now.
+	Interval string
+	// Claims is how a claim is made atomic among concurrent claimers.
+	Claims ClaimStyle
+	// ClaimTurn is, with ClaimsInTurnsInATransaction, the statement that waits for the
+	// claims' turn in the claim's transaction, with the lock key as its one argument.
+	ClaimTurn string
+	// NotifyWrite, when set, wraps a Write's INSERT (channel is its bound argument) so that
+	// it wakes the dispatchers of other processes, and returns the number of rows written,
+	// the lowest seq written and the notification's result; conflicting ids are skipped.
+	NotifyWrite func(insert, channel string) string
+	// AsyncCommit, a table expression joined to an UPDATE (FROM) or a DELETE (USING), lets
+	// the statement's own transaction commit without waiting for the WAL flush. Marking
+	// messages delivered can: a mark lost in a server crash only publishes them again, which
+	// at-least-once allows.
+	AsyncCommit string
+	// ShareLock, appended to a SELECT, makes it a locking read, which waits for the
+	// transactions that wrote the rows to commit.
+	ShareLock string
+	// Schema holds the schema's steps in its schema/ directory: NNNN_name.sql templates of
+	// the table's names.
+	Schema fs.FS
+	// Classify maps a driver error to store.ErrNotMigrated, store.ErrPermission or
+	// store.ErrDuplicateID, or nil.
+	Classify func(error) error
+}
+
+// ClaimStyle is how a claim is made atomic among concurrent claimers.
+type ClaimStyle = claimStyle
+
+// NewDialect is the dialect that spec describes.
+func NewDialect(spec DialectSpec) Dialect {
+	return Dialect{
+		name: spec.Name, quote: spec.Quote, numbered: spec.Numbered, maxParams: spec.MaxParams,
+		epoch: spec.Epoch, unixMicroTime: spec.UnixMicroTime, now: spec.Now, interval: spec.Interval,
+		claim: spec.Claims, claimTurn: spec.ClaimTurn, notifyWrite: spec.NotifyWrite,
+		asyncCommit: spec.AsyncCommit, shareLock: spec.ShareLock, migrationFiles: spec.Schema, classify: spec.Classify,
+	}
 }
 
 // claimStyle is how a claim is made atomic among concurrent claimers.
 type claimStyle int
 
 const (
-	// claimSingleStatement: one UPDATE ... RETURNING; the database runs one writer at a time
+	// ClaimsOneWriter: one UPDATE ... RETURNING; the database runs one writer at a time
 	// (SQLite).
-	claimSingleStatement claimStyle = iota
-	// claimAdvisoryLock: a transaction takes pg_advisory_xact_lock, then UPDATE ... RETURNING
-	// with FOR UPDATE SKIP LOCKED (Postgres).
-	claimAdvisoryLock
-	// claimNamedLock: GET_LOCK on a pinned connection, then a plain SELECT and an UPDATE of
-	// the rows it chose in a READ COMMITTED transaction (MySQL, MariaDB: no UPDATE ...
-	// RETURNING).
-	claimNamedLock
+	ClaimsOneWriter = claimSingleStatement
+	// ClaimsInTurnsInATransaction: a transaction waits for its turn (DialectSpec.ClaimTurn),
+	// then UPDATE ... RETURNING with FOR UPDATE SKIP LOCKED (Postgres).
+	ClaimsInTurnsInATransaction = claimAdvisoryLock
+	// ClaimsInTurnsOnASession: [Hooks].Lock on a pinned connection, then a plain SELECT and
+	// an UPDATE of the rows it chose in a READ COMMITTED transaction (MySQL, MariaDB: no
+	// UPDATE ... RETURNING).
+	ClaimsInTurnsOnASession = claimNamedLock
 )
 
-// SQLite is, with the schema of its database package, the dialect of SQLite 3.35 or later (for RETURNING).
-func SQLite(schema fs.FS) Dialect {
-	return Dialect{
-		name:           "sqlite",
-		quote:          '"',
-		maxParams:      32766,
-		epoch:          "0",
-		unixMicroTime:  true,
-		now:            "CAST(unixepoch('subsec') * 1000000 AS INTEGER)",
-		interval:       "%s",
-		claim:          claimSingleStatement,
-		migrationFiles: schema,
-		classify: func(err error) error {
-			var sqliteErr interface{ Code() int }
-			if errors.As(err, &sqliteErr) {
-				switch sqliteErr.Code() {
-				case 2067, 1555: // SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY
-					return store.ErrDuplicateID
-				}
-			}
-			// A missing table or column is the generic SQLITE_ERROR: only its text tells.
-			if msg := err.Error(); strings.Contains(msg, "no such table") || strings.Contains(msg, "no such column") {
-				return store.ErrNotMigrated
-			}
-			return nil
-		},
-	}
-}
-
-// Postgres is, with the schema of its database package, the dialect of PostgreSQL 12 or later.
-func Postgres(schema fs.FS) Dialect {
-	return Dialect{
-		name:      "postgres",
-		quote:     '"',
-		numbered:  true,
-		maxParams: 65535,
-		epoch:     "'1970-01-01 00:00:00+00'",
-		// The start of the statement, not of its transaction (now()): a claim's transaction
-		// may wait for its lock.
-		now:            "statement_timestamp()",
-		interval:       "(%s * interval '1 microsecond')",
-		claim:          claimAdvisoryLock,
-		notify:         true,
-		asyncCommit:    "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit",
-		migrationFiles: schema,
-		classify: func(err error) error {
-			var pgErr interface{ SQLState() string }
-			if errors.As(err, &pgErr) {
-				switch pgErr.SQLState() {
-				case "42P01", "42703", "3F000": // undefined table, column, schema
-					return store.ErrNotMigrated
-				case "42501": // insufficient privilege
-					return store.ErrPermission
-				case "23505": // unique violation
-					return store.ErrDuplicateID
-				}
-			}
-			return nil
-		},
-	}
-}
-
-// MySQL is, with the schema of its database package, the dialect of MySQL 8.0 and MariaDB 10.6 or later.
-func MySQL(schema fs.FS) Dialect {
-	return Dialect{
-		name:           "mysql",
-		quote:          '`',
-		maxParams:      65535,
-		epoch:          "'1970-01-01 00:00:00'",
-		now:            "UTC_TIMESTAMP(6)",
-		interval:       "INTERVAL %s MICROSECOND",
-		claim:          claimNamedLock,
-		shareLock:      " LOCK IN SHARE MODE",
-		migrationFiles: schema,
-		classify: func(err error) error {
-			var myErr *mysql.MySQLError
-			if !errors.As(err, &myErr) {
-				return nil
-			}
-			switch myErr.Number {
-			case 1146, 1054, 1049: // no such table, column, database
-				return store.ErrNotMigrated
-			case 1142, 1143, 1044: // command, column, database denied
-				return store.ErrPermission
-			case 1062: // duplicate entry
-				return store.ErrDuplicateID
-			}
-			return nil
-		},
-	}
-}
+const (
+	claimSingleStatement claimStyle = iota
+	claimAdvisoryLock
+	claimNamedLock
+)
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
 

@@ -124,7 +124,7 @@ func (s *Store) recordLog(ctx context.Context, batch *logRecord, deleting bool, 
 	defer tx.Rollback()
 	if s.d.asyncCommit != "" {
 		// A mark lost in a server crash costs a duplicate from the sweep, not a message.
-		if _, err := tx.ExecContext(ctx, "SELECT set_config('synchronous_commit', 'off', true)"); err != nil {
+		if _, err := tx.ExecContext(ctx, "SELECT * FROM "+s.d.asyncCommit); err != nil {
 			return err
 		}
 	}
@@ -234,7 +234,7 @@ const logOnlyColumns = 12
 
 // insertLogOnly puts log-only messages into the table, under the seqs they were written with,
 // so that polling retries them in their place; a row already there (recorded before a crash)
-// stays as it is. Postgres only, like log-only writes.
+// stays as it is.
 func (s *Store) insertLogOnly(ctx context.Context, tx *sql.Tx, rows []logOnlyRow) error {
 	return inChunks(rows, (s.d.maxParams-8)/logOnlyColumns, func(rows []logOnlyRow) error {
 		b := builder{d: s.d, args: make([]any, 0, len(rows)*logOnlyColumns)}
@@ -257,7 +257,7 @@ func (s *Store) insertLogOnly(ctx context.Context, tx *sql.Tx, rows []logOnlyRow
 				b.nowPlus(r.retryAfter), claimed}, ",") + ")"
 		}
 		_, err := tx.ExecContext(ctx, "INSERT INTO "+s.t.String()+" (seq, id, topic, message_key, payload, headers, created_at, state, attempts, last_error, next_attempt_at, claimed_until)"+
-			" OVERRIDING SYSTEM VALUE VALUES "+strings.Join(values, ",")+" ON CONFLICT DO NOTHING", b.args...)
+			" "+s.logOnly.KeepSeq+" VALUES "+strings.Join(values, ",")+" "+s.logOnly.SkipConflicts, b.args...)
 		return err
 	})
 }

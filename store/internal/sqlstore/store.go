@@ -96,6 +96,14 @@ type LogOnlyHook struct {
 	Ready string
 	// NotReady says what is missing when Ready is false.
 	NotReady string
+	// Row is a row of the VALUES that Write inserts where Ready holds: a format of the
+	// bound id, topic, key, payload and headers, the time and the state, with the types the
+	// database needs to know them by.
+	Row string
+	// KeepSeq and SkipConflicts are the clauses of an INSERT that puts a logged message
+	// into the table under the seq it was written with, unless its row is there already:
+	// recording does, for a log-only message that failed or was handed over to polling.
+	KeepSeq, SkipConflicts string
 }
 
 // Store is the engine of an outbox table in a SQL database: it implements [store.Engine],
@@ -147,7 +155,7 @@ func New(db *sql.DB, d Dialect, cfg Config, hooks Hooks) (*Store, error) {
 		return nil, errors.New("outbox: sqlstore.New: db is nil")
 	}
 	if d.name == "" {
-		return nil, errors.New("outbox: sqlstore.New: zero Dialect (use sqlstore.SQLite() or a store package's New)")
+		return nil, errors.New("outbox: sqlstore.New: zero Dialect (use a store package's New)")
 	}
 	if cfg.Table == "" {
 		cfg.Table = DefaultTable

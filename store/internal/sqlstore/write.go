@@ -134,16 +134,13 @@ func (s *Store) insert(ctx context.Context, db store.Execer, stmt string, b *bui
 	q, canQuery := db.(interface {
 		QueryRowContext(context.Context, string, ...any) *sql.Row
 	})
-	if !s.d.notify || !canQuery {
+	if s.d.notifyWrite == nil || !canQuery {
 		if _, err := db.ExecContext(ctx, stmt, b.args...); err != nil {
 			return fail(err)
 		}
 		return nil
 	}
-	// Postgres delivers the notification when the caller's transaction commits, once per
-	// channel and transaction however many statements sent it.
-	stmt = "WITH written AS (" + stmt + " ON CONFLICT (id) DO NOTHING RETURNING seq) SELECT count(*), min(seq), pg_notify(" +
-		b.arg(s.t.channel()) + ", '') FROM written"
+	stmt = s.d.notifyWrite(stmt, b.arg(s.t.channel()))
 	var (
 		written int
 		first   sql.NullInt64
@@ -184,8 +181,7 @@ func payloadArg(p []byte) []byte {
 
 // writeLogOnly inserts msgs in the log-only state, where the change log will carry them, and
 // deletes them again: the log keeps the inserted rows, the table does not. The reader tells
-// them by their state. The casts are Postgres's, the one database that allows log-only
-// writes.
+// them by their state.
 func (s *Store) writeLogOnly(ctx context.Context, db store.Execer, msgs []store.Message, ids, headers []string) error {
 	b := builder{d: s.d, args: make([]any, 0, len(msgs)*writeColumns)}
 	var q strings.Builder
@@ -194,8 +190,8 @@ func (s *Store) writeLogOnly(ctx context.Context, db store.Execer, msgs []store.
 		if i > 0 {
 			q.WriteByte(',')
 		}
-		fmt.Fprintf(&q, "(%s::text,%s::text,%s::text,%s::bytea,%s::text,%s,'%s')", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
-			b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.now, LogOnlyState)
+		fmt.Fprintf(&q, s.logOnly.Row, b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
+			b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.now, "'"+LogOnlyState+"'")
 	}
 	q.WriteString(") AS written WHERE " + s.logOnly.Ready)
 	res, err := db.ExecContext(ctx, q.String(), b.args...)

@@ -1,0 +1,33 @@
+package mysqlstore
+
+import (
+	"github.com/outboxgo/outbox/store"
+	"github.com/outboxgo/outbox/store/internal/sqlstore"
+)
+
+// dialect is the SQL of MySQL 8.0 and MariaDB 10.6 or later.
+var dialect = sqlstore.NewDialect(sqlstore.DialectSpec{
+	Name:      "mysql",
+	Quote:     '`',
+	MaxParams: 65535,
+	Epoch:     "'1970-01-01 00:00:00'",
+	Now:       "UTC_TIMESTAMP(6)",
+	Interval:  "INTERVAL %s MICROSECOND",
+	Claims:    sqlstore.ClaimsInTurnsOnASession,
+	ShareLock: " LOCK IN SHARE MODE",
+	Schema:    schema,
+	Classify:  classify,
+})
+
+// classify tells the errors that Write and Check report as the store's own.
+func classify(err error) error {
+	switch sqlErrNumber(err) {
+	case errNoSuchTable, errNoSuchColumn, errNoSuchDatabase:
+		return store.ErrNotMigrated
+	case errTableDenied, errColumnDenied, errDBDenied:
+		return store.ErrPermission
+	case errDuplicateEntry:
+		return store.ErrDuplicateID
+	}
+	return nil
+}

@@ -15,8 +15,10 @@ var dialect = sqlstore.NewDialect(sqlstore.DialectSpec{
 	Interval:  "INTERVAL %s MICROSECOND",
 	Claims:    sqlstore.ClaimsInTurnsOnASession,
 	ShareLock: " LOCK IN SHARE MODE",
-	Schema:    schema,
-	Classify:  classify,
+	// MySQL allows no LIMIT in an IN subquery.
+	DeleteUpTo: "DELETE FROM %[1]s WHERE %[2]s LIMIT %[3]s",
+	Schema:     schema,
+	Classify:   classify,
 })
 
 // classify tells the errors that Write and Check report as the store's own.

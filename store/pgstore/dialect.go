@@ -33,8 +33,10 @@ var dialect = sqlstore.NewDialect(sqlstore.DialectSpec{
 			channel + ", '') FROM written"
 	},
 	AsyncCommit: "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit",
-	Schema:      schema,
-	Classify:    classify,
+	// = ANY(ARRAY(...)) keeps the planner on the primary key.
+	DeleteUpTo: "DELETE FROM %[1]s WHERE seq = ANY(ARRAY(SELECT seq FROM %[1]s WHERE %[2]s LIMIT %[3]s))",
+	Schema:     schema,
+	Classify:   classify,
 })
 
 // classify tells the errors that Write and Check report as the store's own.

@@ -18,6 +18,7 @@ var dialect = sqlstore.NewDialect(sqlstore.DialectSpec{
 	Now:           "CAST(unixepoch('subsec') * 1000000 AS INTEGER)",
 	Interval:      "%s",
 	Claims:        sqlstore.ClaimsOneWriter,
+	DeleteUpTo:    "DELETE FROM %[1]s WHERE seq IN (SELECT seq FROM %[1]s WHERE %[2]s LIMIT %[3]s)",
 	Schema:        schema,
 	Classify:      classify,
 })

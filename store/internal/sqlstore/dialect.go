@@ -47,7 +47,9 @@ type Dialect struct {
 	asyncCommit string
 	// shareLock, appended to a SELECT, makes it a locking read, which waits for the
 	// transactions that wrote the rows to commit.
-	shareLock      string
+	shareLock string
+	// deleteUpTo is a statement that deletes at most %[3]s rows of table %[1]s where %[2]s.
+	deleteUpTo     string
 	migrationFiles fs.FS // the schema's steps in its schema/ directory, NNNN_name.sql templates of the table's names
 	// classify maps a driver error to store.ErrNotMigrated, store.ErrPermission or
 	// store.ErrDuplicateID, or nil.
@@ -93,6 +95,8 @@ type DialectSpec struct {
 	// ShareLock, appended to a SELECT, makes it a locking read, which waits for the
 	// transactions that wrote the rows to commit.
 	ShareLock string
+	// DeleteUpTo is a statement that deletes at most %[3]s rows of table %[1]s where %[2]s.
+	DeleteUpTo string
 	// Schema holds the schema's steps in its schema/ directory: NNNN_name.sql templates of
 	// the table's names.
 	Schema fs.FS
@@ -110,7 +114,7 @@ func NewDialect(spec DialectSpec) Dialect {
 		name: spec.Name, quote: spec.Quote, numbered: spec.Numbered, maxParams: spec.MaxParams,
 		epoch: spec.Epoch, unixMicroTime: spec.UnixMicroTime, now: spec.Now, interval: spec.Interval,
 		claim: spec.Claims, claimTurn: spec.ClaimTurn, notifyWrite: spec.NotifyWrite,
-		asyncCommit: spec.AsyncCommit, shareLock: spec.ShareLock, migrationFiles: spec.Schema, classify: spec.Classify,
+		asyncCommit: spec.AsyncCommit, shareLock: spec.ShareLock, deleteUpTo: spec.DeleteUpTo, migrationFiles: spec.Schema, classify: spec.Classify,
 	}
 }
 

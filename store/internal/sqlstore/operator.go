@@ -110,17 +110,7 @@ func (s *Store) Purge(ctx context.Context, p *store.PurgeParams) (int64, error) 
 	var total int64
 	for {
 		b := builder{d: s.d}
-		var q string
-		switch s.d.claim {
-		case claimNamedLock: // MySQL: DELETE ... LIMIT, and no LIMIT in an IN subquery
-			q = "DELETE FROM " + t + " WHERE state = 'delivered' AND delivered_at < " + b.nowPlus(-p.OlderThan) + " LIMIT " + b.arg(batch)
-		case claimAdvisoryLock:
-			q = "DELETE FROM " + t + " WHERE seq = ANY(ARRAY(SELECT seq FROM " + t + " WHERE state = 'delivered' AND delivered_at < " +
-				b.nowPlus(-p.OlderThan) + " LIMIT " + b.arg(batch) + "))"
-		default:
-			q = "DELETE FROM " + t + " WHERE seq IN (SELECT seq FROM " + t + " WHERE state = 'delivered' AND delivered_at < " +
-				b.nowPlus(-p.OlderThan) + " LIMIT " + b.arg(batch) + ")"
-		}
+		q := fmt.Sprintf(s.d.deleteUpTo, t, "state = 'delivered' AND delivered_at < "+b.nowPlus(-p.OlderThan), b.arg(batch))
 		res, err := conn.ExecContext(ctx, q, b.args...)
 		if err != nil {
 			return total, fmt.Errorf("outbox: purge %s: %w", s.t, err)

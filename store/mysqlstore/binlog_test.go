@@ -122,19 +122,6 @@ func (rr *runningReader) stop(t *testing.T) error {
 	return rr.err
 }
 
-// wait returns what ReadLog returned by itself, within d.
-func (rr *runningReader) wait(t *testing.T, d time.Duration) error {
-	t.Helper()
-	select {
-	case err := <-rr.done:
-		rr.once.Do(func() { rr.err = err })
-		return err
-	case <-time.After(d):
-		t.Fatalf("ReadLog did not return within %v", d)
-		return nil
-	}
-}
-
 func newLogStore(t *testing.T, db *sql.DB, table string) *sqlstore.Store {
 	t.Helper()
 	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{Table: table}))
@@ -181,25 +168,6 @@ func ids(msgs []store.ClaimedMessage) []string {
 		out[i] = m.ID
 	}
 	return out
-}
-
-// requireAllOnce checks that every id in want was delivered, and returns how many
-// deliveries were duplicates.
-func requireAllOnce(t *testing.T, want []string, got []store.ClaimedMessage) (dups int) {
-	t.Helper()
-	seen := map[string]int{}
-	for _, m := range got {
-		seen[m.ID]++
-	}
-	var lost []string
-	for _, id := range want {
-		if seen[id] == 0 {
-			lost = append(lost, id)
-		}
-		dups += max(0, seen[id]-1)
-	}
-	require.Empty(t, lost, "messages never delivered")
-	return dups
 }
 
 func TestReadLogKeepsKeyOrderAfterAFailure(t *testing.T) {
@@ -414,93 +382,6 @@ func TestReadLogDeliversCommittedMessagesInOrder(t *testing.T) {
 	}
 }
 
-func readPosition(t *testing.T, db *sql.DB) (gtids string, updated time.Time) {
-	t.Helper()
-	require.NoError(t, db.QueryRow("SELECT gtid_set, updated_at FROM outbox_log_position WHERE id = 1").Scan(&gtids, &updated))
-	return gtids, updated
-}
-
-func TestReadLogResumesAfterKill(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name string
-		// sessions selects the sessions to kill from information_schema.processlist.
-		sessions string
-	}{
-		{name: "binlog dump thread", sessions: "command LIKE 'Binlog Dump%'"},
-		// The lock's session is one of them: the reader must stop, as another instance may
-		// take the lock over.
-		{name: "idle sessions", sessions: "command = 'Sleep'"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			admin, dsn := dbtest.MySQL(t)
-			newLogStore(t, admin, "")
-			// A user of its own, to find this reader's sessions among the other tests'.
-			u := createUser(t, admin, dsn, "ALL PRIVILEGES ON {db}.*", "REPLICATION SLAVE, REPLICATION CLIENT ON *.*")
-			db, err := mysqlstore.Open(u.dsn)
-			require.NoError(t, err)
-			t.Cleanup(func() { db.Close() })
-			st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
-			require.NoError(t, err)
-
-			rec := &logRecorder{}
-			reader := startReader(t, st, rec)
-			require.Eventually(t, rec.reading, 20*time.Second, 10*time.Millisecond)
-			var want []string
-			for i := range 50 {
-				m := store.Message{ID: store.NewID(), Topic: "kill", Key: fmt.Sprintf("k%d", i%3), Payload: []byte("before")}
-				write(t, db, st, m)
-				want = append(want, m.ID)
-			}
-			require.Eventually(t, func() bool { return len(rec.delivered()) >= 50 }, 30*time.Second, 10*time.Millisecond)
-
-			var killed []int64
-			require.Eventually(t, func() bool {
-				rows, err := admin.Query("SELECT id FROM information_schema.processlist WHERE user = ? AND "+tc.sessions, u.name)
-				if err != nil {
-					return false
-				}
-				defer rows.Close()
-				killed = killed[:0]
-				for rows.Next() {
-					var id int64
-					if rows.Scan(&id) == nil {
-						killed = append(killed, id)
-					}
-				}
-				return len(killed) > 0
-			}, 10*time.Second, 20*time.Millisecond)
-			for _, id := range killed {
-				_, err = admin.Exec(fmt.Sprintf("KILL %d", id))
-				require.NoError(t, err)
-			}
-			err = reader.wait(t, 20*time.Second)
-			require.Error(t, err)
-			require.NotErrorIs(t, err, store.ErrLogUnavailable, "worth a retry")
-			t.Logf("killed %d sessions; ReadLog returned: %v", len(killed), err)
-
-			// Written while no reader runs, and after it is back.
-			for range 30 {
-				m := store.Message{ID: store.NewID(), Topic: "kill", Payload: []byte("while down")}
-				write(t, db, st, m)
-				want = append(want, m.ID)
-			}
-			startReader(t, st, rec)
-			for range 30 {
-				m := store.Message{ID: store.NewID(), Topic: "kill", Payload: []byte("after")}
-				write(t, db, st, m)
-				want = append(want, m.ID)
-			}
-			require.Eventually(t, func() bool { return len(rec.delivered()) >= len(want) }, 30*time.Second, 10*time.Millisecond)
-			time.Sleep(300 * time.Millisecond)
-			require.Zero(t, requireAllOnce(t, want, rec.delivered()))
-			require.Equal(t, want, ids(rec.delivered()))
-		})
-	}
-}
-
 func TestReadLogUnavailable(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -583,6 +464,36 @@ func TestReadLogUnavailable(t *testing.T) {
 			require.ErrorContains(t, err, tc.want)
 			t.Logf("%v", err)
 		})
+	}
+}
+
+// killSessions kills the sessions of user that match where, a condition on
+// information_schema.processlist, as a server restart or a network fault ends them; it waits
+// for at least one to be there.
+func killSessions(t *testing.T, admin *sql.DB, user, where string) {
+	t.Helper()
+	var found []int64
+	require.Eventually(t, func() bool {
+		rows, err := admin.Query("SELECT id FROM information_schema.processlist WHERE user = ? AND "+where, user)
+		if err != nil {
+			return false
+		}
+		defer rows.Close()
+		found = found[:0]
+		for rows.Next() {
+			var id int64
+			if rows.Scan(&id) == nil {
+				found = append(found, id)
+			}
+		}
+		return len(found) > 0
+	}, 10*time.Second, 20*time.Millisecond, "sessions of %s where %s", user, where)
+	for _, id := range found {
+		// A session may end by itself meanwhile.
+		if _, err := admin.Exec(fmt.Sprintf("KILL %d", id)); err != nil {
+			var me *mysql.MySQLError
+			require.True(t, errors.As(err, &me) && me.Number == 1094, "KILL %d: %v", id, err) // ER_NO_SUCH_THREAD
+		}
 	}
 }
 

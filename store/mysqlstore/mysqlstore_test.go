@@ -2,6 +2,8 @@ package mysqlstore_test
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"flag"
 	"testing"
 	"time"
@@ -32,21 +34,35 @@ func TestConformance(t *testing.T) {
 func TestLogConformance(t *testing.T) {
 	storetest.RunLog(t, func(t *testing.T) storetest.LogHarness {
 		db, dsn := dbtest.MySQL(t)
-		st := newLogStore(t, db, "")
+		newLogStore(t, db, "")
+		// The reader runs as a user of its own, whose sessions Interrupt finds among the
+		// other tests'; the suite writes as another, whose sessions it leaves alone.
+		u := createUser(t, db, dsn, "ALL PRIVILEGES ON {db}.*", "REPLICATION SLAVE, REPLICATION CLIENT ON *.*")
+		st := openStore(t, u.dsn)
+		var interrupts int
 		return storetest.LogHarness{
 			Harness: storetest.Harness{Store: st, DB: db},
 			Another: func(t *testing.T) store.Engine {
-				other, err := mysqlstore.Open(dsn)
-				require.NoError(t, err)
-				t.Cleanup(func() { other.Close() })
-				st, err := sqlstore.EngineOf(mysqlstore.New(other, mysqlstore.Config{}))
-				require.NoError(t, err)
-				return st
+				return openStore(t, dsn)
 			},
 			Position: func(t *testing.T) string {
-				gtids, _ := readPosition(t, db)
+				var gtids string
+				err := db.QueryRow("SELECT gtid_set FROM outbox_log_position WHERE id = 1").Scan(&gtids)
+				if errors.Is(err, sql.ErrNoRows) {
+					return ""
+				}
+				require.NoError(t, err)
 				return gtids
 			},
+			// Each call ends one way the reader can lose its server in turn: the binlog
+			// stream, or its idle sessions, among them the lock's (the reader must stop, as
+			// another instance may take the lock over).
+			Interrupt: func(t *testing.T) {
+				sessions := []string{"command LIKE 'Binlog Dump%'", "command = 'Sleep'"}[interrupts%2]
+				interrupts++
+				killSessions(t, db, u.name, sessions)
+			},
+			LoseLog: func(t *testing.T) { loseThePosition(t, db) },
 		}
 	})
 }

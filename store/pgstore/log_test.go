@@ -149,47 +149,11 @@ func TestReadLogDeliversMessagesOfAnyWriterInCommitOrder(t *testing.T) {
 		10*time.Second, 50*time.Millisecond, "the reader reports that it caught up, and its lag")
 }
 
-// Killing the replication connection makes ReadLog return an error worth a retry; reading
-// again resumes without loss.
-func TestReadLogResumesAfterItsConnectionIsKilled(t *testing.T) {
-	st, db := newStore(t)
-	slot := slotOf(t, st.DB(), st.QualifiedName())
-	c := newConsumer()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- storetest.ReadLog(ctx, st, c.LogConsumer()) }()
-	write(t, st, db, messages("a", 100)...)
-	c.waitFor(t, 100, 10*time.Second)
-
-	var killed bool
-	require.NoError(t, db.QueryRow("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&killed))
-	require.True(t, killed)
-	select {
-	case err := <-done:
-		require.Error(t, err)
-		require.NotErrorIs(t, err, store.ErrLogUnavailable, "a killed connection is worth a retry")
-	case <-time.After(10 * time.Second):
-		t.Fatal("ReadLog did not return after its connection was killed")
-	}
-	write(t, st, db, messages("b", 100)...)
-	require.Eventually(t, func() bool {
-		go func() { done <- storetest.ReadLog(ctx, st, c.LogConsumer()) }()
-		select {
-		case err := <-done: // the server may still hold the slot for the killed sender
-			return err == nil
-		case <-time.After(500 * time.Millisecond):
-			return true
-		}
-	}, 10*time.Second, 200*time.Millisecond)
-	c.waitFor(t, 200, 15*time.Second)
-}
-
 // Each reason the log cannot be read is reported as ErrLogUnavailable with what to do.
 func TestReadLogReportsWhyTheLogIsUnavailable(t *testing.T) {
 	t.Run("slot dropped", func(t *testing.T) {
 		// With ManualLogRecovery, as an operator asked: Migrate brings the slot back. (By
-		// default the reader makes a new one: see TestReadLogCreatesALostSlotAgain.)
+		// default the reader makes a new one: storetest's StartsAgainWhenItsPositionIsLost.)
 		db, schema := dbtest.Postgres(t)
 		st, err := sqlstore.EngineOf(pgstore.New(db, pgstore.Config{Table: schema + ".outbox", ManualLogRecovery: true}))
 		require.NoError(t, err)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"flag"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -52,8 +53,24 @@ func TestLogConformance(t *testing.T) {
 			},
 			Position: func(t *testing.T) string {
 				var lsn sql.NullString
-				require.NoError(t, db.QueryRow("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&lsn))
+				require.NoError(t, db.QueryRow("SELECT (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1)", slot).Scan(&lsn))
 				return lsn.String
+			},
+			Interrupt: func(t *testing.T) {
+				require.Eventually(t, func() bool {
+					var killed sql.NullBool
+					err := db.QueryRow("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&killed)
+					return err == nil && killed.Bool
+				}, 10*time.Second, 10*time.Millisecond, "the slot's walsender")
+			},
+			LoseLog: func(t *testing.T) {
+				// A reader that just stopped may leave its walsender a moment, which holds
+				// the slot.
+				require.Eventually(t, func() bool {
+					db.Exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", slot)
+					_, err := db.Exec("SELECT pg_drop_replication_slot($1)", slot)
+					return err == nil
+				}, 10*time.Second, 20*time.Millisecond)
 			},
 		}
 	})

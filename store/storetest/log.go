@@ -20,8 +20,18 @@ type LogHarness struct {
 	// its own: the log reader's standby.
 	Another func(t *testing.T) store.Engine
 	// Position is where the log reader would resume, in the store's own terms (a replication
-	// slot's confirmed position, a stored binlog position): compared, never read.
+	// slot's confirmed position, a stored binlog position), or empty when there is none:
+	// compared, never read.
 	Position func(t *testing.T) string
+	// Interrupt ends the server sessions of the running log reader, as a network fault or a
+	// server restart would (Postgres: terminate the slot's walsender; MariaDB: kill the
+	// binlog dump or the lock's session). A scenario may call it more than once: a store
+	// whose reader holds more than one session may end another one at each call.
+	Interrupt func(t *testing.T)
+	// LoseLog loses the position the log reader resumes from, while no reader runs, as an
+	// operator or the server would (Postgres: drop the slot; MariaDB: a stored position the
+	// binlog no longer holds, as after a purge).
+	LoseLog func(t *testing.T)
 }
 
 // RunLog runs every log reader scenario against outboxes made by newHarness, which is called
@@ -35,6 +45,8 @@ func RunLog(t *testing.T, newHarness func(t *testing.T) LogHarness) {
 		{"ResumesWhereItStopped", testLogResumes},
 		{"StandbyTakesOver", testLogStandby},
 		{"CutsTransactionsLargerThanABatch", testLogLargeTransaction},
+		{"ResumesAfterItsConnectionIsKilled", testLogInterrupted},
+		{"StartsAgainWhenItsPositionIsLost", testLogLost},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -102,6 +114,18 @@ func (c *logConsumer) reading() bool {
 	return ok && s.Reading
 }
 
+// readingReported reports whether the reader ever said that it reads.
+func (c *logConsumer) readingReported() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.statuses {
+		if s.Reading {
+			return true
+		}
+	}
+	return false
+}
+
 // waitFor waits until the consumer got at least n messages.
 func (c *logConsumer) waitFor(t *testing.T, n int, within time.Duration) {
 	t.Helper()
@@ -113,28 +137,51 @@ func (c *logConsumer) waitFor(t *testing.T, n int, within time.Duration) {
 // error. The test's end stops it too.
 func readLog(t *testing.T, st store.Engine, c *logConsumer) (stop func() error) {
 	t.Helper()
+	return startLog(t, st, c).stop
+}
+
+// logRun is a ReadLog call running in the background.
+type logRun struct {
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+	err    error
+}
+
+// startLog runs ReadLog in the background, until stopped or the test ends.
+func startLog(t *testing.T, st store.Engine, c *logConsumer) *logRun {
+	t.Helper()
 	r, ok := st.(store.LogReader)
 	require.True(t, ok, "%T reads no change log", st)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ReadLog(ctx, r, c.consumer()) }()
-	var (
-		once sync.Once
-		err  error
-	)
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case err = <-done:
-			case <-time.After(30 * time.Second):
-				err = fmt.Errorf("ReadLog did not return within 30s of its context ending")
-			}
-		})
-		return err
+	run := &logRun{cancel: cancel, done: make(chan error, 1)}
+	go func() { run.done <- ReadLog(ctx, r, c.consumer()) }()
+	t.Cleanup(func() { run.stop() })
+	return run
+}
+
+// stop ends the reading and returns what ReadLog returned.
+func (r *logRun) stop() error {
+	r.once.Do(func() {
+		r.cancel()
+		select {
+		case r.err = <-r.done:
+		case <-time.After(30 * time.Second):
+			r.err = fmt.Errorf("ReadLog did not return within 30s of its context ending")
+		}
+	})
+	return r.err
+}
+
+// ended reports whether ReadLog returned by itself within d, and what it returned.
+func (r *logRun) ended(d time.Duration) (ended bool, err error) {
+	select {
+	case err := <-r.done:
+		r.once.Do(func() { r.err = err })
+		return true, err
+	case <-time.After(d):
+		return false, nil
 	}
-	t.Cleanup(func() { stop() })
-	return stop
 }
 
 // writeInTurn writes n messages over 5 keys, a few to a transaction, one transaction after

@@ -34,7 +34,7 @@ func (s *Store) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimRe
 		err error
 	)
 	switch s.d.claim {
-	case claimSingleStatement:
+	case ClaimsOneWriter:
 		got, err = s.claimOnce(ctx, s.db, res.Token, p)
 	default:
 		got, err = s.claimLocked(ctx, res.Token, p)
@@ -160,7 +160,7 @@ func (s *Store) claimOnce(ctx context.Context, db store.Querier, token string, p
 	t := s.t.String()
 	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease) + s.sweepMark(p)
 	sub := "SELECT o.seq FROM " + t + " o WHERE " + s.claimable(&b, p) + " ORDER BY o.seq LIMIT " + b.arg(p.Limit)
-	if s.d.claim == claimSingleStatement {
+	if s.d.claim == ClaimsOneWriter {
 		q += " WHERE seq IN (" + sub + ")"
 	} else {
 		// = ANY(ARRAY(...)) keeps Postgres on the primary key; IN (...) becomes a hash join
@@ -202,7 +202,7 @@ func scanClaimed(rows *sql.Rows) ([]claimedRow, error) {
 // each claim then sees every earlier claim committed, which keeps the messages of a key in
 // order across dispatchers. Postgres claims skip locked rows (FOR UPDATE SKIP LOCKED) rather
 // than wait on rows that other dispatchers are marking; MySQL claims read without locks (see
-// claimNamed). A cheap look first keeps an idle outbox at one query per poll (its ORDER BY
+// claimOnSession). A cheap look first keeps an idle outbox at one query per poll (its ORDER BY
 // has the planner read the pending index from its head, not all of it); after a full claim,
 // a sign of a backlog, the next claim goes straight to the lock.
 func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
@@ -218,29 +218,22 @@ func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimPar
 			return nil, err
 		}
 	}
-	claim := s.claimNamed
-	if s.d.claim == claimAdvisoryLock {
-		claim = s.claimAdvisory
+	claim := s.claimOnSession
+	if s.d.claim == ClaimsInTurnsInATransaction {
+		claim = s.claimInTransaction
 	}
 	got, err := claim(ctx, token, p)
 	s.backlog.Store(err == nil && len(got) == p.Limit)
 	return got, err
 }
 
-func (s *Store) claimAdvisory(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
+func (s *Store) claimInTransaction(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer tx.Rollback()
-	// The lock is released at commit; the UPDATE below takes its snapshot after it is granted.
-	// The commit need not wait for the WAL flush: a claim lost in a server crash only makes
-	// its messages claimable again. The claim walks the pending index in seq order and stops
-	// at its LIMIT; statistics taken while few messages were pending (a backlog grows faster
-	// than autovacuum analyzes) would have the planner read every pending row and sort them,
-	// on every claim: so bitmap and sequential scans are off for this transaction.
-	if _, err := tx.ExecContext(ctx, "SELECT set_config('synchronous_commit', 'off', true), set_config('enable_bitmapscan', 'off', true), "+
-		"set_config('enable_seqscan', 'off', true), pg_advisory_xact_lock($1)", s.t.lockKey("claim")); err != nil {
+	if _, err := tx.ExecContext(ctx, s.d.claimTurn, s.t.lockKey("claim")); err != nil {
 		return nil, err
 	}
 	got, err := s.claimOnce(ctx, tx, token, p)
@@ -250,7 +243,7 @@ func (s *Store) claimAdvisory(ctx context.Context, token string, p *store.ClaimP
 	return got, tx.Commit()
 }
 
-func (s *Store) claimNamed(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
+func (s *Store) claimOnSession(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return nil, err

@@ -33,8 +33,8 @@ type Dialect struct {
 	// interval is the SQL expression of an interval of microseconds given as %s, which adds
 	// to now.
 	interval string
-	claim    claimStyle
-	// claimTurn is, where claims take turns in a transaction (claimAdvisoryLock), the
+	claim    ClaimStyle
+	// claimTurn is, where claims take turns in a transaction, the
 	// statement that waits for the turn, with the lock key as its one argument.
 	claimTurn string
 	// notifyWrite wraps a Write's INSERT so that it wakes the dispatchers of other
@@ -105,9 +105,6 @@ type DialectSpec struct {
 	Classify func(error) error
 }
 
-// ClaimStyle is how a claim is made atomic among concurrent claimers.
-type ClaimStyle = claimStyle
-
 // NewDialect is the dialect that spec describes.
 func NewDialect(spec DialectSpec) Dialect {
 	return Dialect{
@@ -118,26 +115,20 @@ func NewDialect(spec DialectSpec) Dialect {
 	}
 }
 
-// claimStyle is how a claim is made atomic among concurrent claimers.
-type claimStyle int
+// ClaimStyle is how a claim is made atomic among concurrent claimers.
+type ClaimStyle int
 
 const (
 	// ClaimsOneWriter: one UPDATE ... RETURNING; the database runs one writer at a time
 	// (SQLite).
-	ClaimsOneWriter = claimSingleStatement
+	ClaimsOneWriter ClaimStyle = iota
 	// ClaimsInTurnsInATransaction: a transaction waits for its turn (DialectSpec.ClaimTurn),
 	// then UPDATE ... RETURNING with FOR UPDATE SKIP LOCKED (Postgres).
-	ClaimsInTurnsInATransaction = claimAdvisoryLock
+	ClaimsInTurnsInATransaction
 	// ClaimsInTurnsOnASession: [Hooks].Lock on a pinned connection, then a plain SELECT and
 	// an UPDATE of the rows it chose in a READ COMMITTED transaction (MySQL, MariaDB: no
 	// UPDATE ... RETURNING).
-	ClaimsInTurnsOnASession = claimNamedLock
-)
-
-const (
-	claimSingleStatement claimStyle = iota
-	claimAdvisoryLock
-	claimNamedLock
+	ClaimsInTurnsOnASession
 )
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)

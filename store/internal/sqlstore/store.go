@@ -204,7 +204,7 @@ func (s *Store) Table() string { return s.t.String() }
 
 // Capabilities implements [store.Engine].
 func (s *Store) Capabilities() store.Capabilities {
-	return store.Capabilities{Name: s.d.name, SkipLocked: s.d.claim != claimSingleStatement, CrossProcessNotify: s.listener != nil,
+	return store.Capabilities{Name: s.d.name, SkipLocked: s.d.claim != ClaimsOneWriter, CrossProcessNotify: s.listener != nil,
 		ChangeLog: s.hooks.OpenLog != nil}
 }
 

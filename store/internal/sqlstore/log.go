@@ -58,34 +58,44 @@ func ReadOf(b *store.LogBatch) *LogRead {
 	return r
 }
 
-// catchingUp reports whether messages that were pending before the first batch of this
-// reading session (first is its lowest seq) are still pending and not held; it looks them
-// up on that batch, and while some are: those not held, and those a claim holds now (a
-// polling batch in flight as the reader starts). Failed and handed-over ones need no
-// catching up: the reader's lookup of held messages keeps their keys back.
-func (s *Store) catchingUp(ctx context.Context, first int64) (bool, error) {
+// catchingUp returns, while messages that were pending before the first batch of this
+// reading session (first is its lowest seq) may still be pending and not held, the highest
+// seq they may have (0 once none is): the log may not carry them (written while the
+// dispatchers polled), so each holds back the later messages of its key until a sweep
+// delivers it. It looks them up on that batch; those not held count, and those a claim
+// holds now (a polling batch in flight as the reader starts). Failed and handed-over ones
+// need no catching up: the reader's lookup of held messages keeps their keys back.
+func (s *Store) catchingUp(ctx context.Context, first int64) (int64, error) {
 	upTo := s.catchUp.Load()
 	if upTo == 0 {
-		return false, nil
+		return 0, nil
 	}
-	unfinished := "state = 'pending' AND (held = 0 OR claimed_until > " + s.d.now + ")"
 	b := builder{d: s.d}
 	if upTo < 0 {
 		var pending sql.NullInt64
-		err := s.db.QueryRowContext(ctx, "SELECT MAX(seq) FROM "+s.t.String()+" WHERE "+unfinished+" AND seq < "+b.arg(first), b.args...).Scan(&pending)
+		err := s.db.QueryRowContext(ctx, "SELECT MAX(seq) FROM "+s.t.String()+" WHERE "+s.unfinished()+" AND seq < "+b.arg(first), b.args...).Scan(&pending)
 		if err != nil {
-			return false, err
+			return 0, err
 		}
 		s.catchUp.Store(pending.Int64)
-		return pending.Int64 > 0, nil
+		return pending.Int64, nil
 	}
 	var one int
-	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" WHERE "+unfinished+" AND seq <= "+b.arg(upTo)+" ORDER BY seq LIMIT 1", b.args...).Scan(&one)
+	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" WHERE "+s.unfinished()+" AND seq <= "+b.arg(upTo)+" ORDER BY seq LIMIT 1", b.args...).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		s.catchUp.Store(0)
-		return false, nil
+		return 0, nil
 	}
-	return err == nil, err
+	if err != nil {
+		return 0, err
+	}
+	return upTo, nil
+}
+
+// unfinished is the condition of a message that a reader catching up waits for: pending, and
+// not held, or held by a live claim.
+func (s *Store) unfinished() string {
+	return "state = 'pending' AND (held = 0 OR claimed_until > " + s.d.now + ")"
 }
 
 // FilterLog implements [store.LogStream].Filter for a stream of this store. Rows are looked
@@ -100,20 +110,21 @@ func (s *Store) catchingUp(ctx context.Context, first int64) (bool, error) {
 func (s *Store) FilterLog(ctx context.Context, b *store.LogBatch, lookup *sql.Conn, deleting bool) error {
 	read := ReadOf(b)
 	msgs := read.Msgs
-	ready, heldFrom, claimed, err := s.logFilter(ctx, msgs, lookup, deleting)
-	if err != nil {
-		return fmt.Errorf("outbox: look up logged messages in %s: %w", s.t, err)
-	}
 	// Messages pending from before this reading session may not be in the log, and an
-	// earlier message of a key must not be overtaken: until they are delivered, every
-	// message goes to the sweep, which takes them in write order.
+	// earlier message of a key must not be overtaken: until they are delivered, they hold
+	// back the later messages of their keys, which go to the sweep, as it takes them in
+	// write order.
 	first := int64(math.MaxInt64)
 	for _, m := range msgs {
 		first = min(first, m.Seq)
 	}
-	catchingUp, err := s.catchingUp(ctx, first)
+	upTo, err := s.catchingUp(ctx, first)
 	if err != nil {
 		return fmt.Errorf("outbox: look up messages pending before the log reader started in %s: %w", s.t, err)
+	}
+	ready, heldFrom, claimed, err := s.logFilter(ctx, msgs, lookup, deleting, upTo)
+	if err != nil {
+		return fmt.Errorf("outbox: look up logged messages in %s: %w", s.t, err)
 	}
 	var (
 		blocked = map[string]bool{}
@@ -127,10 +138,6 @@ func (s *Store) FilterLog(ctx context.Context, b *store.LogBatch, lookup *sql.Co
 		rec.seqOf[m.ID] = m.Seq
 		if m.LogOnly {
 			rec.keepLogOnly(m)
-		}
-		if catchingUp {
-			rec.handOver = append(rec.handOver, m.Seq)
-			continue
 		}
 		if m.Key != "" {
 			if from, ok := heldFrom[m.Key]; (ok && from < m.Seq) || blocked[m.Key] {
@@ -161,8 +168,9 @@ const visibleWithin = 200 * time.Millisecond
 // looked up by seq, the primary key, and held messages of their keys in the same statement,
 // through the "pending_key" index: only messages up to the batch's last are looked at, and
 // those before a batch are mostly delivered already.
-func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Conn, deleting bool) (ready map[int64]bool, heldFrom map[string]int64, claimed []int64, err error) {
+func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Conn, deleting bool, catchUpTo int64) (ready map[int64]bool, heldFrom map[string]int64, claimed []int64, err error) {
 	l := s.newLogLookup(msgs, lookup)
+	l.catchUpTo = catchUpTo
 	missing := make([]int64, len(msgs))
 	logOnly := map[int64]bool{}
 	for i, m := range msgs {
@@ -212,11 +220,15 @@ type logLookup struct {
 	lock     string // a locking read's suffix, on MySQL's lookup session
 	keys     []string
 	maxSeq   int64
-	withHeld bool // the held messages go into the next lookup of rows
-	ready    map[int64]bool
-	heldFrom map[string]int64
-	keyOf    map[int64]string
-	claimed  []int64 // the batch's messages that a claim holds, not marked as held yet
+	seqs     []int64 // of the batch
+	withHeld bool    // the held messages go into the next lookup of rows
+	// catchUpTo is, while the reader catches up (see catchingUp), the highest seq of the
+	// messages pending from before its session: those not in the batch hold their keys.
+	catchUpTo int64
+	ready     map[int64]bool
+	heldFrom  map[string]int64
+	keyOf     map[int64]string
+	claimed   []int64 // the batch's messages that a claim holds, not marked as held yet
 }
 
 func (s *Store) newLogLookup(msgs []LogMessage, lookup *sql.Conn) *logLookup {
@@ -227,6 +239,7 @@ func (s *Store) newLogLookup(msgs []LogMessage, lookup *sql.Conn) *logLookup {
 	seen := map[string]bool{}
 	for _, m := range msgs {
 		l.maxSeq = max(l.maxSeq, m.Seq)
+		l.seqs = append(l.seqs, m.Seq)
 		l.keyOf[m.Seq] = m.Key
 		if m.Key != "" && !seen[m.Key] {
 			seen[m.Key] = true
@@ -241,13 +254,19 @@ func (s *Store) newLogLookup(msgs []LogMessage, lookup *sql.Conn) *logLookup {
 // held is the query of the held messages of keys that are marked as held: failed, handed
 // over, requeued, claimed by a sweep, or found claimed by an earlier batch (a retry time in
 // next_attempt_at, which claims do not change, so that the "held_key" index stays small and
-// claims stay heap-only updates). With StrictOrder, parked messages too.
+// claims stay heap-only updates). With StrictOrder, parked messages too; while the reader
+// catches up, the messages pending from before its session, but for the batch's own.
 func (l *logLookup) held(b *builder, keys []string) string {
+	byKey := b.in("message_key", keys) // arguments go in the order of their placeholders
 	holding := "state = 'pending' AND next_attempt_at > " + l.s.d.epoch + " AND held = 1"
 	if l.s.strict {
-		holding = "(" + holding + " OR state = 'parked')"
+		holding += " OR state = 'parked'"
 	}
-	return "SELECT MIN(seq), -1, message_key FROM " + l.s.t.String() + " WHERE " + b.in("message_key", keys) +
+	if l.catchUpTo > 0 {
+		holding += " OR (" + l.s.unfinished() + " AND seq <= " + b.arg(l.catchUpTo) + " AND NOT (" + b.inSeqs("seq", l.seqs) + "))"
+	}
+	holding = "(" + holding + ")"
+	return "SELECT MIN(seq), -1, message_key FROM " + l.s.t.String() + " WHERE " + byKey +
 		" AND " + holding + " AND seq <= " + b.arg(l.maxSeq) + " GROUP BY message_key"
 }
 

@@ -127,8 +127,9 @@ type Store struct {
 
 	// catchUp is, while a log reader starts, the highest seq of the messages that were
 	// pending when it began: the log may not carry them (written while the dispatchers
-	// polled), so until they are delivered the reader hands its messages over to the sweep,
-	// which takes these first. 0: none; -1: not looked up yet in this reading session.
+	// polled), so until they are delivered the reader hands the later messages of their keys
+	// over to the sweep, which takes these first. 0: none; -1: not looked up yet in this
+	// reading session.
 	catchUp atomic.Int64
 	// backlog is true after a claim came back full: the next claim skips the cheap look for
 	// a due message that keeps an idle outbox at one query per poll.

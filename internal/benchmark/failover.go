@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"net"
 	"time"
@@ -22,41 +23,18 @@ import (
 // child claims whole.
 func failoverCase() error {
 	n := dispatcher.DefaultBatchSize
-	pg, err := newPostgres()
+	pg, db, st, err := fillPostgres(n)
 	if err != nil {
 		return err
 	}
 	defer pg.drop()
-	db, err := pgstore.Open(pg.dsn)
-	if err != nil {
-		return err
-	}
 	defer db.Close()
-	st, err := dbtest.EngineOf(pgstore.New(db, pgstore.Config{}))
-	if err == nil {
-		err = st.Migrate(context.Background())
-	}
-	if err == nil {
-		err = fill(st, n)
-	}
-	if err != nil {
-		return fmt.Errorf("fill: %w", err)
-	}
 
-	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	silent, err := listenSilently()
 	if err != nil {
 		return err
 	}
 	defer silent.Close()
-	go func() {
-		for {
-			conn, err := silent.Accept()
-			if err != nil {
-				return
-			}
-			defer conn.Close() // held open, never answered
-		}
-	}()
 
 	child, err := startChild(pg.dsn, []string{silent.Addr().String()}, "-child-poll")
 	if err != nil {
@@ -65,15 +43,9 @@ func failoverCase() error {
 	defer child.kill()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	var claimed int
-	for claimed == 0 {
-		if ctx.Err() != nil {
-			return fmt.Errorf("the child claimed nothing")
-		}
-		time.Sleep(10 * time.Millisecond)
-		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM "+st.Table()+" WHERE state = 'pending' AND claim_token IS NOT NULL").Scan(&claimed); err != nil {
-			return err
-		}
+	claimed, err := awaitClaimed(ctx, db, st.Table())
+	if err != nil {
+		return err
 	}
 
 	kb, err := startKafka()
@@ -103,4 +75,65 @@ func failoverCase() error {
 	took := time.Since(killedAt)
 	fmt.Printf("case=postgres-poll-failover claimed=%d failover=%.2fs lease=%v\n", claimed, took.Seconds(), dispatcher.DefaultLease)
 	return nil
+}
+
+// listenSilently returns a listener on loopback that accepts connections and never answers
+// them: a broker that a publisher hangs on.
+func listenSilently() (net.Listener, error) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			conn, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close() // held open, never answered
+		}
+	}()
+	return silent, nil
+}
+
+// awaitClaimed waits until some pending messages of table are claimed, and returns how many.
+func awaitClaimed(ctx context.Context, db *sql.DB, table string) (int, error) {
+	var claimed int
+	for claimed == 0 {
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("the child claimed nothing")
+		}
+		time.Sleep(10 * time.Millisecond)
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM "+table+" WHERE state = 'pending' AND claim_token IS NOT NULL").Scan(&claimed); err != nil {
+			return 0, err
+		}
+	}
+	return claimed, nil
+}
+
+// fillPostgres creates a Postgres outbox holding n messages; the caller closes db, then
+// drops pg.
+func fillPostgres(n int) (*postgresDB, *sql.DB, dbtest.Store, error) {
+	pg, err := newPostgres()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	db, err := pgstore.Open(pg.dsn)
+	if err != nil {
+		pg.drop()
+		return nil, nil, nil, err
+	}
+	st, err := dbtest.EngineOf(pgstore.New(db, pgstore.Config{}))
+	if err == nil {
+		err = st.Migrate(context.Background())
+	}
+	if err == nil {
+		err = fill(st, n)
+	}
+	if err != nil {
+		db.Close()
+		pg.drop()
+		return nil, nil, nil, fmt.Errorf("fill: %w", err)
+	}
+	return pg, db, st, nil
 }

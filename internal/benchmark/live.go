@@ -121,36 +121,67 @@ func live(name string, rate int, window time.Duration, consumer *kafkatest.Consu
 	write func(ctx context.Context, id string, i int) error) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var mu sync.Mutex
-	received := map[string]time.Time{}
-	committed := map[string]time.Time{}
-	var lastErr error // a fetch error is retried: a lost message shows as missing
+	t := &liveTimes{received: map[string]time.Time{}, committed: map[string]time.Time{}}
 	consumed := make(chan struct{})
 	go func() {
 		defer close(consumed)
-		for ctx.Err() == nil {
-			recs, err := consumer.Poll(ctx)
-			mu.Lock()
-			if err != nil {
-				lastErr = err
-			}
-			for _, r := range recs {
-				id := r.Headers[idHeader]
-				if _, dup := received[id]; !dup {
-					received[id] = r.Received
-				}
-			}
-			mu.Unlock()
-		}
+		t.consume(ctx, consumer, idHeader)
 	}()
 
-	// The ticker hands out the messages due by now, so that a late tick does not lower the
-	// rate; writers that fall behind catch up from a second's worth of backlog, and what they
-	// cannot write by the end of the window is not written: the rate printed is the rate
-	// achieved.
+	began := time.Now()
+	due := pace(rate, window, began)
+	if err := t.writeAll(ctx, due, write); err != nil {
+		return err
+	}
+	elapsed := time.Since(began)
+	if err := t.awaitReceived(2 * time.Minute); err != nil {
+		return err
+	}
+	cancel()
+	<-consumed
+
+	lat := t.latencies()
+	fmt.Printf("case=%s-live rate=%.0f n=%d p50=%.1fms p99=%.1fms\n",
+		name, float64(len(lat))/elapsed.Seconds(), len(lat), ms(percentile(lat, 50)), ms(percentile(lat, 99)))
+	return nil
+}
+
+// liveTimes holds, by message id, when the live case's writers committed each message and
+// when the consumer received it.
+type liveTimes struct {
+	mu        sync.Mutex
+	received  map[string]time.Time
+	committed map[string]time.Time
+	lastErr   error // a fetch error is retried: a lost message shows as missing
+}
+
+// consume records the first receive time of each message until ctx ends.
+func (t *liveTimes) consume(ctx context.Context, consumer *kafkatest.Consumer, idHeader string) {
+	for ctx.Err() == nil {
+		recs, err := consumer.Poll(ctx)
+		t.mu.Lock()
+		if err != nil {
+			t.lastErr = err
+		}
+		for _, r := range recs {
+			id := r.Headers[idHeader]
+			if _, dup := t.received[id]; !dup {
+				t.received[id] = r.Received
+			}
+		}
+		t.mu.Unlock()
+	}
+}
+
+// pace hands out on the returned channel the indices of the messages due by now, from
+// began until window has passed.
+//
+// A late tick does not lower the rate; writers that fall behind catch up from a second's
+// worth of backlog, and what they cannot write by the end of the window is not written: the
+// rate printed is the rate achieved.
+func pace(rate int, window time.Duration, began time.Time) <-chan int {
 	total := int(window.Seconds() * float64(rate))
 	due := make(chan int, rate)
-	began := time.Now()
 	go func() {
 		defer close(due)
 		ticker := time.NewTicker(time.Millisecond)
@@ -170,6 +201,12 @@ func live(name string, rate int, window time.Duration, consumer *kafkatest.Consu
 			}
 		}
 	}()
+	return due
+}
+
+// writeAll writes the messages due from liveWriters goroutines and records their commit
+// times; it returns once due is closed and every writer has stopped.
+func (t *liveTimes) writeAll(ctx context.Context, due <-chan int, write func(ctx context.Context, id string, i int) error) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, liveWriters)
 	for range liveWriters {
@@ -181,52 +218,54 @@ func live(name string, rate int, window time.Duration, consumer *kafkatest.Consu
 					return
 				}
 				at := time.Now()
-				mu.Lock()
-				committed[id] = at
-				mu.Unlock()
+				t.mu.Lock()
+				t.committed[id] = at
+				t.mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
-	elapsed := time.Since(began)
 	select {
 	case err := <-errs:
 		return fmt.Errorf("write: %w", err)
 	default:
+		return nil
 	}
+}
 
-	deadline := time.Now().Add(2 * time.Minute)
+// awaitReceived waits until every committed message has been received, for at most timeout.
+func (t *liveTimes) awaitReceived(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	for {
-		mu.Lock()
+		t.mu.Lock()
 		missing := 0
-		for id := range committed {
-			if _, ok := received[id]; !ok {
+		for id := range t.committed {
+			if _, ok := t.received[id]; !ok {
 				missing++
 			}
 		}
-		n, err := len(committed), lastErr
-		mu.Unlock()
+		n, err := len(t.committed), t.lastErr
+		t.mu.Unlock()
 		if missing == 0 {
-			break
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%d of %d messages not received (last fetch error: %v)", missing, n, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	cancel()
-	<-consumed
+}
 
-	mu.Lock()
-	defer mu.Unlock()
-	lat := make([]time.Duration, 0, len(committed))
-	for id, at := range committed {
-		lat = append(lat, received[id].Sub(at))
+// latencies returns the sorted commit-to-receive latencies.
+func (t *liveTimes) latencies() []time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	lat := make([]time.Duration, 0, len(t.committed))
+	for id, at := range t.committed {
+		lat = append(lat, t.received[id].Sub(at))
 	}
 	slices.Sort(lat)
-	fmt.Printf("case=%s-live rate=%.0f n=%d p50=%.1fms p99=%.1fms\n",
-		name, float64(len(committed))/elapsed.Seconds(), len(committed), ms(percentile(lat, 50)), ms(percentile(lat, 99)))
-	return nil
+	return lat
 }
 
 // warmUp writes one message and waits until it is consumed: the live case measures the

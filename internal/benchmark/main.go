@@ -37,18 +37,12 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
-	"path/filepath"
 	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
-
-	"github.com/go-sql-driver/mysql"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/internal/dbtest"
@@ -56,9 +50,6 @@ import (
 	"github.com/outboxgo/outbox/publisher"
 	"github.com/outboxgo/outbox/publisher/kafkapub"
 	"github.com/outboxgo/outbox/store"
-	"github.com/outboxgo/outbox/store/mysqlstore"
-	"github.com/outboxgo/outbox/store/pgstore"
-	"github.com/outboxgo/outbox/store/sqlitestore"
 )
 
 const (
@@ -67,291 +58,205 @@ const (
 )
 
 func main() {
-	dbs := flag.String("dbs", "sqlite,postgres,mariadb", "databases to measure")
-	n := flag.Int("n", 50000, "backlog size for the drain cases")
-	idle := flag.Duration("idle", 20*time.Second, "how long to count an idle dispatcher's queries (0 skips the idle cases)")
-	batch := flag.Int("batch", 0, "dispatcher BatchSize (0: default)")
-	concurrency := flag.Int("concurrency", 0, "dispatcher Concurrency (0: default)")
-	workers := flag.Int("workers", 0, "dispatcher Workers (0: default)")
-	cases := flag.String("cases", "broker,brokers,drain,scaling,idle,forwarder,live,memory,failover", "cases to run")
-	modes := flag.String("modes", "poll,log,logonly", "how dispatchers find messages in the drain, idle and live cases: poll; log where the database has a change log; logonly (Postgres) for log-only writes")
-	liveRate := flag.Int("live-rate", 1000, "messages per second written in the live cases")
-	liveFor := flag.Duration("live-for", 20*time.Second, "how long the live cases write")
-	deleted := flag.Bool("delete", true, "drain a second time with Config.DeleteDelivered (the <db>-<mode>-delete-drain lines)")
-	memoryN := flag.Int("memory-n", 1000000, "backlog size for the memory case")
-	childDSN := flag.String("child-drain", "", "internal: drain this Postgres outbox as the memory case's child process")
-	childBrokers := flag.String("child-brokers", "", "internal: the brokers of -child-drain")
-	childPoll := flag.Bool("child-poll", false, "internal: the -child-drain dispatcher polls (Config.PollOnly)")
-	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (broker, consumer and dispatcher) to this file")
-	flag.Parse()
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+	o := parseFlags()
+	if o.cpuProfile != "" {
+		stop, err := profileCPU(o.cpuProfile)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
 		}
-		pprof.StartCPUProfile(f)
-		defer pprof.StopCPUProfile()
+		defer stop()
 	}
-	if *childDSN != "" {
-		if err := childDrain(*childDSN, strings.Split(*childBrokers, ","), *childPoll); err != nil {
+	if o.childDSN != "" {
+		if err := childDrain(o.childDSN, strings.Split(o.childBrokers, ","), o.childPoll); err != nil {
 			fmt.Fprintf(os.Stderr, "child-drain: %v\n", err)
 			os.Exit(1)
 		}
 		return
 	}
-	run := map[string]bool{}
-	for _, c := range strings.Split(*cases, ",") {
-		if !slices.Contains([]string{"broker", "brokers", "drain", "scaling", "lanes", "idle", "forwarder", "live", "memory", "failover"}, c) {
-			fmt.Fprintf(os.Stderr, "unknown case %q\n", c)
-			os.Exit(2)
-		}
-		run[c] = true
+	run, err := parseCases(o.cases)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
 	}
-	cfg := dispatcher.Config{BatchSize: *batch, Concurrency: *concurrency, Workers: *workers, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
-	failed := false
-	// each runs a case for every database and mode; a case's label is database-mode.
-	each := func(what string, f func(name, label string, cfg dispatcher.Config) error) {
-		for _, name := range strings.Split(*dbs, ",") {
-			for _, mode := range strings.Split(*modes, ",") {
-				if (mode == "log" && name == "sqlite") || (mode == "logonly" && name != "postgres") {
-					continue // SQLite has no change log; only Postgres has log-only writes
-				}
-				cfg := cfg
-				cfg.PollOnly = mode == "poll"
-				label := name + "-" + mode
-				db := name
-				if mode == "logonly" {
-					db = label
-				}
-				if err := f(db, label, cfg); err != nil {
-					fmt.Fprintf(os.Stderr, "case=%s-%s: %v\n", label, what, err)
-					failed = true
-				}
-			}
-		}
-	}
+	b := &bench{options: o, rawRates: map[string]float64{}, cfg: dispatcher.Config{
+		BatchSize: o.batch, Concurrency: o.concurrency, Workers: o.workers, Logger: warnLogger(),
+	}}
 	if run["broker"] {
-		if err := brokerCase(*n, cmp.Or(*batch, dispatcher.DefaultBatchSize)); err != nil {
-			fmt.Fprintf(os.Stderr, "case=broker: %v\n", err)
-			failed = true
-		}
+		b.report("broker", brokerCase(o.n, cmp.Or(o.batch, dispatcher.DefaultBatchSize)))
 	}
 	if run["brokers"] {
-		if err := brokersCase(*n, cfg); err != nil { // NATS JetStream and Redis Streams (brokers.go)
-			fmt.Fprintf(os.Stderr, "case=brokers: %v\n", err)
-			failed = true
-		}
+		b.report("brokers", brokersCase(o.n, b.cfg)) // NATS JetStream and Redis Streams (brokers.go)
 	}
-	// The hand loop on each database first: every drain line gives its rate beside it.
-	rawRates := map[string]float64{}
-	for _, name := range strings.Split(*dbs, ",") {
-		if !run["drain"] && !run["scaling"] && !run["lanes"] {
-			break
-		}
-		rate, err := rawLoopCase(name, *n)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "case=%s-rawloop-drain: %v\n", name, err)
-			failed = true
-		}
-		rawRates[name] = rate
+	if run["drain"] || run["scaling"] || run["lanes"] {
+		b.measureRawLoops()
 	}
 	if run["drain"] {
-		each("drain", func(name, label string, cfg dispatcher.Config) error {
-			raw := rawRates[strings.TrimSuffix(name, "-logonly")]
-			if err := drainCase(name, label, *n, cfg, raw); err != nil || !*deleted || strings.HasSuffix(name, "-logonly") {
-				return err // log-only messages have no rows to delete
-			}
-			cfg.DeleteDelivered = true
-			return drainCase(name, label+"-delete", *n, cfg, raw)
-		})
+		b.forEachMode("drain", b.drainTwice)
 	}
 	if run["scaling"] {
-		// Twice the default workers and batch size: each batch then holds as many keys as the
-		// backlog has, so most messages wait behind other claims, which must not cost a claim
-		// a look at each of them.
-		for _, name := range strings.Split(*dbs, ",") {
-			cfg := cfg
-			cfg.PollOnly, cfg.Workers, cfg.BatchSize = true, 2*dispatcher.DefaultWorkers, 2*dispatcher.DefaultBatchSize
-			label := fmt.Sprintf("%s-poll-%dx%d", name, cfg.Workers, cfg.BatchSize)
-			if err := drainCase(name, label, *n, cfg, rawRates[name]); err != nil {
-				fmt.Fprintf(os.Stderr, "case=%s-drain: %v\n", label, err)
-				failed = true
-			}
-		}
+		b.runScaling()
 	}
 	if run["lanes"] {
-		// A prototype of the next claim model, beside the library (lanes.go): Postgres only.
-		for _, del := range []bool{false, true} {
-			if err := lanesCase("postgres", *n, cmp.Or(*batch, dispatcher.DefaultBatchSize), del, rawRates["postgres"]); err != nil {
-				fmt.Fprintf(os.Stderr, "case=postgres-lanes-drain: %v\n", err)
-				failed = true
-			}
-		}
+		b.runLanes()
 	}
-	if run["idle"] && *idle > 0 {
-		each("idle", func(name, label string, cfg dispatcher.Config) error { return idleCase(name, label, *idle, cfg) })
+	if run["idle"] && o.idle > 0 {
+		b.forEachMode("idle", func(name, label string, cfg dispatcher.Config) error { return idleCase(name, label, o.idle, cfg) })
 	}
 	if run["forwarder"] {
-		if err := forwarderCase(*n, dispatcher.Config{Logger: cfg.Logger}); err != nil {
-			fmt.Fprintf(os.Stderr, "case=pg-vs-forwarder: %v\n", err)
-			failed = true
-		}
+		b.report("pg-vs-forwarder", forwarderCase(o.n, dispatcher.Config{Logger: b.cfg.Logger}))
 	}
 	if run["live"] {
-		each("live", func(name, label string, cfg dispatcher.Config) error {
-			return liveCase(name, label, *liveRate, *liveFor, cfg)
-		})
-		if err := forwarderLiveCase(*liveRate, *liveFor); err != nil {
-			fmt.Fprintf(os.Stderr, "case=forwarder-live: %v\n", err)
-			failed = true
-		}
+		b.runLive()
 	}
 	if run["failover"] {
-		if err := failoverCase(); err != nil {
-			fmt.Fprintf(os.Stderr, "case=postgres-poll-failover: %v\n", err)
-			failed = true
-		}
+		b.report("postgres-poll-failover", failoverCase())
 	}
 	if run["memory"] {
-		if err := memoryCase(*memoryN); err != nil {
-			fmt.Fprintf(os.Stderr, "case=pg-memory: %v\n", err)
-			failed = true
-		}
+		b.report("pg-memory", memoryCase(o.memoryN))
 	}
-	if failed {
+	if b.failed {
 		os.Exit(1)
 	}
 }
 
-// queryCounter counts the queries a pgx connection sends.
-type queryCounter struct{ n *atomic.Int64 }
-
-func (c queryCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	c.n.Add(1)
-	return ctx
+// options are the command-line flags.
+type options struct {
+	dbs, cases, modes              string
+	n, batch, concurrency, workers int
+	idle, liveFor                  time.Duration
+	liveRate, memoryN              int
+	deleted                        bool
+	childDSN, childBrokers         string
+	childPoll                      bool
+	cpuProfile                     string
 }
 
-func (queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-
-// database is a fresh outbox, plus a way to open another pool on it and to count the
-// queries the server received.
-type database struct {
-	st      dbtest.Store
-	open    func() (dbtest.Store, error)
-	queries func() (int64, error) // nil: the server cannot tell
-	// counting, where set, opens another pool that counts the queries it sends, for the
-	// idle case's dispatcher.
-	counting func() (dbtest.Store, func() int64, error)
-	cleanup  func()
+func parseFlags() options {
+	var o options
+	flag.StringVar(&o.dbs, "dbs", "sqlite,postgres,mariadb", "databases to measure")
+	flag.IntVar(&o.n, "n", 50000, "backlog size for the drain cases")
+	flag.DurationVar(&o.idle, "idle", 20*time.Second, "how long to count an idle dispatcher's queries (0 skips the idle cases)")
+	flag.IntVar(&o.batch, "batch", 0, "dispatcher BatchSize (0: default)")
+	flag.IntVar(&o.concurrency, "concurrency", 0, "dispatcher Concurrency (0: default)")
+	flag.IntVar(&o.workers, "workers", 0, "dispatcher Workers (0: default)")
+	flag.StringVar(&o.cases, "cases", "broker,brokers,drain,scaling,idle,forwarder,live,memory,failover", "cases to run")
+	flag.StringVar(&o.modes, "modes", "poll,log,logonly", "how dispatchers find messages in the drain, idle and live cases: poll; log where the database has a change log; logonly (Postgres) for log-only writes")
+	flag.IntVar(&o.liveRate, "live-rate", 1000, "messages per second written in the live cases")
+	flag.DurationVar(&o.liveFor, "live-for", 20*time.Second, "how long the live cases write")
+	flag.BoolVar(&o.deleted, "delete", true, "drain a second time with Config.DeleteDelivered (the <db>-<mode>-delete-drain lines)")
+	flag.IntVar(&o.memoryN, "memory-n", 1000000, "backlog size for the memory case")
+	flag.StringVar(&o.childDSN, "child-drain", "", "internal: drain this Postgres outbox as the memory case's child process")
+	flag.StringVar(&o.childBrokers, "child-brokers", "", "internal: the brokers of -child-drain")
+	flag.BoolVar(&o.childPoll, "child-poll", false, "internal: the -child-drain dispatcher polls (Config.PollOnly)")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (broker, consumer and dispatcher) to this file")
+	flag.Parse()
+	return o
 }
 
-func newDatabase(name string) (*database, error) {
-	ctx := context.Background()
-	switch name {
-	case "sqlite":
-		dir, err := os.MkdirTemp("", "outbox-bench-")
-		if err != nil {
-			return nil, err
-		}
-		path := filepath.Join(dir, "bench.db")
-		open := func() (dbtest.Store, error) {
-			db, err := sqlitestore.Open(path)
-			if err != nil {
-				return nil, err
-			}
-			return dbtest.EngineOf(sqlitestore.New(db, sqlitestore.Config{}))
-		}
-		st, err := open()
-		if err != nil {
-			return nil, err
-		}
-		return &database{st: st, open: open, cleanup: func() { os.RemoveAll(dir) }}, st.Migrate(ctx)
-	case "postgres", "postgres-logonly":
-		pg, err := newPostgres()
-		if err != nil {
-			return nil, err
-		}
-		open := func() (dbtest.Store, error) {
-			db, err := pgstore.Open(pg.dsn)
-			if err != nil {
-				return nil, err
-			}
-			return dbtest.EngineOf(pgstore.New(db, pgstore.Config{LogOnly: name == "postgres-logonly"}))
-		}
-		st, err := open()
-		if err != nil {
-			pg.drop()
-			return nil, err
-		}
-		d := &database{st: st, open: open}
-		// The idle case counts the queries the dispatcher's own pool sends. Postgres's own
-		// count (pg_stat_database) is no measure at this scale: a backend reports it up to
-		// 10 s late, so a 20 s window counts 3 of 10 queries, or start-up work as idle
-		// queries. Only the idle case uses this pool: a pgx tracer slows the others.
-		d.counting = func() (dbtest.Store, func() int64, error) {
-			var sent atomic.Int64
-			cfg, err := pgx.ParseConfig(pg.dsn)
-			if err != nil {
-				return nil, nil, err
-			}
-			cfg.Tracer = queryCounter{&sent}
-			// Pinged as pgstore.Open's pools are: after 10 s idle, not pgx's 1 s.
-			pool := stdlib.OpenDB(*cfg, stdlib.OptionShouldPing(func(_ context.Context, p stdlib.ShouldPingParams) bool {
-				return p.IdleDuration > 10*time.Second
-			}))
-			cst, err := dbtest.EngineOf(pgstore.New(pool, pgstore.Config{LogOnly: name == "postgres-logonly"}))
-			return cst, sent.Load, err
-		}
-		d.cleanup = func() {
-			st.DB().Close()
-			pg.drop()
-		}
-		return d, st.Migrate(ctx)
-	case "mariadb", "mysql":
-		admin, err := mysqlstore.Open(dbtest.MySQLDSN())
-		if err != nil {
-			return nil, err
-		}
-		dbName := dbtest.Name("outbox_bench")
-		if _, err := admin.Exec("CREATE DATABASE " + dbName); err != nil {
-			return nil, fmt.Errorf("create database (is MariaDB running? make services): %w", err)
-		}
-		cfg, err := mysql.ParseDSN(dbtest.MySQLDSN())
-		if err != nil {
-			return nil, err
-		}
-		cfg.DBName = dbName
-		open := func() (dbtest.Store, error) {
-			db, err := mysqlstore.Open(cfg.FormatDSN())
-			if err != nil {
-				return nil, err
-			}
-			return dbtest.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
-		}
-		st, err := open()
-		if err != nil {
-			return nil, err
-		}
-		d := &database{st: st, open: open}
-		var own int64
-		d.queries = func() (int64, error) {
-			// Questions counts every statement clients sent, these reads of it included: take
-			// them out.
-			own++
-			var name string
-			var q int64
-			err := admin.QueryRow("SHOW GLOBAL STATUS LIKE 'Questions'").Scan(&name, &q)
-			return q - own, err
-		}
-		d.cleanup = func() {
-			st.DB().Close()
-			admin.Exec("DROP DATABASE " + dbName)
-			admin.Close()
-		}
-		return d, st.Migrate(ctx)
+// profileCPU starts writing a CPU profile to path; stop ends it.
+func profileCPU(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("unknown database %q", name)
+	pprof.StartCPUProfile(f)
+	return pprof.StopCPUProfile, nil
+}
+
+// parseCases returns the set of cases named in the comma-separated list.
+func parseCases(list string) (map[string]bool, error) {
+	run := map[string]bool{}
+	for _, c := range strings.Split(list, ",") {
+		if !slices.Contains([]string{"broker", "brokers", "drain", "scaling", "lanes", "idle", "forwarder", "live", "memory", "failover"}, c) {
+			return nil, fmt.Errorf("unknown case %q", c)
+		}
+		run[c] = true
+	}
+	return run, nil
+}
+
+// bench runs the cases with the flags' settings, and remembers whether one failed.
+type bench struct {
+	options
+	cfg      dispatcher.Config
+	rawRates map[string]float64 // by database: the hand loop's drain rate
+	failed   bool
+}
+
+// report prints a case's error, if any, and marks the run failed.
+func (b *bench) report(label string, err error) {
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "case=%s: %v\n", label, err)
+		b.failed = true
+	}
+}
+
+// forEachMode runs a case for every database and mode; a case's label is database-mode.
+func (b *bench) forEachMode(what string, f func(name, label string, cfg dispatcher.Config) error) {
+	for _, name := range strings.Split(b.dbs, ",") {
+		for _, mode := range strings.Split(b.modes, ",") {
+			if (mode == "log" && name == "sqlite") || (mode == "logonly" && name != "postgres") {
+				continue // SQLite has no change log; only Postgres has log-only writes
+			}
+			cfg := b.cfg
+			cfg.PollOnly = mode == "poll"
+			label := name + "-" + mode
+			db := name
+			if mode == "logonly" {
+				db = label
+			}
+			b.report(label+"-"+what, f(db, label, cfg))
+		}
+	}
+}
+
+// measureRawLoops runs the hand loop on each database first: every drain line gives its
+// rate beside it.
+func (b *bench) measureRawLoops() {
+	for _, name := range strings.Split(b.dbs, ",") {
+		rate, err := rawLoopCase(name, b.n)
+		b.report(name+"-rawloop-drain", err)
+		b.rawRates[name] = rate
+	}
+}
+
+// drainTwice drains a backlog, then another with Config.DeleteDelivered unless -delete=false.
+func (b *bench) drainTwice(name, label string, cfg dispatcher.Config) error {
+	raw := b.rawRates[strings.TrimSuffix(name, "-logonly")]
+	if err := drainCase(name, label, b.n, cfg, raw); err != nil || !b.deleted || strings.HasSuffix(name, "-logonly") {
+		return err // log-only messages have no rows to delete
+	}
+	cfg.DeleteDelivered = true
+	return drainCase(name, label+"-delete", b.n, cfg, raw)
+}
+
+// runScaling drains with twice the default workers and batch size: each batch then holds as
+// many keys as the backlog has, so most messages wait behind other claims, which must not
+// cost a claim a look at each of them.
+func (b *bench) runScaling() {
+	for _, name := range strings.Split(b.dbs, ",") {
+		cfg := b.cfg
+		cfg.PollOnly, cfg.Workers, cfg.BatchSize = true, 2*dispatcher.DefaultWorkers, 2*dispatcher.DefaultBatchSize
+		label := fmt.Sprintf("%s-poll-%dx%d", name, cfg.Workers, cfg.BatchSize)
+		b.report(label+"-drain", drainCase(name, label, b.n, cfg, b.rawRates[name]))
+	}
+}
+
+// runLanes drains through a prototype of the next claim model, beside the library
+// (lanes.go): Postgres only.
+func (b *bench) runLanes() {
+	for _, del := range []bool{false, true} {
+		b.report("postgres-lanes-drain", lanesCase("postgres", b.n, cmp.Or(b.batch, dispatcher.DefaultBatchSize), del, b.rawRates["postgres"]))
+	}
+}
+
+// runLive runs the live case for every database and mode, then for watermill's forwarder.
+func (b *bench) runLive() {
+	b.forEachMode("live", func(name, label string, cfg dispatcher.Config) error {
+		return liveCase(name, label, b.liveRate, b.liveFor, cfg)
+	})
+	b.report("forwarder-live", forwarderLiveCase(b.liveRate, b.liveFor))
 }
 
 func fill(st dbtest.Store, n int) error {
@@ -455,6 +360,8 @@ func (c *countingStore) Claim(ctx context.Context, p *store.ClaimParams) (*store
 	return c.Store.Claim(ctx, p)
 }
 
+// idleCase prints the queries per second that a dispatcher sends to an empty outbox, then
+// how soon it publishes a message committed through its own store and through another pool.
 func idleCase(name, label string, window time.Duration, cfg dispatcher.Config) error {
 	db, err := newDatabase(name)
 	if db != nil && db.cleanup != nil {
@@ -494,41 +401,11 @@ func idleCase(name, label string, window time.Duration, cfg dispatcher.Config) e
 	}
 	defer d.Stop(ctx)
 
-	time.Sleep(5 * time.Second) // let the idle backoff settle
-	count := func() (int64, error) {
-		if db.queries != nil {
-			return db.queries()
-		}
-		return counted.claims.Load(), nil
-	}
-	q0, err := count()
+	qps, err := measureIdleRate(db, counted, window)
 	if err != nil {
 		return err
 	}
-	time.Sleep(window)
-	q1, err := count()
-	if err != nil {
-		return err
-	}
-	qps := float64(q1-q0) / window.Seconds()
-
-	// Wake-up latency: a message committed through the dispatcher's own store (this process),
-	// then through another connection pool (another instance), until Kafka has it.
-	consumer, err := kafkatest.NewConsumer(brokers, topic)
-	if err != nil {
-		return err
-	}
-	defer consumer.Close()
-	local, err := wakeLatency(own, consumer)
-	if err != nil {
-		return err
-	}
-	other, err := db.open()
-	if err != nil {
-		return err
-	}
-	defer other.DB().Close()
-	remote, err := wakeLatency(other, consumer)
+	local, remote, err := measureWakeUps(db, own, brokers)
 	if err != nil {
 		return err
 	}
@@ -539,6 +416,53 @@ func idleCase(name, label string, window time.Duration, cfg dispatcher.Config) e
 	fmt.Printf("case=%s-idle %s=%.2f wake_p50=%.1fms wake_p99=%.1fms other_instance_wake_p50=%.1fms other_instance_wake_p99=%.1fms\n",
 		label, what, qps, ms(local[len(local)/2]), ms(local[len(local)*99/100]), ms(remote[len(remote)/2]), ms(remote[len(remote)*99/100]))
 	return nil
+}
+
+// measureIdleRate returns the queries per second over window that the server counts, or,
+// where it cannot, the claims per second of counted.
+func measureIdleRate(db *database, counted *countingStore, window time.Duration) (float64, error) {
+	time.Sleep(5 * time.Second) // let the idle backoff settle
+	count := func() (int64, error) {
+		if db.queries != nil {
+			return db.queries()
+		}
+		return counted.claims.Load(), nil
+	}
+	q0, err := count()
+	if err != nil {
+		return 0, err
+	}
+	time.Sleep(window)
+	q1, err := count()
+	if err != nil {
+		return 0, err
+	}
+	return float64(q1-q0) / window.Seconds(), nil
+}
+
+// measureWakeUps returns the wake-up latencies of messages committed through the
+// dispatcher's own store (this process), then through another connection pool (another
+// instance), until Kafka has them.
+func measureWakeUps(db *database, own dbtest.Store, brokers []string) (local, remote []time.Duration, err error) {
+	consumer, err := kafkatest.NewConsumer(brokers, topic)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer consumer.Close()
+	local, err = wakeLatency(own, consumer)
+	if err != nil {
+		return nil, nil, err
+	}
+	other, err := db.open()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer other.DB().Close()
+	remote, err = wakeLatency(other, consumer)
+	if err != nil {
+		return nil, nil, err
+	}
+	return local, remote, nil
 }
 
 // wakeLatency writes 20 messages through st, a few seconds apart so that the dispatcher is

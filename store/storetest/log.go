@@ -241,11 +241,7 @@ func testLogDelivers(t *testing.T, h LogHarness) {
 	c.waitFor(t, len(want), 30*time.Second)
 	time.Sleep(200 * time.Millisecond) // a duplicate, if any, would show by now
 	requireOnceInOrder(t, want, c.delivered())
-	require.Eventually(t, func() bool {
-		list, err := h.Store.List(context.Background(), &store.ListParams{State: store.Pending})
-		require.NoError(t, err)
-		return len(list.Messages) == 0
-	}, 10*time.Second, 10*time.Millisecond, "delivered messages are marked")
+	requireAllMarked(t, h.Harness)
 	require.Eventually(t, func() bool { s, _ := c.status(); return s.Reading && !s.CaughtUp.IsZero() }, 10*time.Second, 10*time.Millisecond,
 		"the reader says that it reads and caught up")
 	require.ErrorIs(t, stop(), context.Canceled)
@@ -334,4 +330,14 @@ func testLogLargeTransaction(t *testing.T, h LogHarness) {
 	for _, size := range c.sizes {
 		require.LessOrEqual(t, size, batch)
 	}
+}
+
+// requireAllMarked waits until no message of h is pending: every delivered one is marked.
+func requireAllMarked(t *testing.T, h Harness) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		list, err := h.Store.List(context.Background(), &store.ListParams{State: store.Pending, Limit: 10000})
+		require.NoError(t, err)
+		return len(list.Messages) == 0
+	}, 10*time.Second, 10*time.Millisecond, "delivered messages are marked")
 }

@@ -93,11 +93,7 @@ func testLogInterrupted(t *testing.T, h LogHarness) {
 	require.Equal(t, want, only(first, want), "the writer's messages first handed over in commit order")
 	require.Equal(t, more, only(first, more), "the messages of key x first handed over in commit order")
 	require.LessOrEqual(t, len(got)-len(first), rounds*2*batch, "at most two batches again at each interruption")
-	require.Eventually(t, func() bool {
-		list, err := h.Store.List(context.Background(), &store.ListParams{State: store.Pending, Limit: 10000})
-		require.NoError(t, err)
-		return len(list.Messages) == 0
-	}, 10*time.Second, 10*time.Millisecond, "delivered messages are marked")
+	requireAllMarked(t, h.Harness)
 }
 
 // testLogLost: when the position the reader resumes from is lost (a dropped slot, a purged
@@ -169,11 +165,7 @@ func testLogLost(t *testing.T, h LogHarness) {
 	last := writeKeyed("d", 21, "k")
 	require.Eventually(t, func() bool { return len(only(again.delivered(), last)) == len(last) }, 30*time.Second, 10*time.Millisecond,
 		"caught up, the reader publishes from the log again")
-	require.Eventually(t, func() bool {
-		list, err := h.Store.List(ctx, &store.ListParams{State: store.Pending})
-		require.NoError(t, err)
-		return len(list.Messages) == 0
-	}, 10*time.Second, 10*time.Millisecond, "delivered messages are marked")
+	requireAllMarked(t, h.Harness)
 	time.Sleep(200 * time.Millisecond) // a duplicate, if any, would show by now
 	require.ErrorIs(t, run.stop(), context.Canceled)
 	requireOnceInOrder(t, append(without(after, swept), last...), again.delivered())

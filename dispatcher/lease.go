@@ -36,11 +36,16 @@ func (d *Dispatcher) holdClaim(ctx context.Context, token string, claimedAt time
 			}
 			at := time.Now()
 			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.Lease/3)
-			_, err := ext.ExtendLease(ectx, &store.ExtendLeaseParams{Token: token, Lease: d.cfg.Lease})
+			held, err := ext.ExtendLease(ectx, &store.ExtendLeaseParams{Token: token, Lease: d.cfg.Lease})
 			cancel()
 			if err != nil {
 				d.log.Warn("cannot extend the lease of a batch in flight; other dispatchers may publish its messages too once it runs out",
 					slog.Any("error", err), slog.Time("lease_until", heldUntil))
+				continue
+			}
+			if held == 0 {
+				// Recorded already, or the lease ran out and another dispatcher claimed them:
+				// either way the claim holds nothing to keep.
 				continue
 			}
 			mu.Lock()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/outboxgo/outbox/dispatcher"
 	"github.com/outboxgo/outbox/dispatcher/outboxtest"
+	"github.com/outboxgo/outbox/internal/dbtest"
 	"github.com/outboxgo/outbox/store"
 )
 
@@ -58,4 +59,31 @@ func TestSlowPublishKeepsItsClaim(t *testing.T) {
 			require.Zero(t, a.Stats().Overrun, "the renewed lease never ran out")
 		})
 	}
+}
+
+// lostLease is a store whose claims hold nothing by the time their lease is extended, as
+// when the lease ran out and another dispatcher claimed their messages.
+type lostLease struct{ dbtest.Store }
+
+func (lostLease) ExtendLease(context.Context, *store.ExtendLeaseParams) (int64, error) {
+	return 0, nil
+}
+
+// An extension that finds none of the claim's messages still held does not keep the claim:
+// the batch, recorded after its lease ran out, counts as overrun, and says so.
+func TestALeaseExtendedOverNothingIsNotHeld(t *testing.T) {
+	shared := sharedSQLite(t)
+	_, db, st := shared.prepare(t)
+	const lease = 300 * time.Millisecond
+	ctx := context.Background()
+	require.NoError(t, st.Write(ctx, db, store.Message{Topic: "orders", Key: "k", Payload: []byte("k/0")}))
+	slow := outboxtest.NewPublisher()
+	slow.Fail = func(string, *message.Message) error {
+		time.Sleep(4 * lease)
+		return nil
+	}
+	d := startDispatcher(t, lostLease{st}, slow, shared.config(dispatcher.Config{Lease: lease, Workers: 1, Logger: quiet()}))
+	waitNonePending(t, st, 30*time.Second)
+	require.Eventually(t, func() bool { return d.Stats().Overrun == 1 }, 10*time.Second, 10*time.Millisecond,
+		"the batch was recorded after its lease ran out; overrun %d", d.Stats().Overrun)
 }

@@ -207,7 +207,8 @@ func (r *reader) check(ctx context.Context) error {
 // one. Creating a slot waits for the write transactions open at that moment to end (it holds
 // none of them up), while the dispatchers poll. The new slot carries what commits from then
 // on; what was written before is pending in the table, and the reader catches up with it
-// through the sweep before it publishes from the log ([sqlstore.Store.CatchUpTo]).
+// through the sweep before it publishes later messages of its keys from the log
+// ([sqlstore.Store.CatchUpTo]).
 func (r *reader) recover(ctx context.Context) error {
 	s := r.s
 	if !s.LogLost() {

@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"cmp"
 	"context"
 	"sync"
 
@@ -17,7 +18,7 @@ func (d *Dispatcher) follow(ctx, pubCtx context.Context, stream store.LogStream)
 	rec := newRecorder(stream)
 	defer func() {
 		if rerr := rec.close(); err == nil || ctx.Err() != nil {
-			err = cmpErr(rerr, err)
+			err = cmp.Or(rerr, err)
 		}
 	}()
 	for {
@@ -50,15 +51,16 @@ func (d *Dispatcher) follow(ctx, pubCtx context.Context, stream store.LogStream)
 type recorder struct {
 	stream    store.LogStream
 	queue     chan *store.LogBatch
-	failed    chan error // receives the first recording error
 	pending   sync.WaitGroup
 	holdsKeys bool // a batch queued since the last wait holds keys
 	done      chan struct{}
+	failed    chan struct{} // closed, with failure set, when recording fails
+	failure   error
 }
 
 func newRecorder(stream store.LogStream) *recorder {
 	// Unbuffered: one batch is published while another records.
-	rec := &recorder{stream: stream, queue: make(chan *store.LogBatch), failed: make(chan error, 1), done: make(chan struct{})}
+	rec := &recorder{stream: stream, queue: make(chan *store.LogBatch), done: make(chan struct{}), failed: make(chan struct{})}
 	go rec.run()
 	return rec
 }
@@ -70,10 +72,9 @@ func (rec *recorder) add(b *store.LogBatch) error {
 	select {
 	case rec.queue <- b:
 		return nil
-	case err := <-rec.failed:
+	case <-rec.failed:
 		rec.pending.Done()
-		rec.failed <- err
-		return err
+		return rec.failure
 	}
 }
 
@@ -84,11 +85,11 @@ func (rec *recorder) wait() error {
 	return rec.err()
 }
 
+// err is the error that stopped recording, if any.
 func (rec *recorder) err() error {
 	select {
-	case err := <-rec.failed:
-		rec.failed <- err
-		return err
+	case <-rec.failed:
+		return rec.failure
 	default:
 		return nil
 	}
@@ -105,14 +106,13 @@ func (rec *recorder) close() error {
 // is closed. After a failure it records nothing more, and only counts the batches off.
 func (rec *recorder) run() {
 	defer close(rec.done)
-	var failed bool
 	for b := range rec.queue {
 		bs := rec.queued(b)
-		if !failed {
+		if rec.err() == nil {
 			// Recording outlives the reading: the broker has these messages.
 			if err := rec.stream.Record(context.Background(), bs); err != nil {
-				failed = true
-				rec.failed <- err
+				rec.failure = err
+				close(rec.failed)
 			}
 		}
 		for range bs {
@@ -135,14 +135,4 @@ func (rec *recorder) queued(b *store.LogBatch) []*store.LogBatch {
 			return bs
 		}
 	}
-}
-
-// cmpErr returns the first non-nil error.
-func cmpErr(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }

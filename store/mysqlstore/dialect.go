@@ -6,7 +6,7 @@ import (
 )
 
 // dialect is the SQL of MySQL 8.0 and MariaDB 10.6 or later.
-var dialect = sqlstore.NewDialect(sqlstore.DialectSpec{
+var dialect = sqlstore.Dialect{
 	Name:      "mysql",
 	Quote:     '`',
 	MaxParams: 65535,
@@ -19,7 +19,7 @@ var dialect = sqlstore.NewDialect(sqlstore.DialectSpec{
 	DeleteUpTo: "DELETE FROM %[1]s WHERE %[2]s LIMIT %[3]s",
 	Schema:     schema,
 	Classify:   classify,
-})
+}
 
 // classify tells the errors that Write and Check report as the store's own.
 func classify(err error) error {

@@ -9,7 +9,7 @@ import (
 )
 
 // dialect is the SQL of SQLite 3.35 or later (for RETURNING).
-var dialect = sqlstore.NewDialect(sqlstore.DialectSpec{
+var dialect = sqlstore.Dialect{
 	Name:          "sqlite",
 	Quote:         '"',
 	MaxParams:     32766,
@@ -21,7 +21,7 @@ var dialect = sqlstore.NewDialect(sqlstore.DialectSpec{
 	DeleteUpTo:    "DELETE FROM %[1]s WHERE seq IN (SELECT seq FROM %[1]s WHERE %[2]s LIMIT %[3]s)",
 	Schema:        schema,
 	Classify:      classify,
-})
+}
 
 // SQLite's extended result codes the store tells apart.
 const (

@@ -33,7 +33,7 @@ func (s *Store) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimRe
 		got []claimedRow
 		err error
 	)
-	switch s.d.claim {
+	switch s.d.Claims {
 	case ClaimsOneWriter:
 		got, err = s.claimOnce(ctx, s.db, res.Token, p)
 	default:
@@ -77,7 +77,7 @@ func (s *Store) sweepMark(p *store.ClaimParams) string {
 	if p.OlderThan <= 0 {
 		return ""
 	}
-	return ", next_attempt_at = CASE WHEN next_attempt_at = " + s.d.epoch + " THEN " + s.d.now + " ELSE next_attempt_at END"
+	return ", next_attempt_at = CASE WHEN next_attempt_at = " + s.d.Epoch + " THEN " + s.d.Now + " ELSE next_attempt_at END"
 }
 
 // due is the condition, on the table aliased o, of a pending message that nothing holds back
@@ -86,8 +86,8 @@ func (s *Store) sweepMark(p *store.ClaimParams) string {
 // clock can make it wait while a later message of its key goes ahead. The times compared
 // are the database's.
 func (s *Store) due(alias string) string {
-	return alias + ".state = 'pending' AND " + alias + ".claimed_until <= " + s.d.now +
-		" AND (" + alias + ".attempts = 0 OR " + alias + ".next_attempt_at <= " + s.d.now + ")"
+	return alias + ".state = 'pending' AND " + alias + ".claimed_until <= " + s.d.Now +
+		" AND (" + alias + ".attempts = 0 OR " + alias + ".next_attempt_at <= " + s.d.Now + ")"
 }
 
 // claimable is the condition, on the table aliased o, of a message that may be claimed: it
@@ -101,7 +101,7 @@ func (s *Store) claimable(b *builder, p *store.ClaimParams) string {
 	return s.due("o") + s.sweepOnly(b, p) + s.window(b, p) +
 		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + s.t.String() + " e WHERE e.message_key = o.message_key" +
 		" AND e.state = 'pending' AND e.held = 1 AND e.seq < o.seq" +
-		" AND (e.claimed_until > " + s.d.now + " OR (e.attempts > 0 AND e.next_attempt_at > " + s.d.now + ")))" + s.parkedHolds("o") + ")"
+		" AND (e.claimed_until > " + s.d.Now + " OR (e.attempts > 0 AND e.next_attempt_at > " + s.d.Now + ")))" + s.parkedHolds("o") + ")"
 }
 
 // Claims look at a window of the oldest pending messages. While other claims hold many keys
@@ -160,7 +160,7 @@ func (s *Store) claimOnce(ctx context.Context, db store.Querier, token string, p
 	t := s.t.String()
 	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease) + s.sweepMark(p)
 	sub := "SELECT o.seq FROM " + t + " o WHERE " + s.claimable(&b, p) + " ORDER BY o.seq LIMIT " + b.arg(p.Limit)
-	if s.d.claim == ClaimsOneWriter {
+	if s.d.Claims == ClaimsOneWriter {
 		q += " WHERE seq IN (" + sub + ")"
 	} else {
 		// = ANY(ARRAY(...)) keeps Postgres on the primary key; IN (...) becomes a hash join
@@ -219,7 +219,7 @@ func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimPar
 		}
 	}
 	claim := s.claimOnSession
-	if s.d.claim == ClaimsInTurnsInATransaction {
+	if s.d.Claims == ClaimsInTurnsInATransaction {
 		claim = s.claimInTransaction
 	}
 	got, err := claim(ctx, token, p)
@@ -233,7 +233,7 @@ func (s *Store) claimInTransaction(ctx context.Context, token string, p *store.C
 		return nil, err
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, s.d.claimTurn, s.t.lockKey("claim")); err != nil {
+	if _, err := tx.ExecContext(ctx, s.d.ClaimTurn, s.t.lockKey("claim")); err != nil {
 		return nil, err
 	}
 	got, err := s.claimOnce(ctx, tx, token, p)
@@ -282,7 +282,7 @@ func (s *Store) claimOnSession(ctx context.Context, token string, p *store.Claim
 	}
 	b = builder{d: s.d}
 	upd := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease) + s.sweepMark(p)
-	upd += " WHERE seq IN (" + strings.Join(seqs, ",") + ") AND state = 'pending' AND claimed_until <= " + s.d.now
+	upd += " WHERE seq IN (" + strings.Join(seqs, ",") + ") AND state = 'pending' AND claimed_until <= " + s.d.Now
 	res, err := tx.ExecContext(ctx, upd, b.args...)
 	if err != nil {
 		return nil, err

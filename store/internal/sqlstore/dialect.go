@@ -15,49 +15,8 @@ import (
 )
 
 // Dialect is what differs between the SQL databases the store runs on: each database
-// package describes its own in a [DialectSpec]. Its fields are not exported because the
-// store's queries depend on them together.
+// package describes its own.
 type Dialect struct {
-	name      string
-	quote     byte
-	numbered  bool // $1, $2 instead of ?
-	maxParams int
-	// epoch is the SQL literal of the "never" time that unclaimed messages carry in
-	// claimed_until; it must match the literal in the migrations' "held" column.
-	epoch         string
-	unixMicroTime bool // times stored as integer unix microseconds
-	// now is the SQL expression of the database's clock, in the form the table stores times.
-	// Every time the store writes or compares comes from it, so that no writer's or
-	// dispatcher's clock can reorder messages or cut a lease short.
-	now string
-	// interval is the SQL expression of an interval of microseconds given as %s, which adds
-	// to now.
-	interval string
-	claim    ClaimStyle
-	// claimTurn is, where claims take turns in a transaction, the
-	// statement that waits for the turn, with the lock key as its one argument.
-	claimTurn string
-	// notifyWrite wraps a Write's INSERT so that it wakes the dispatchers of other
-	// processes; nil where the database has no notifications.
-	notifyWrite func(insert, channel string) string
-	// asyncCommit, a table expression joined to an UPDATE (FROM) or a DELETE (USING), lets
-	// the statement's own transaction commit without waiting for the WAL flush. Marking
-	// messages delivered can: a mark lost in a server crash only publishes them again, which
-	// at-least-once allows.
-	asyncCommit string
-	// shareLock, appended to a SELECT, makes it a locking read, which waits for the
-	// transactions that wrote the rows to commit.
-	shareLock string
-	// deleteUpTo is a statement that deletes at most %[3]s rows of table %[1]s where %[2]s.
-	deleteUpTo     string
-	migrationFiles fs.FS // the schema's steps in its schema/ directory, NNNN_name.sql templates of the table's names
-	// classify maps a driver error to store.ErrNotMigrated, store.ErrPermission or
-	// store.ErrDuplicateID, or nil.
-	classify func(error) error
-}
-
-// DialectSpec is how a database package describes its SQL to the store.
-type DialectSpec struct {
 	// Name is the database's name in messages and [store.Capabilities].
 	Name string
 	// Quote quotes identifiers.
@@ -105,16 +64,6 @@ type DialectSpec struct {
 	Classify func(error) error
 }
 
-// NewDialect is the dialect that spec describes.
-func NewDialect(spec DialectSpec) Dialect {
-	return Dialect{
-		name: spec.Name, quote: spec.Quote, numbered: spec.Numbered, maxParams: spec.MaxParams,
-		epoch: spec.Epoch, unixMicroTime: spec.UnixMicroTime, now: spec.Now, interval: spec.Interval,
-		claim: spec.Claims, claimTurn: spec.ClaimTurn, notifyWrite: spec.NotifyWrite,
-		asyncCommit: spec.AsyncCommit, shareLock: spec.ShareLock, deleteUpTo: spec.DeleteUpTo, migrationFiles: spec.Schema, classify: spec.Classify,
-	}
-}
-
 // ClaimStyle is how a claim is made atomic among concurrent claimers.
 type ClaimStyle int
 
@@ -122,7 +71,7 @@ const (
 	// ClaimsOneWriter: one UPDATE ... RETURNING; the database runs one writer at a time
 	// (SQLite).
 	ClaimsOneWriter ClaimStyle = iota
-	// ClaimsInTurnsInATransaction: a transaction waits for its turn (DialectSpec.ClaimTurn),
+	// ClaimsInTurnsInATransaction: a transaction waits for its turn (Dialect.ClaimTurn),
 	// then UPDATE ... RETURNING with FOR UPDATE SKIP LOCKED (Postgres).
 	ClaimsInTurnsInATransaction
 	// ClaimsInTurnsOnASession: [Hooks].Lock on a pinned connection, then a plain SELECT and
@@ -156,7 +105,7 @@ func parseTable(d Dialect, s string) (table, error) {
 }
 
 func (d Dialect) quoteIdent(s string) string {
-	q := string(d.quote)
+	q := string(d.Quote)
 	return q + s + q
 }
 
@@ -182,7 +131,7 @@ func (t table) Table() string { return t.String() }
 
 // timeArg is how a time goes into a query.
 func (d Dialect) timeArg(t time.Time) any {
-	if d.unixMicroTime {
+	if d.UnixMicroTime {
 		return t.UnixMicro()
 	}
 	return t.UTC().Truncate(time.Microsecond)
@@ -192,9 +141,9 @@ func (d Dialect) timeArg(t time.Time) any {
 // argument of b.
 func (b *builder) nowPlus(d time.Duration) string {
 	if d == 0 {
-		return b.d.now
+		return b.d.Now
 	}
-	return "(" + b.d.now + " + " + fmt.Sprintf(b.d.interval, b.arg(d.Microseconds())) + ")"
+	return "(" + b.d.Now + " + " + fmt.Sprintf(b.d.Interval, b.arg(d.Microseconds())) + ")"
 }
 
 // lockKey is a stable 63-bit number for a lock that belongs to the table, for Postgres
@@ -221,7 +170,7 @@ type builder struct {
 
 func (b *builder) arg(v any) string {
 	b.args = append(b.args, v)
-	if b.d.numbered {
+	if b.d.Numbered {
 		return "$" + strconv.Itoa(len(b.args))
 	}
 	return "?"
@@ -231,34 +180,28 @@ func (b *builder) arg(v any) string {
 // every list size shares one prepared statement whose generic plan still uses the index; an
 // IN list of parameters there drifts to a plan that scans every pending row.
 func (b *builder) in(column string, vs []string) string {
-	if b.d.numbered {
-		return column + " = ANY(" + b.arg(vs) + ")"
-	}
-	var sb strings.Builder
-	sb.WriteString(column + " IN (")
-	for i, v := range vs {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		sb.WriteString(b.arg(v))
-	}
-	sb.WriteByte(')')
-	return sb.String()
+	return b.oneOf(column, vs, len(vs), func(i int) string { return b.arg(vs[i]) })
 }
 
 // inSeqs is the condition that column, a BIGINT, is one of vs: an array parameter on
 // Postgres, a literal list elsewhere (integers need no quoting).
 func (b *builder) inSeqs(column string, vs []int64) string {
-	if b.d.numbered {
-		return column + " = ANY(" + b.arg(vs) + ")"
+	return b.oneOf(column, vs, len(vs), func(i int) string { return strconv.FormatInt(vs[i], 10) })
+}
+
+// oneOf is the condition that column is one of n values: array, one parameter, where
+// placeholders are numbered (Postgres), or an IN list of item(0) to item(n-1).
+func (b *builder) oneOf(column string, array any, n int, item func(int) string) string {
+	if b.d.Numbered {
+		return column + " = ANY(" + b.arg(array) + ")"
 	}
 	var sb strings.Builder
 	sb.WriteString(column + " IN (")
-	for i, v := range vs {
+	for i := range n {
 		if i > 0 {
 			sb.WriteByte(',')
 		}
-		sb.WriteString(strconv.FormatInt(v, 10))
+		sb.WriteString(item(i))
 	}
 	sb.WriteByte(')')
 	return sb.String()
@@ -268,7 +211,7 @@ func (b *builder) inSeqs(column string, vs []int64) string {
 type Migration = store.Migration
 
 func (d Dialect) migrations(t table) ([]Migration, error) {
-	entries, err := fs.ReadDir(d.migrationFiles, "schema")
+	entries, err := fs.ReadDir(d.Schema, "schema")
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +223,7 @@ func (d Dialect) migrations(t table) ([]Migration, error) {
 		if !ok || err != nil {
 			return nil, fmt.Errorf("outbox: migration file %q is not named NNNN_name.sql", e.Name())
 		}
-		raw, err := fs.ReadFile(d.migrationFiles, "schema/"+e.Name())
+		raw, err := fs.ReadFile(d.Schema, "schema/"+e.Name())
 		if err != nil {
 			return nil, err
 		}

@@ -28,7 +28,7 @@ type LogMessage struct {
 // OpenLog implements [store.LogReader] through the store's [Hooks].OpenLog.
 func (s *Store) OpenLog(ctx context.Context, o store.LogOptions) (store.LogStream, error) {
 	if s.hooks.OpenLog == nil {
-		return nil, fmt.Errorf("%w: the %s store reads no change log", store.ErrLogUnavailable, s.d.name)
+		return nil, fmt.Errorf("%w: the %s store reads no change log", store.ErrLogUnavailable, s.d.Name)
 	}
 	// Not reset when reading ends: another dispatcher on this Store value may be reading.
 	s.catchUp.Store(-1)
@@ -95,7 +95,7 @@ func (s *Store) catchingUp(ctx context.Context, first int64) (int64, error) {
 // unfinished is the condition of a message that a reader catching up waits for: pending, and
 // not held, or held by a live claim.
 func (s *Store) unfinished() string {
-	return "state = 'pending' AND (held = 0 OR claimed_until > " + s.d.now + ")"
+	return "state = 'pending' AND (held = 0 OR claimed_until > " + s.d.Now + ")"
 }
 
 // FilterLog implements [store.LogStream].Filter for a stream of this store. Rows are looked
@@ -234,7 +234,7 @@ type logLookup struct {
 func (s *Store) newLogLookup(msgs []LogMessage, lookup *sql.Conn) *logLookup {
 	l := &logLookup{s: s, db: s.db, ready: make(map[int64]bool, len(msgs)), heldFrom: map[string]int64{}, keyOf: make(map[int64]string, len(msgs))}
 	if lookup != nil {
-		l.db, l.lock = lookup, s.d.shareLock
+		l.db, l.lock = lookup, s.d.ShareLock
 	}
 	seen := map[string]bool{}
 	for _, m := range msgs {
@@ -247,7 +247,7 @@ func (s *Store) newLogLookup(msgs []LogMessage, lookup *sql.Conn) *logLookup {
 		}
 	}
 	// Keys go into the first lookup of rows when they fit beside its seqs.
-	l.withHeld = len(l.keys) > 0 && len(l.keys) <= (s.d.maxParams-16)/2
+	l.withHeld = len(l.keys) > 0 && len(l.keys) <= (s.d.MaxParams-16)/2
 	return l
 }
 
@@ -258,7 +258,7 @@ func (s *Store) newLogLookup(msgs []LogMessage, lookup *sql.Conn) *logLookup {
 // catches up, the messages pending from before its session, but for the batch's own.
 func (l *logLookup) held(b *builder, keys []string) string {
 	byKey := b.in("message_key", keys) // arguments go in the order of their placeholders
-	holding := "state = 'pending' AND next_attempt_at > " + l.s.d.epoch + " AND held = 1"
+	holding := "state = 'pending' AND next_attempt_at > " + l.s.d.Epoch + " AND held = 1"
 	if l.s.strict {
 		holding += " OR state = 'parked'"
 	}
@@ -283,7 +283,7 @@ func (l *logLookup) heldAlone(ctx context.Context) error {
 	if l.withHeld || len(l.keys) == 0 {
 		return nil
 	}
-	return inChunks(l.keys, l.s.d.maxParams-16, func(keys []string) error {
+	return inChunks(l.keys, l.s.d.MaxParams-16, func(keys []string) error {
 		b := builder{d: l.s.d}
 		return l.scan(ctx, l.held(&b, keys), b.args, nil)
 	})
@@ -292,7 +292,7 @@ func (l *logLookup) heldAlone(ctx context.Context) error {
 // rows looks up the rows seqs once, and returns those it found.
 func (l *logLookup) rows(ctx context.Context, seqs []int64) (map[int64]bool, error) {
 	found := make(map[int64]bool, len(seqs))
-	err := inChunks(seqs, (l.s.d.maxParams-16)/2, func(seqs []int64) error {
+	err := inChunks(seqs, (l.s.d.MaxParams-16)/2, func(seqs []int64) error {
 		b := builder{d: l.s.d}
 		q := "SELECT seq, CASE WHEN (state = 'pending' AND held = 0) OR state = '" + LogOnlyState + "' THEN 1 WHEN state = 'pending' THEN 2 ELSE 0 END, '' FROM " + l.s.t.String() +
 			" WHERE " + b.inSeqs("seq", seqs) + l.lock

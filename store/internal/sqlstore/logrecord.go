@@ -107,7 +107,7 @@ func (s *Store) recordLog(ctx context.Context, batch *logRecord, deleting bool, 
 		_, err := db.ExecContext(ctx, s.markDelivered(b.inSeqs("seq", seqs), deleting, async), b.args...)
 		return err
 	}
-	if checkpoint == nil && len(failures)+len(handOver)+len(batch.marks) == 0 && len(delivered) <= s.d.maxParams-8 {
+	if checkpoint == nil && len(failures)+len(handOver)+len(batch.marks) == 0 && len(delivered) <= s.d.MaxParams-8 {
 		// The usual outcome, all delivered, is one statement in a transaction of its own.
 		if len(delivered) == 0 {
 			return nil // log-only messages: nothing to write
@@ -122,13 +122,13 @@ func (s *Store) recordLog(ctx context.Context, batch *logRecord, deleting bool, 
 		return fmt.Errorf("outbox: record logged messages in %s: %w", s.t, err)
 	}
 	defer tx.Rollback()
-	if s.d.asyncCommit != "" {
+	if s.d.AsyncCommit != "" {
 		// A mark lost in a server crash costs a duplicate from the sweep, not a message.
-		if _, err := tx.ExecContext(ctx, "SELECT * FROM "+s.d.asyncCommit); err != nil {
+		if _, err := tx.ExecContext(ctx, "SELECT * FROM "+s.d.AsyncCommit); err != nil {
 			return err
 		}
 	}
-	err = inChunks(delivered, s.d.maxParams-8, func(seqs []int64) error { return markDelivered(tx, seqs, false) })
+	err = inChunks(delivered, s.d.MaxParams-8, func(seqs []int64) error { return markDelivered(tx, seqs, false) })
 	if err != nil {
 		return fmt.Errorf("outbox: mark %d logged messages delivered in %s: %w", len(delivered), s.t, err)
 	}
@@ -175,19 +175,19 @@ func (s *Store) recordHandOver(ctx context.Context, tx *sql.Tx, batch *logRecord
 	}
 	// next_attempt_at marks them as held for the log reader's lookup; a message that never
 	// failed is due whatever it says.
-	err = inChunks(handOver, s.d.maxParams-8, func(seqs []int64) error {
+	err = inChunks(handOver, s.d.MaxParams-8, func(seqs []int64) error {
 		b := builder{d: s.d}
-		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET claimed_until = "+s.d.now+", next_attempt_at = "+s.d.now+
-			" WHERE state = 'pending' AND claimed_until = "+s.d.epoch+" AND "+b.inSeqs("seq", seqs), b.args...)
+		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET claimed_until = "+s.d.Now+", next_attempt_at = "+s.d.Now+
+			" WHERE state = 'pending' AND claimed_until = "+s.d.Epoch+" AND "+b.inSeqs("seq", seqs), b.args...)
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("outbox: hand %d logged messages over to polling in %s: %w", len(handOver), s.t, err)
 	}
-	err = inChunks(batch.marks, s.d.maxParams-8, func(seqs []int64) error {
+	err = inChunks(batch.marks, s.d.MaxParams-8, func(seqs []int64) error {
 		b := builder{d: s.d}
-		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET next_attempt_at = "+s.d.now+
-			" WHERE state = 'pending' AND next_attempt_at = "+s.d.epoch+" AND "+b.inSeqs("seq", seqs), b.args...)
+		_, err := tx.ExecContext(ctx, "UPDATE "+t+" SET next_attempt_at = "+s.d.Now+
+			" WHERE state = 'pending' AND next_attempt_at = "+s.d.Epoch+" AND "+b.inSeqs("seq", seqs), b.args...)
 		return err
 	})
 	if err != nil {
@@ -212,7 +212,7 @@ func (s *Store) recordLogFailures(ctx context.Context, tx *sql.Tx, batch *logRec
 		}
 		q := "UPDATE " + s.t.String() + " SET attempts = attempts + 1, state = " + b.arg(string(state)) +
 			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.nowPlus(f.RetryAfter) +
-			" WHERE state = 'pending' AND claimed_until = " + s.d.epoch + " AND id = " + b.arg(f.ID)
+			" WHERE state = 'pending' AND claimed_until = " + s.d.Epoch + " AND id = " + b.arg(f.ID)
 		if _, err := tx.ExecContext(ctx, q, b.args...); err != nil {
 			return nil, fmt.Errorf("outbox: record failure of logged message %s in %s: %w", f.ID, s.t, err)
 		}
@@ -236,7 +236,7 @@ const logOnlyColumns = 12
 // so that polling retries them in their place; a row already there (recorded before a crash)
 // stays as it is.
 func (s *Store) insertLogOnly(ctx context.Context, tx *sql.Tx, rows []logOnlyRow) error {
-	return inChunks(rows, (s.d.maxParams-8)/logOnlyColumns, func(rows []logOnlyRow) error {
+	return inChunks(rows, (s.d.MaxParams-8)/logOnlyColumns, func(rows []logOnlyRow) error {
 		b := builder{d: s.d, args: make([]any, 0, len(rows)*logOnlyColumns)}
 		values := make([]string, len(rows))
 		for i, r := range rows {
@@ -244,9 +244,9 @@ func (s *Store) insertLogOnly(ctx context.Context, tx *sql.Tx, rows []logOnlyRow
 			if err != nil {
 				return fmt.Errorf("message %s: %w", r.m.ID, err)
 			}
-			claimed := s.d.epoch
+			claimed := s.d.Epoch
 			if r.handedOver {
-				claimed = s.d.now
+				claimed = s.d.Now
 			}
 			var lastError any
 			if r.lastError != "" {

@@ -67,8 +67,8 @@ func (s *Store) Requeue(ctx context.Context, p *store.RequeueParams) (int64, err
 	// An expired claim marks a requeued message as handed over to polling, as a log reader
 	// marks the messages it leaves: a sweep beside a log reader takes it at once, whatever
 	// its age, and the log reader hands over the later messages of its key behind it.
-	q := "UPDATE " + s.t.String() + " SET state = 'pending', attempts = 0, next_attempt_at = " + s.d.now +
-		", claim_token = NULL, claimed_until = " + s.d.now + " WHERE state = 'parked'"
+	q := "UPDATE " + s.t.String() + " SET state = 'pending', attempts = 0, next_attempt_at = " + s.d.Now +
+		", claim_token = NULL, claimed_until = " + s.d.Now + " WHERE state = 'parked'"
 	if len(p.IDs) > 0 {
 		q += " AND " + b.in("id", p.IDs)
 	}
@@ -110,7 +110,7 @@ func (s *Store) Purge(ctx context.Context, p *store.PurgeParams) (int64, error) 
 	var total int64
 	for {
 		b := builder{d: s.d}
-		q := fmt.Sprintf(s.d.deleteUpTo, t, "state = 'delivered' AND delivered_at < "+b.nowPlus(-p.OlderThan), b.arg(batch))
+		q := fmt.Sprintf(s.d.DeleteUpTo, t, "state = 'delivered' AND delivered_at < "+b.nowPlus(-p.OlderThan), b.arg(batch))
 		res, err := conn.ExecContext(ctx, q, b.args...)
 		if err != nil {
 			return total, fmt.Errorf("outbox: purge %s: %w", s.t, err)

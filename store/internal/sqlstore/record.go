@@ -23,15 +23,15 @@ func (s *Store) MarkDelivered(ctx context.Context, p *store.MarkDeliveredParams)
 // delivered: it marks them, or with del deletes them. With async, where the database allows
 // it, the statement's own transaction does not wait for the WAL flush.
 func (s *Store) markDelivered(cond string, del, async bool) string {
-	async = async && s.d.asyncCommit != ""
-	q := "UPDATE " + s.t.String() + " SET state = 'delivered', delivered_at = " + s.d.now + ", claim_token = NULL, claimed_until = " + s.d.epoch
+	async = async && s.d.AsyncCommit != ""
+	q := "UPDATE " + s.t.String() + " SET state = 'delivered', delivered_at = " + s.d.Now + ", claim_token = NULL, claimed_until = " + s.d.Epoch
 	if async {
-		q += " FROM " + s.d.asyncCommit
+		q += " FROM " + s.d.AsyncCommit
 	}
 	if del {
 		q = "DELETE FROM " + s.t.String()
 		if async {
-			q += " USING " + s.d.asyncCommit
+			q += " USING " + s.d.AsyncCommit
 		}
 	}
 	return q + " WHERE state = 'pending' AND " + cond
@@ -41,7 +41,7 @@ func (s *Store) markDelivered(cond string, del, async bool) string {
 func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
 	if p.All {
 		b := builder{d: s.d}
-		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token)
+		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.Epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token)
 		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: release the messages of a claim in %s: %w", s.t, err)
 		}
@@ -49,7 +49,7 @@ func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
 	}
 	return s.inChunks(p.IDs, func(ids []string) error {
 		b := builder{d: s.d}
-		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE claim_token = " + b.arg(p.Token) +
+		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.Epoch + " WHERE claim_token = " + b.arg(p.Token) +
 			" AND " + b.in("id", ids)
 		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: release %d messages in %s: %w", len(ids), s.t, err)
@@ -73,7 +73,7 @@ func (s *Store) ExtendLease(ctx context.Context, p *store.ExtendLeaseParams) (in
 }
 
 func (s *Store) inChunks(ids []string, f func([]string) error) error {
-	return inChunks(ids, s.d.maxParams-8, f)
+	return inChunks(ids, s.d.MaxParams-8, f)
 }
 
 // Fail implements [store.Engine]. All failures are recorded in one transaction.
@@ -94,7 +94,7 @@ func (s *Store) Fail(ctx context.Context, p *store.FailParams) error {
 		}
 		q := "UPDATE " + s.t.String() + " SET attempts = attempts + 1, state = " + b.arg(string(state)) +
 			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.nowPlus(f.RetryAfter) +
-			", claim_token = NULL, claimed_until = " + s.d.epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token) +
+			", claim_token = NULL, claimed_until = " + s.d.Epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token) +
 			" AND id = " + b.arg(f.ID)
 		if _, err := tx.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: record failure of %s in %s: %w", f.ID, s.t, err)

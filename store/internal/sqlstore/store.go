@@ -155,7 +155,7 @@ func New(db *sql.DB, d Dialect, cfg Config, hooks Hooks) (*Store, error) {
 	if db == nil {
 		return nil, errors.New("outbox: sqlstore.New: db is nil")
 	}
-	if d.name == "" {
+	if d.Name == "" {
 		return nil, errors.New("outbox: sqlstore.New: zero Dialect (use a store package's New)")
 	}
 	if cfg.Table == "" {
@@ -175,7 +175,7 @@ func New(db *sql.DB, d Dialect, cfg Config, hooks Hooks) (*Store, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.LogOnly && (hooks.LogOnly == nil || hooks.OpenLog == nil) {
-		return nil, fmt.Errorf("outbox: Config.LogOnly: the %s store cannot check at write time that its change log carries messages (use Postgres)", d.name)
+		return nil, fmt.Errorf("outbox: Config.LogOnly: the %s store cannot check at write time that its change log carries messages (use Postgres)", d.Name)
 	}
 	s := &Store{
 		db:       db,
@@ -205,7 +205,7 @@ func (s *Store) Table() string { return s.t.String() }
 
 // Capabilities implements [store.Engine].
 func (s *Store) Capabilities() store.Capabilities {
-	return store.Capabilities{Name: s.d.name, SkipLocked: s.d.claim != ClaimsOneWriter, CrossProcessNotify: s.listener != nil,
+	return store.Capabilities{Name: s.d.Name, SkipLocked: s.d.Claims != ClaimsOneWriter, CrossProcessNotify: s.listener != nil,
 		ChangeLog: s.hooks.OpenLog != nil}
 }
 
@@ -215,7 +215,7 @@ const columns = "seq, id, topic, message_key, payload, headers, created_at, stat
 // DELETE rights the store needs, in a transaction it rolls back.
 func (s *Store) Check(ctx context.Context) error {
 	if err := s.db.PingContext(ctx); err != nil {
-		return fmt.Errorf("outbox: cannot reach the %s database: %w", s.d.name, err)
+		return fmt.Errorf("outbox: cannot reach the %s database: %w", s.d.Name, err)
 	}
 	t := s.t.String()
 	probes := []string{
@@ -226,12 +226,12 @@ func (s *Store) Check(ctx context.Context) error {
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("outbox: cannot reach the %s database: %w", s.d.name, err)
+		return fmt.Errorf("outbox: cannot reach the %s database: %w", s.d.Name, err)
 	}
 	defer tx.Rollback()
 	for _, q := range probes {
 		if _, err := tx.ExecContext(ctx, q); err != nil {
-			switch kind := s.d.classify(err); kind {
+			switch kind := s.d.Classify(err); kind {
 			case store.ErrNotMigrated:
 				return fmt.Errorf("%w: table %s: %v (run Migrate, or the migration files, first)", kind, s.t, err)
 			case store.ErrPermission:

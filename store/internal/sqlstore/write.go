@@ -102,7 +102,7 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 				q.WriteByte(',')
 			}
 			fmt.Fprintf(&q, "(%s,%s,%s,%s,%s,%s)", b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
-				b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.now)
+				b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.Now)
 		}
 		if err := s.insert(ctx, db, q.String(), &b, ids[start:end]); err != nil {
 			// Nothing of this Write stays: the statements before wrote all their messages.
@@ -126,7 +126,7 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 func (s *Store) insert(ctx context.Context, db store.Execer, stmt string, b *builder, ids []string) error {
 	n := len(ids)
 	fail := func(err error) error {
-		if kind := s.d.classify(err); kind != nil {
+		if kind := s.d.Classify(err); kind != nil {
 			return fmt.Errorf("%w: write %d messages to %s: %v", kind, n, s.t, err)
 		}
 		return fmt.Errorf("outbox: write %d messages to %s: %w", n, s.t, err)
@@ -134,13 +134,13 @@ func (s *Store) insert(ctx context.Context, db store.Execer, stmt string, b *bui
 	q, canQuery := db.(interface {
 		QueryRowContext(context.Context, string, ...any) *sql.Row
 	})
-	if s.d.notifyWrite == nil || !canQuery {
+	if s.d.NotifyWrite == nil || !canQuery {
 		if _, err := db.ExecContext(ctx, stmt, b.args...); err != nil {
 			return fail(err)
 		}
 		return nil
 	}
-	stmt = s.d.notifyWrite(stmt, b.arg(s.t.channel()))
+	stmt = s.d.NotifyWrite(stmt, b.arg(s.t.channel()))
 	var (
 		written int
 		first   sql.NullInt64
@@ -191,7 +191,7 @@ func (s *Store) writeLogOnly(ctx context.Context, db store.Execer, msgs []store.
 			q.WriteByte(',')
 		}
 		fmt.Fprintf(&q, s.logOnly.Row, b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
-			b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.now, "'"+LogOnlyState+"'")
+			b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.Now, "'"+LogOnlyState+"'")
 	}
 	q.WriteString(") AS written WHERE " + s.logOnly.Ready)
 	res, err := db.ExecContext(ctx, q.String(), b.args...)
@@ -216,7 +216,7 @@ const LogOnlyState = "logged"
 // parameter limit, and within maxStatementBytes of payload unless one message is larger alone.
 func (s *Store) statementEnd(msgs []store.Message, start int) int {
 	end, size := start, 0
-	for end < len(msgs) && end-start < (s.d.maxParams-1)/writeColumns {
+	for end < len(msgs) && end-start < (s.d.MaxParams-1)/writeColumns {
 		size += len(msgs[end].Payload)
 		if end > start && size > maxStatementBytes {
 			break

@@ -123,11 +123,12 @@ func DropPostgresLog(db *sql.DB, database, prefix string) error {
 		}
 		_, err = db.Exec(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
 			WHERE NOT active AND (($1 <> '' AND left(slot_name, length($1)) = $1) OR ($2 <> '' AND database = $2))`, prefix, database)
-		if err == nil {
-			continue
+		if err != nil {
+			errs = append(errs, err)
 		}
-		errs = append(errs, err)
-		time.Sleep(100 * time.Millisecond) // a terminated sender takes a moment to let go
+		if active > 0 || err != nil {
+			time.Sleep(100 * time.Millisecond) // a terminated sender takes a moment to let go
+		}
 	}
 	if prefix != "" {
 		rows, err := db.Query("SELECT pubname FROM pg_publication WHERE left(pubname, length($1)) = $1", prefix)

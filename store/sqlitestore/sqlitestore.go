@@ -5,16 +5,19 @@
 // wakes at once when this process writes a message (see [sqlstore.Store.Subscribe]). Open
 // the database with [Open], or with [DSN] in your own sql.Open, so that WAL journaling, a busy
 // timeout and immediate transactions keep concurrent writers and the dispatcher from failing
-// with SQLITE_BUSY.
+// with SQLITE_BUSY; Open's handles also have the writers of this process wait in line rather
+// than sleep in SQLite's busy handler.
 package sqlitestore
 
 import (
 	"database/sql"
+	"database/sql/driver"
 	"embed"
 	"fmt"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
@@ -30,7 +33,8 @@ type Config = sqlstore.Config
 // DSN returns the data source name for the SQLite file at path with the settings the outbox
 // needs: WAL journal, 5 s busy timeout, NORMAL synchronous, foreign keys on, and transactions
 // that take the write lock when they begin (a transaction that reads and then writes would
-// otherwise fail with SQLITE_BUSY when another writer got in between).
+// otherwise fail with SQLITE_BUSY when another writer got in between). A handle of your own
+// with this DSN waits for other writers in SQLite's busy handler, not in line as [Open]'s do.
 func DSN(path string) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(5000)")
@@ -53,17 +57,27 @@ const dsnForm = "sqlite:///path/to/app.db (or sqlite://relative.db, file:/path/t
 // directory. Open refuses a DSN with query parameters (it sets its own: to choose others,
 // sql.Open [DriverName] with a DSN of your own, like [DSN]'s), a URL of another scheme and
 // an empty DSN, with an error that shows the expected form.
+//
+// The writes of the handles that Open returns for one file take turns in this process: a
+// transaction (but a read-only one) from its BEGIN to its end, and a statement that writes
+// outside a transaction, each in the order they came, instead of sleeping in SQLite's busy
+// handler for up to 100 ms between tries. So a write through the handle while a transaction
+// of the same goroutine is open waits for itself: it fails after 5 s, as it would with
+// SQLITE_BUSY. Reads outside a transaction do not wait.
 func Open(dsn string) (*sql.DB, error) {
 	path, err := parseDSN(dsn)
 	if err != nil {
 		return nil, err
 	}
-	db, err := sql.Open(DriverName, DSN(path))
-	if err != nil {
-		return nil, fmt.Errorf("outbox: open sqlite %s: %w", path, err)
-	}
-	return db, nil
+	return sql.OpenDB(&connector{dsn: DSN(path), drv: sqliteDriver(), gate: gateOf(path)}), nil
 }
+
+// sqliteDriver is the driver that modernc.org/sqlite registers.
+var sqliteDriver = sync.OnceValue(func() driver.Driver {
+	db, _ := sql.Open(DriverName, "") // connects to nothing: only the driver is wanted
+	defer db.Close()
+	return db.Driver()
+})
 
 // schemeRE matches the scheme of a URL.
 var schemeRE = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*)://`)

@@ -1,0 +1,88 @@
+package sqlitestore_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/outboxgo/outbox/store/sqlitestore"
+)
+
+func TestWritesTellsStatementsThatMayWrite(t *testing.T) {
+	for q, want := range map[string]bool{
+		"SELECT 1":                                     false,
+		"  select seq FROM outbox":                     false,
+		"(SELECT 1) UNION ALL (SELECT 2)":              false,
+		"-- a comment\nSELECT 1":                       false,
+		"/* a comment */ SELECT 1":                     false,
+		"EXPLAIN QUERY PLAN SELECT 1":                  false,
+		"VALUES (1)":                                   false,
+		"UPDATE outbox SET state = 'delivered'":        true,
+		"INSERT INTO outbox (id) VALUES (?)":           true,
+		"DELETE FROM outbox":                           true,
+		"WITH x AS (SELECT 1) UPDATE outbox SET a = 1": true,
+		"PRAGMA journal_mode = WAL":                    true,
+		"BEGIN":                                        true,
+		"":                                             true,
+	} {
+		require.Equal(t, want, sqlitestore.Writes(q), q)
+	}
+}
+
+// The handles that Open returns for one file take turns: a write through any of them waits
+// while a transaction of another is open, and goes in once it ends. A write that waits longer
+// than the busy timeout (here shortened) fails with a clear error and writes nothing, and
+// reads outside a transaction do not wait.
+func TestHandlesOfOneFileTakeTurnsToWrite(t *testing.T) {
+	sqlitestore.SetGateTimeout(t, 300*time.Millisecond)
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "app.db")
+	a, err := sqlitestore.Open(path)
+	require.NoError(t, err)
+	defer a.Close()
+	b, err := sqlitestore.Open("sqlite://" + path)
+	require.NoError(t, err)
+	defer b.Close()
+	_, err = a.ExecContext(ctx, "CREATE TABLE payments (id INTEGER PRIMARY KEY, n INTEGER)")
+	require.NoError(t, err)
+
+	tx, err := a.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	_, err = tx.ExecContext(ctx, "INSERT INTO payments (n) VALUES (1)")
+	require.NoError(t, err)
+
+	var n int
+	require.NoError(t, b.QueryRowContext(ctx, "SELECT count(*) FROM payments").Scan(&n), "a read passes by")
+	require.Zero(t, n)
+
+	_, err = b.ExecContext(ctx, "INSERT INTO payments (n) VALUES (2)")
+	require.ErrorContains(t, err, "database is locked: another write of this process held it")
+	_, err = a.ExecContext(ctx, "INSERT INTO payments (n) VALUES (3)")
+	require.ErrorContains(t, err, "database is locked", "a write through the handle while its own transaction is open")
+
+	written := make(chan error, 1)
+	go func() {
+		_, err := b.ExecContext(ctx, "INSERT INTO payments (n) VALUES (4)")
+		written <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	require.NoError(t, tx.Commit())
+	require.NoError(t, <-written)
+
+	var sum int
+	require.NoError(t, a.QueryRowContext(ctx, "SELECT sum(n) FROM payments").Scan(&sum))
+	require.Equal(t, 1+4, sum, "the writes that timed out wrote nothing")
+
+	tx, err = a.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	_, err = b.ExecContext(short, "INSERT INTO payments (n) VALUES (5)")
+	require.ErrorIs(t, err, context.DeadlineExceeded, "a write stops waiting when its context ends")
+	require.NoError(t, tx.Rollback())
+	_, err = b.ExecContext(ctx, "INSERT INTO payments (n) VALUES (6)")
+	require.NoError(t, err, "a rollback gives the turn back")
+}

@@ -140,13 +140,22 @@ func (c *gatedConn) Close() error {
 }
 
 // enterFor takes the turn for a statement run outside a transaction, if it writes, and
-// returns what gives it back (nil when it took none).
+// returns what gives it back (nil when it took none). A transaction begun with a BEGIN
+// statement holds the turn until the statement that ends it.
 func (c *gatedConn) enterFor(ctx context.Context, query string) (leave func(), err error) {
-	if c.inTx || !writes(query) {
+	kind := kindOf(query)
+	switch {
+	case kind == ends:
+		return c.endTx, nil
+	case c.inTx || kind == reads:
 		return nil, nil
 	}
 	if err := c.gate.enter(ctx); err != nil {
 		return nil, err
+	}
+	if kind == begins {
+		c.inTx = true
+		return nil, nil
 	}
 	return sync.OnceFunc(c.gate.leave), nil
 }
@@ -159,7 +168,11 @@ func (c *gatedConn) ExecContext(ctx context.Context, query string, args []driver
 	if leave != nil {
 		defer leave()
 	}
-	return c.sqliteConn.ExecContext(ctx, query, args)
+	res, err := c.sqliteConn.ExecContext(ctx, query, args)
+	if err != nil && kindOf(query) == begins {
+		c.endTx()
+	}
+	return res, err
 }
 
 func (c *gatedConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
@@ -246,7 +259,11 @@ func (s *gatedStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (
 	if leave != nil {
 		defer leave()
 	}
-	return s.sqliteStmt.ExecContext(ctx, args)
+	res, err := s.sqliteStmt.ExecContext(ctx, args)
+	if err != nil && kindOf(s.query) == begins {
+		s.conn.endTx()
+	}
+	return res, err
 }
 
 func (s *gatedStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
@@ -283,9 +300,19 @@ func (r *rowsLeaving) Close() error {
 	return r.Rows.Close()
 }
 
-// writes reports whether a statement may write: all but those that begin with SELECT,
-// EXPLAIN or VALUES (after spaces, comments and parentheses).
-func writes(query string) bool {
+// statementKind is what a statement does to the turn.
+type statementKind int
+
+const (
+	reads  statementKind = iota // passes by
+	writes                      // takes the turn for itself
+	begins                      // BEGIN: takes the turn until the transaction ends
+	ends                        // COMMIT, END or ROLLBACK (not ROLLBACK TO): gives it back
+)
+
+// kindOf tells what a statement does, by its first word (after spaces, comments and
+// parentheses): SELECT, EXPLAIN and VALUES read; every other statement may write.
+func kindOf(query string) statementKind {
 	q := query
 	for {
 		q = strings.TrimLeft(q, " \t\r\n(")
@@ -295,12 +322,24 @@ func writes(query string) bool {
 		case strings.HasPrefix(q, "/*"):
 			_, q, _ = strings.Cut(q, "*/")
 		default:
-			word, _, _ := strings.Cut(q, " ")
-			switch strings.ToUpper(strings.TrimRight(word, "\t\r\n(")) {
-			case "SELECT", "EXPLAIN", "VALUES":
-				return false
+			words := strings.Fields(strings.ToUpper(q))
+			if len(words) == 0 {
+				return writes
 			}
-			return true
+			switch strings.TrimRight(words[0], "(;") {
+			case "SELECT", "EXPLAIN", "VALUES":
+				return reads
+			case "BEGIN":
+				return begins
+			case "COMMIT", "END":
+				return ends
+			case "ROLLBACK":
+				if len(words) > 1 && strings.TrimRight(words[1], ";") == "TO" {
+					return writes
+				}
+				return ends
+			}
+			return writes
 		}
 	}
 }

@@ -11,25 +11,69 @@ import (
 	"github.com/outboxgo/outbox/store/sqlitestore"
 )
 
-func TestWritesTellsStatementsThatMayWrite(t *testing.T) {
-	for q, want := range map[string]bool{
-		"SELECT 1":                                     false,
-		"  select seq FROM outbox":                     false,
-		"(SELECT 1) UNION ALL (SELECT 2)":              false,
-		"-- a comment\nSELECT 1":                       false,
-		"/* a comment */ SELECT 1":                     false,
-		"EXPLAIN QUERY PLAN SELECT 1":                  false,
-		"VALUES (1)":                                   false,
-		"UPDATE outbox SET state = 'delivered'":        true,
-		"INSERT INTO outbox (id) VALUES (?)":           true,
-		"DELETE FROM outbox":                           true,
-		"WITH x AS (SELECT 1) UPDATE outbox SET a = 1": true,
-		"PRAGMA journal_mode = WAL":                    true,
-		"BEGIN":                                        true,
-		"":                                             true,
+func TestKindOfTellsWhatAStatementDoesToTheTurn(t *testing.T) {
+	for q, want := range map[string]string{
+		"SELECT 1":                                     "reads",
+		"  select seq FROM outbox":                     "reads",
+		"(SELECT 1) UNION ALL (SELECT 2)":              "reads",
+		"-- a comment\nSELECT 1":                       "reads",
+		"/* a comment */ SELECT 1":                     "reads",
+		"EXPLAIN QUERY PLAN SELECT 1":                  "reads",
+		"VALUES (1)":                                   "reads",
+		"UPDATE outbox SET state = 'delivered'":        "writes",
+		"INSERT INTO outbox (id) VALUES (?)":           "writes",
+		"DELETE FROM outbox":                           "writes",
+		"WITH x AS (SELECT 1) UPDATE outbox SET a = 1": "writes",
+		"PRAGMA journal_mode = WAL":                    "writes",
+		"SAVEPOINT a":                                  "writes",
+		"ROLLBACK TO a":                                "writes",
+		"rollback to savepoint a;":                     "writes",
+		"":                                             "writes",
+		"BEGIN":                                        "begins",
+		"begin immediate;":                             "begins",
+		"COMMIT":                                       "ends",
+		"END TRANSACTION":                              "ends",
+		"ROLLBACK":                                     "ends",
+		"rollback;":                                    "ends",
 	} {
-		require.Equal(t, want, sqlitestore.Writes(q), q)
+		require.Equal(t, want, sqlitestore.KindOf(q), q)
 	}
+}
+
+// A transaction begun with a BEGIN statement on a connection of its own holds the turn until
+// its COMMIT: a write of another handle waits for it, and then goes in.
+func TestATransactionBegunByStatementHoldsTheTurn(t *testing.T) {
+	sqlitestore.SetGateTimeout(t, 300*time.Millisecond)
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "app.db")
+	a, err := sqlitestore.Open(path)
+	require.NoError(t, err)
+	defer a.Close()
+	_, err = a.ExecContext(ctx, "CREATE TABLE payments (id INTEGER PRIMARY KEY, n INTEGER)")
+	require.NoError(t, err)
+	conn, err := a.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+
+	_, err = conn.ExecContext(ctx, "BEGIN IMMEDIATE")
+	require.NoError(t, err)
+	_, err = conn.ExecContext(ctx, "INSERT INTO payments (n) VALUES (1)")
+	require.NoError(t, err, "the transaction's own writes go in")
+	_, err = a.ExecContext(ctx, "INSERT INTO payments (n) VALUES (2)")
+	require.ErrorContains(t, err, "another write of this process held it", "another write waits")
+
+	written := make(chan error, 1)
+	go func() {
+		_, err := a.ExecContext(ctx, "INSERT INTO payments (n) VALUES (4)")
+		written <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	_, err = conn.ExecContext(ctx, "COMMIT")
+	require.NoError(t, err)
+	require.NoError(t, <-written)
+	var sum int
+	require.NoError(t, a.QueryRowContext(ctx, "SELECT sum(n) FROM payments").Scan(&sum))
+	require.Equal(t, 1+4, sum)
 }
 
 // The handles that Open returns for one file take turns: a write through any of them waits

@@ -139,11 +139,10 @@ func (c *gatedConn) Close() error {
 	return c.sqliteConn.Close()
 }
 
-// enterFor takes the turn for a statement run outside a transaction, if it writes, and
-// returns what gives it back (nil when it took none). A transaction begun with a BEGIN
+// enterFor takes the turn for a statement of kind run outside a transaction, if it writes,
+// and returns what gives it back (nil when it took none). A transaction begun with a BEGIN
 // statement holds the turn until the statement that ends it.
-func (c *gatedConn) enterFor(ctx context.Context, query string) (leave func(), err error) {
-	kind := kindOf(query)
+func (c *gatedConn) enterFor(ctx context.Context, kind statementKind) (leave func(), err error) {
 	switch {
 	case kind == ends:
 		return c.endTx, nil
@@ -160,34 +159,51 @@ func (c *gatedConn) enterFor(ctx context.Context, query string) (leave func(), e
 	return sync.OnceFunc(c.gate.leave), nil
 }
 
-func (c *gatedConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	leave, err := c.enterFor(ctx, query)
+// exec runs a statement of kind, with the turn it needs.
+func (c *gatedConn) exec(ctx context.Context, kind statementKind, run func() (driver.Result, error)) (driver.Result, error) {
+	leave, err := c.enterFor(ctx, kind)
 	if err != nil {
 		return nil, err
 	}
 	if leave != nil {
 		defer leave()
 	}
-	res, err := c.sqliteConn.ExecContext(ctx, query, args)
-	if err != nil && kindOf(query) == begins {
+	res, err := run()
+	if err != nil && kind == begins {
 		c.endTx()
 	}
 	return res, err
 }
 
+// query runs a statement of kind that returns rows, with the turn it needs: a statement
+// that writes and returns rows (RETURNING) holds SQLite's lock until its rows are closed.
+func (c *gatedConn) query(ctx context.Context, kind statementKind, run func() (driver.Rows, error)) (driver.Rows, error) {
+	leave, err := c.enterFor(ctx, kind)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := run()
+	if err != nil {
+		if leave != nil {
+			leave()
+		}
+		if kind == begins {
+			c.endTx()
+		}
+		return nil, err
+	}
+	if leave == nil {
+		return rows, nil
+	}
+	return &rowsLeaving{Rows: rows, leave: leave}, nil
+}
+
+func (c *gatedConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	return c.exec(ctx, kindOf(query), func() (driver.Result, error) { return c.sqliteConn.ExecContext(ctx, query, args) })
+}
+
 func (c *gatedConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	leave, err := c.enterFor(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	rows, err := c.sqliteConn.QueryContext(ctx, query, args)
-	if err != nil && leave != nil {
-		leave()
-	}
-	if err != nil {
-		return nil, err
-	}
-	return gatedRows(rows, leave), nil
+	return c.query(ctx, kindOf(query), func() (driver.Rows, error) { return c.sqliteConn.QueryContext(ctx, query, args) })
 }
 
 func (c *gatedConn) Prepare(query string) (driver.Stmt, error) {
@@ -204,7 +220,7 @@ func (c *gatedConn) PrepareContext(ctx context.Context, query string) (driver.St
 		st.Close()
 		return nil, fmt.Errorf("outbox: sqlite: the driver's statement (%T) lacks the context methods", st)
 	}
-	return &gatedStmt{sqliteStmt: inner, conn: c, query: query}, nil
+	return &gatedStmt{sqliteStmt: inner, conn: c, kind: kindOf(query)}, nil
 }
 
 type gatedTx struct {
@@ -231,8 +247,8 @@ type sqliteStmt interface {
 
 type gatedStmt struct {
 	sqliteStmt
-	conn  *gatedConn
-	query string
+	conn *gatedConn
+	kind statementKind
 }
 
 func (s *gatedStmt) Exec(args []driver.Value) (driver.Result, error) {
@@ -252,47 +268,17 @@ func named(args []driver.Value) []driver.NamedValue {
 }
 
 func (s *gatedStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	leave, err := s.conn.enterFor(ctx, s.query)
-	if err != nil {
-		return nil, err
-	}
-	if leave != nil {
-		defer leave()
-	}
-	res, err := s.sqliteStmt.ExecContext(ctx, args)
-	if err != nil && kindOf(s.query) == begins {
-		s.conn.endTx()
-	}
-	return res, err
+	return s.conn.exec(ctx, s.kind, func() (driver.Result, error) { return s.sqliteStmt.ExecContext(ctx, args) })
 }
 
 func (s *gatedStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	leave, err := s.conn.enterFor(ctx, s.query)
-	if err != nil {
-		return nil, err
-	}
-	rows, err := s.sqliteStmt.QueryContext(ctx, args)
-	if err != nil && leave != nil {
-		leave()
-	}
-	if err != nil {
-		return nil, err
-	}
-	return gatedRows(rows, leave), nil
+	return s.conn.query(ctx, s.kind, func() (driver.Rows, error) { return s.sqliteStmt.QueryContext(ctx, args) })
 }
 
-// rowsLeaving gives the turn back when its rows are closed: a statement that writes and
-// returns rows (RETURNING) holds SQLite's lock until then.
+// rowsLeaving gives the turn back when its rows are closed.
 type rowsLeaving struct {
 	driver.Rows
 	leave func()
-}
-
-func gatedRows(rows driver.Rows, leave func()) driver.Rows {
-	if leave == nil {
-		return rows
-	}
-	return &rowsLeaving{Rows: rows, leave: leave}
 }
 
 func (r *rowsLeaving) Close() error {
@@ -310,10 +296,30 @@ const (
 	ends                        // COMMIT, END or ROLLBACK (not ROLLBACK TO): gives it back
 )
 
-// kindOf tells what a statement does, by its first word (after spaces, comments and
-// parentheses): SELECT, EXPLAIN and VALUES read; every other statement may write.
+// kindOf tells what a statement does, by its first words: SELECT, EXPLAIN and VALUES read;
+// every other statement may write. It reads only the statement's head: a Write's INSERT runs
+// to many kilobytes.
 func kindOf(query string) statementKind {
-	q := query
+	first, rest := firstWord(query)
+	switch strings.ToUpper(first) {
+	case "SELECT", "EXPLAIN", "VALUES":
+		return reads
+	case "BEGIN":
+		return begins
+	case "COMMIT", "END":
+		return ends
+	case "ROLLBACK":
+		if second, _ := firstWord(rest); strings.EqualFold(second, "TO") {
+			return writes
+		}
+		return ends
+	}
+	return writes
+}
+
+// firstWord is the first word of q, after spaces, comments and parentheses, and what
+// follows it.
+func firstWord(q string) (word, rest string) {
 	for {
 		q = strings.TrimLeft(q, " \t\r\n(")
 		switch {
@@ -322,24 +328,11 @@ func kindOf(query string) statementKind {
 		case strings.HasPrefix(q, "/*"):
 			_, q, _ = strings.Cut(q, "*/")
 		default:
-			words := strings.Fields(strings.ToUpper(q))
-			if len(words) == 0 {
-				return writes
+			end := strings.IndexAny(q, " \t\r\n(;")
+			if end < 0 {
+				return q, ""
 			}
-			switch strings.TrimRight(words[0], "(;") {
-			case "SELECT", "EXPLAIN", "VALUES":
-				return reads
-			case "BEGIN":
-				return begins
-			case "COMMIT", "END":
-				return ends
-			case "ROLLBACK":
-				if len(words) > 1 && strings.TrimRight(words[1], ";") == "TO" {
-					return writes
-				}
-				return ends
-			}
-			return writes
+			return q[:end], q[end:]
 		}
 	}
 }

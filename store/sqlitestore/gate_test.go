@@ -2,6 +2,7 @@ package sqlitestore_test
 
 import (
 	"context"
+	"database/sql"
 	"path/filepath"
 	"testing"
 	"time"
@@ -45,12 +46,7 @@ func TestKindOfTellsWhatAStatementDoesToTheTurn(t *testing.T) {
 func TestATransactionBegunByStatementHoldsTheTurn(t *testing.T) {
 	sqlitestore.SetGateTimeout(t, 300*time.Millisecond)
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "app.db")
-	a, err := sqlitestore.Open(path)
-	require.NoError(t, err)
-	defer a.Close()
-	_, err = a.ExecContext(ctx, "CREATE TABLE payments (id INTEGER PRIMARY KEY, n INTEGER)")
-	require.NoError(t, err)
+	a := openPayments(t, filepath.Join(t.TempDir(), "app.db"))
 	conn, err := a.Conn(ctx)
 	require.NoError(t, err)
 	defer conn.Close()
@@ -62,18 +58,8 @@ func TestATransactionBegunByStatementHoldsTheTurn(t *testing.T) {
 	_, err = a.ExecContext(ctx, "INSERT INTO payments (n) VALUES (2)")
 	require.ErrorContains(t, err, "another write of this process held it", "another write waits")
 
-	written := make(chan error, 1)
-	go func() {
-		_, err := a.ExecContext(ctx, "INSERT INTO payments (n) VALUES (4)")
-		written <- err
-	}()
-	time.Sleep(50 * time.Millisecond)
-	_, err = conn.ExecContext(ctx, "COMMIT")
-	require.NoError(t, err)
-	require.NoError(t, <-written)
-	var sum int
-	require.NoError(t, a.QueryRowContext(ctx, "SELECT sum(n) FROM payments").Scan(&sum))
-	require.Equal(t, 1+4, sum)
+	requireWrittenOnceEnded(t, a, 4, func() error { _, err := conn.ExecContext(ctx, "COMMIT"); return err })
+	requireSum(t, a, 1+4)
 }
 
 // The handles that Open returns for one file take turns: a write through any of them waits
@@ -84,14 +70,8 @@ func TestHandlesOfOneFileTakeTurnsToWrite(t *testing.T) {
 	sqlitestore.SetGateTimeout(t, 300*time.Millisecond)
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "app.db")
-	a, err := sqlitestore.Open(path)
-	require.NoError(t, err)
-	defer a.Close()
-	b, err := sqlitestore.Open("sqlite://" + path)
-	require.NoError(t, err)
-	defer b.Close()
-	_, err = a.ExecContext(ctx, "CREATE TABLE payments (id INTEGER PRIMARY KEY, n INTEGER)")
-	require.NoError(t, err)
+	a := openPayments(t, path)
+	b := openPayments(t, "sqlite://"+path)
 
 	tx, err := a.BeginTx(ctx, nil)
 	require.NoError(t, err)
@@ -106,19 +86,14 @@ func TestHandlesOfOneFileTakeTurnsToWrite(t *testing.T) {
 	require.ErrorContains(t, err, "database is locked: another write of this process held it")
 	_, err = a.ExecContext(ctx, "INSERT INTO payments (n) VALUES (3)")
 	require.ErrorContains(t, err, "database is locked", "a write through the handle while its own transaction is open")
+	prepared, err := b.PrepareContext(ctx, "INSERT INTO payments (n) VALUES (?)")
+	require.NoError(t, err)
+	defer prepared.Close()
+	_, err = prepared.ExecContext(ctx, 7)
+	require.ErrorContains(t, err, "database is locked: another write of this process held it", "a prepared write waits too")
 
-	written := make(chan error, 1)
-	go func() {
-		_, err := b.ExecContext(ctx, "INSERT INTO payments (n) VALUES (4)")
-		written <- err
-	}()
-	time.Sleep(50 * time.Millisecond)
-	require.NoError(t, tx.Commit())
-	require.NoError(t, <-written)
-
-	var sum int
-	require.NoError(t, a.QueryRowContext(ctx, "SELECT sum(n) FROM payments").Scan(&sum))
-	require.Equal(t, 1+4, sum, "the writes that timed out wrote nothing")
+	requireWrittenOnceEnded(t, b, 4, tx.Commit)
+	requireSum(t, a, 1+4, "the writes that timed out wrote nothing")
 
 	tx, err = a.BeginTx(ctx, nil)
 	require.NoError(t, err)
@@ -129,4 +104,36 @@ func TestHandlesOfOneFileTakeTurnsToWrite(t *testing.T) {
 	require.NoError(t, tx.Rollback())
 	_, err = b.ExecContext(ctx, "INSERT INTO payments (n) VALUES (6)")
 	require.NoError(t, err, "a rollback gives the turn back")
+}
+
+// openPayments opens dsn with Open, closed when the test ends, with a payments table.
+func openPayments(t *testing.T, dsn string) *sql.DB {
+	t.Helper()
+	db, err := sqlitestore.Open(dsn)
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	_, err = db.Exec("CREATE TABLE IF NOT EXISTS payments (id INTEGER PRIMARY KEY, n INTEGER)")
+	require.NoError(t, err)
+	return db
+}
+
+// requireWrittenOnceEnded writes payment n through db while another transaction holds the
+// turn, ends that transaction with end, and requires the write to go in then.
+func requireWrittenOnceEnded(t *testing.T, db *sql.DB, n int, end func() error) {
+	t.Helper()
+	written := make(chan error, 1)
+	go func() {
+		_, err := db.Exec("INSERT INTO payments (n) VALUES (?)", n)
+		written <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	require.NoError(t, end())
+	require.NoError(t, <-written)
+}
+
+func requireSum(t *testing.T, db *sql.DB, want int, msgAndArgs ...any) {
+	t.Helper()
+	var sum int
+	require.NoError(t, db.QueryRow("SELECT sum(n) FROM payments").Scan(&sum))
+	require.Equal(t, want, sum, msgAndArgs...)
 }

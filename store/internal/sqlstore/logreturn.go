@@ -28,8 +28,9 @@ func (s *Store) LogFound() { s.lostLog.reported.Store(false) }
 // server's current binlog position) catch up first. upTo is at least the highest seq written
 // before that position: such messages are not in the log, and until those still pending are
 // delivered, the reader hands the later messages of their keys over to the sweep, which
-// claims them first, in write order, so that no key's later message overtakes them. Call it after [Store.OpenLog]
-// began, before the reader publishes anything. It looks further than the lookup a reader
-// otherwise makes on its first batch (messages pending below that batch's lowest seq), which
-// misses a message written before the position whose seq is above that of a later commit.
+// claims them first, in write order, so that no key's later message overtakes them. Call it
+// after [Store.OpenLog] began, before the reader publishes anything. It looks further than
+// the lookup a reader otherwise makes on its first batch (messages pending below that
+// batch's lowest seq), which misses a message written before the position whose seq is
+// above that of a later commit.
 func (s *Store) CatchUpTo(upTo int64) { s.catchUp.Store(max(upTo, 0)) }

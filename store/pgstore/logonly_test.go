@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -215,4 +216,61 @@ func TestLogOnlyNeedsTheLog(t *testing.T) {
 	defer sdb.Close()
 	_, err = sqlstore.EngineOf(sqlitestore.New(sdb, sqlitestore.Config{LogOnly: true}))
 	require.ErrorContains(t, err, "Config.LogOnly: the sqlite store cannot check")
+}
+
+// A batch of log-only messages is published without a lookup of its rows and keys while no
+// row holds a key: one probe says so. A held earlier message of a key, a row already recorded
+// for a message of the batch, or with StrictOrder a parked message of a key, sends the batch
+// through the lookup, which hands the key over or skips the message.
+func TestLogOnlyBatchesAreLookedUpOnlyWhenARowHoldsThem(t *testing.T) {
+	st, schema := newLogOnlyStore(t)
+	strict, err := sqlstore.EngineOf(pgstore.New(st.DB(), pgstore.Config{Table: schema + ".outbox", LogOnly: true, StrictOrder: true}))
+	require.NoError(t, err)
+	ctx := context.Background()
+	exec := func(q string) {
+		t.Helper()
+		_, err := st.DB().Exec(q)
+		require.NoError(t, err)
+	}
+	// filter filters a batch of log-only messages with these seqs and keys, and returns the
+	// seqs it publishes and how many lookups it took.
+	filter := func(st *sqlstore.Store, seqs []int64, keys ...string) (published []int64, lookups int64) {
+		t.Helper()
+		msgs := make([]sqlstore.LogMessage, len(seqs))
+		for i, seq := range seqs {
+			msgs[i] = sqlstore.LogMessage{Seq: seq, LogOnly: true, Message: store.Message{
+				ID: fmt.Sprint("m-", seq), Topic: "payments", Key: keys[i], Payload: []byte("p")}}
+		}
+		before := st.LogLookups()
+		b := sqlstore.NewLogBatch(msgs, nil)
+		require.NoError(t, st.FilterLog(ctx, b, nil, false))
+		for _, m := range b.Publish {
+			published = append(published, msgs[slices.IndexFunc(msgs, func(l sqlstore.LogMessage) bool { return l.ID == m.ID })].Seq)
+		}
+		return published, st.LogLookups() - before
+	}
+
+	published, lookups := filter(st, []int64{1001, 1002, 1003}, "k1", "k2", "k1")
+	require.Equal(t, []int64{1001, 1002, 1003}, published, "nothing held: all of them")
+	require.Zero(t, lookups, "nothing held: no lookup")
+
+	exec("INSERT INTO " + st.Table() + " (id, topic, message_key, payload, created_at, attempts, next_attempt_at)" +
+		" VALUES ('failed-k1', 'payments', 'k1', 'x', now(), 1, now() + interval '1 hour')")
+	published, lookups = filter(st, []int64{2001, 2002}, "k1", "k2")
+	require.Equal(t, []int64{2002}, published, "k1 waits behind its failed message")
+	require.EqualValues(t, 1, lookups)
+	exec("DELETE FROM " + st.Table())
+
+	exec("INSERT INTO " + st.Table() + " (seq, id, topic, message_key, payload, created_at, state)" +
+		" OVERRIDING SYSTEM VALUE VALUES (3001, 'm-3001', 'payments', 'k3', 'x', now(), 'parked')")
+	published, lookups = filter(st, []int64{3001, 3002}, "k3", "k4")
+	require.Equal(t, []int64{3002}, published, "a message whose outcome is recorded already stays where it is")
+	require.EqualValues(t, 1, lookups)
+
+	published, lookups = filter(st, []int64{4001, 4002}, "k3", "k4")
+	require.Equal(t, []int64{4001, 4002}, published, "a parked message holds no key by default")
+	require.Zero(t, lookups)
+	published, lookups = filter(strict, []int64{4001, 4002}, "k3", "k4")
+	require.Equal(t, []int64{4002}, published, "with StrictOrder, k3 waits behind its parked message")
+	require.EqualValues(t, 1, lookups)
 }

@@ -169,6 +169,20 @@ const visibleWithin = 200 * time.Millisecond
 // through the "pending_key" index: only messages up to the batch's last are looked at, and
 // those before a batch are mostly delivered already.
 func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Conn, deleting bool, catchUpTo int64) (ready map[int64]bool, heldFrom map[string]int64, claimed []int64, err error) {
+	if catchUpTo == 0 {
+		clear, err := s.logOnlyClear(ctx, msgs, lookup)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if clear {
+			ready = make(map[int64]bool, len(msgs))
+			for _, m := range msgs {
+				ready[m.Seq] = true
+			}
+			return ready, nil, nil, nil
+		}
+	}
+	s.logLookups.Add(1)
 	l := s.newLogLookup(msgs, lookup)
 	l.catchUpTo = catchUpTo
 	missing := make([]int64, len(msgs))
@@ -211,6 +225,49 @@ func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Co
 	}
 	return l.ready, l.heldFrom, l.claimed, nil
 }
+
+// logOnlyClear reports whether msgs, when all are log-only, are ready with none held back,
+// so that the batch needs no lookup of its rows and keys: no row of the table has a seq of
+// the batch (an outcome recorded before a crash) and no row up to its last message holds a
+// key (failed, handed over, claimed by a sweep; with StrictOrder, parked). One probe of the
+// seq range and of the small held index, where the lookup sends every seq and key.
+func (s *Store) logOnlyClear(ctx context.Context, msgs []LogMessage, lookup *sql.Conn) (bool, error) {
+	if len(msgs) == 0 {
+		return false, nil
+	}
+	first, last := int64(math.MaxInt64), int64(math.MinInt64)
+	for _, m := range msgs {
+		if !m.LogOnly {
+			return false, nil
+		}
+		first, last = min(first, m.Seq), max(last, m.Seq)
+	}
+	var db interface {
+		QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	} = s.db
+	if lookup != nil {
+		db = lookup
+	}
+	b := builder{d: s.d}
+	t := s.t.String()
+	q := "SELECT 1 FROM " + t + " WHERE seq >= " + b.arg(first) + " AND seq <= " + b.arg(last) +
+		" UNION ALL SELECT 1 FROM " + t + " WHERE state = 'pending' AND next_attempt_at > " + s.d.Epoch + " AND held = 1 AND seq <= " + b.arg(last)
+	if s.strict {
+		q += " UNION ALL SELECT 1 FROM " + t + " WHERE state = 'parked' AND seq <= " + b.arg(last)
+	}
+	var one int
+	switch err := db.QueryRowContext(ctx, q+" LIMIT 1", b.args...).Scan(&one); {
+	case errors.Is(err, sql.ErrNoRows):
+		return true, nil
+	case err != nil:
+		return false, err
+	}
+	return false, nil
+}
+
+// LogLookups is how many log batches this store has looked up row by row and key by key
+// (see logOnlyClear): the cost that log-only batches with nothing held do without.
+func (s *Store) LogLookups() int64 { return s.logLookups.Load() }
 
 // logLookup looks up the rows of a log batch, and the held messages of its keys up to the
 // batch's last message.

@@ -131,6 +131,8 @@ type Store struct {
 	// over to the sweep, which takes these first. 0: none; -1: not looked up yet in this
 	// reading session.
 	catchUp atomic.Int64
+	// logLookups counts the log batches looked up row by row (see LogLookups).
+	logLookups atomic.Int64
 	// backlog is true after a claim came back full: the next claim skips the cheap look for
 	// a due message that keeps an idle outbox at one query per poll.
 	backlog atomic.Bool

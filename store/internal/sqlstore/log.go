@@ -167,14 +167,15 @@ const visibleWithin = 200 * time.Millisecond
 // of their keys with held messages (claimed, or failed before) the lowest held seq. Rows are
 // looked up by seq, the primary key, and held messages of their keys in the same statement,
 // through the "pending_key" index: only messages up to the batch's last are looked at, and
-// those before a batch are mostly delivered already.
+// those before a batch are mostly delivered already. A batch of log-only messages that
+// nothing holds skips the lookup (logOnlyClear).
 func (s *Store) logFilter(ctx context.Context, msgs []LogMessage, lookup *sql.Conn, deleting bool, catchUpTo int64) (ready map[int64]bool, heldFrom map[string]int64, claimed []int64, err error) {
 	if catchUpTo == 0 {
-		clear, err := s.logOnlyClear(ctx, msgs, lookup)
+		free, err := s.logOnlyClear(ctx, msgs, lookup)
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		if clear {
+		if free {
 			ready = make(map[int64]bool, len(msgs))
 			for _, m := range msgs {
 				ready[m.Seq] = true

@@ -81,7 +81,7 @@ type Config struct {
 	// [publisher.MetadataTopic]. Parked messages stay in the outbox too.
 	DeadLetterTopic string
 	// Retention is how long delivered messages stay in the outbox, for operators to look at.
-	// A running dispatcher purges older ones when it starts and every minute after, in
+	// A running dispatcher purges older ones when it starts and every ten minutes after, in
 	// bounded batches, one dispatcher at a time per database. Negative keeps them forever.
 	// Defaults to DefaultRetention.
 	Retention time.Duration

@@ -54,9 +54,9 @@ type logState struct {
 	// The sweep claims every sweepEvery, and at the polling pace until busyUntil while it
 	// has messages to deliver: those it found, and those the log path failed or left
 	// unattempted, until their retry is due.
-	sweptAt      atomic.Int64 // unix nanoseconds of the last sweep claim
-	handedOverAt atomic.Int64 // unix nanoseconds of the last claim of handed-over messages
-	busyUntil    atomic.Int64 // unix nanoseconds
+	sweptAt   atomic.Int64 // unix nanoseconds of the last full sweep's claim
+	lookedAt  atomic.Int64 // unix nanoseconds of the last claim beside the log, full or not
+	busyUntil atomic.Int64 // unix nanoseconds
 
 	// logPublished counts the messages the log reader's batches published. An outage (the
 	// dispatcher polls because the log cannot be read) began at outageAt (unix nanoseconds;
@@ -155,18 +155,22 @@ func (d *Dispatcher) claimParams() *store.ClaimParams {
 		if caughtUp == 0 {
 			return nil
 		}
+		// While nothing calls for the sweep, it claims once a look is due, and a full sweep
+		// takes the place of a look rather than adding a query: whichever look comes before
+		// sweepEvery would pass is a full one.
 		now := time.Now()
-		switch {
-		case now.UnixNano() <= d.logs.busyUntil.Load() || now.Sub(time.Unix(0, d.logs.sweptAt.Load())) >= d.sweepEvery():
+		busy := now.UnixNano() <= d.logs.busyUntil.Load()
+		every := min(handedOverEvery, d.sweepEvery())
+		if !busy && now.Sub(time.Unix(0, d.logs.lookedAt.Load())) < every {
+			return nil
+		}
+		d.logs.lookedAt.Store(now.UnixNano())
+		p.OlderThan = handedOverOnly
+		if busy || now.Sub(time.Unix(0, d.logs.sweptAt.Load()))+every > d.sweepEvery() {
 			d.logs.sweptAt.Store(now.UnixNano())
 			// Durations, not times: the store compares them with the database's clock.
 			p.OlderThan = now.Sub(time.Unix(0, caughtUp)) + d.cfg.SweepAfter
-		case now.Sub(time.Unix(0, d.logs.handedOverAt.Load())) >= handedOverEvery:
-			p.OlderThan = handedOverOnly
-		default:
-			return nil
 		}
-		d.logs.handedOverAt.Store(now.UnixNano())
 	}
 	return p
 }

@@ -343,9 +343,9 @@ func (d *Dispatcher) loop(ctx context.Context, r *run, lead bool) {
 	}
 }
 
-// purgeEvery is how often a dispatcher purges delivered messages past Config.Retention: a
-// purge is three queries (take the lock, delete, give the lock back), which every minute
-// would add a twentieth of a query a second to an idle outbox.
+// purgeEvery is how often a dispatcher purges delivered messages past Config.Retention: on
+// a server a purge is three queries (take the lock, delete, give the lock back), which every
+// minute would add a twentieth of a query a second to an idle outbox.
 const purgeEvery = 10 * time.Minute
 
 // purge deletes delivered messages past their retention now and every purgeEvery, until the

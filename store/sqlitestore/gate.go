@@ -78,12 +78,22 @@ func (c *connector) Connect(context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	inner, ok := conn.(sqliteConn)
-	if !ok {
-		conn.Close()
-		return nil, fmt.Errorf("outbox: sqlite: the driver's connection (%T) lacks the context methods", conn)
+	inner, err := withContext[sqliteConn](conn, "connection")
+	if err != nil {
+		return nil, err
 	}
 	return &gatedConn{sqliteConn: inner, gate: c.gate}, nil
+}
+
+// withContext is v, a connection or statement of the driver, as T, the driver's methods
+// that database/sql calls with a context; or, closed, an error if it lacks them.
+func withContext[T any](v interface{ Close() error }, what string) (T, error) {
+	t, ok := v.(T)
+	if !ok {
+		v.Close()
+		return t, fmt.Errorf("outbox: sqlite: the driver's %s (%T) lacks the context methods", what, v)
+	}
+	return t, nil
 }
 
 // sqliteConn is what modernc.org/sqlite's connections implement, and database/sql uses.
@@ -215,10 +225,9 @@ func (c *gatedConn) PrepareContext(ctx context.Context, query string) (driver.St
 	if err != nil {
 		return nil, err
 	}
-	inner, ok := st.(sqliteStmt)
-	if !ok {
-		st.Close()
-		return nil, fmt.Errorf("outbox: sqlite: the driver's statement (%T) lacks the context methods", st)
+	inner, err := withContext[sqliteStmt](st, "statement")
+	if err != nil {
+		return nil, err
 	}
 	return &gatedStmt{sqliteStmt: inner, conn: c, kind: kindOf(query)}, nil
 }

@@ -72,7 +72,8 @@ func Open(dsn string) (*sql.DB, error) {
 	return sql.OpenDB(&connector{dsn: DSN(path), drv: sqliteDriver(), gate: gateOf(path)}), nil
 }
 
-// sqliteDriver is the driver that modernc.org/sqlite registers.
+// sqliteDriver is the driver that modernc.org/sqlite registers, with the functions and
+// collations registered on it; a new sqlite.Driver would have none.
 var sqliteDriver = sync.OnceValue(func() driver.Driver {
 	db, _ := sql.Open(DriverName, "") // connects to nothing: only the driver is wanted
 	defer db.Close()

@@ -243,12 +243,6 @@ func (s *Store) logOnlyClear(ctx context.Context, msgs []LogMessage, lookup *sql
 		}
 		first, last = min(first, m.Seq), max(last, m.Seq)
 	}
-	var db interface {
-		QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-	} = s.db
-	if lookup != nil {
-		db = lookup
-	}
 	b := builder{d: s.d}
 	t := s.t.String()
 	q := "SELECT 1 FROM " + t + " WHERE seq >= " + b.arg(first) + " AND seq <= " + b.arg(last) +
@@ -256,14 +250,22 @@ func (s *Store) logOnlyClear(ctx context.Context, msgs []LogMessage, lookup *sql
 	if s.strict {
 		q += " UNION ALL SELECT 1 FROM " + t + " WHERE state = 'parked' AND seq <= " + b.arg(last)
 	}
-	var one int
-	switch err := db.QueryRowContext(ctx, q+" LIMIT 1", b.args...).Scan(&one); {
-	case errors.Is(err, sql.ErrNoRows):
-		return true, nil
-	case err != nil:
+	rows, err := s.lookupDB(lookup).QueryContext(ctx, q+" LIMIT 1", b.args...)
+	if err != nil {
 		return false, err
 	}
-	return false, nil
+	defer rows.Close()
+	held := rows.Next()
+	return !held, rows.Err()
+}
+
+// lookupDB is where a log batch is looked up: lookup when it is set (see FilterLog), the
+// store's pool otherwise.
+func (s *Store) lookupDB(lookup *sql.Conn) store.Querier {
+	if lookup != nil {
+		return lookup
+	}
+	return s.db
 }
 
 // LogLookups is how many log batches this store has looked up row by row and key by key
@@ -290,9 +292,9 @@ type logLookup struct {
 }
 
 func (s *Store) newLogLookup(msgs []LogMessage, lookup *sql.Conn) *logLookup {
-	l := &logLookup{s: s, db: s.db, ready: make(map[int64]bool, len(msgs)), heldFrom: map[string]int64{}, keyOf: make(map[int64]string, len(msgs))}
+	l := &logLookup{s: s, db: s.lookupDB(lookup), ready: make(map[int64]bool, len(msgs)), heldFrom: map[string]int64{}, keyOf: make(map[int64]string, len(msgs))}
 	if lookup != nil {
-		l.db, l.lock = lookup, s.d.ShareLock
+		l.lock = s.d.ShareLock
 	}
 	seen := map[string]bool{}
 	for _, m := range msgs {

@@ -236,6 +236,32 @@ func testReachPastHeld(t *testing.T, h Harness) {
 	require.Equal(t, free, got, "the message of the free key is claimed within 12 claims, the busy key's stay held")
 }
 
+// testReachPastDelivered: a message written after a long run of delivered (and deleted)
+// messages is claimed within a few claims while an older message is still held. A store's
+// window may be a range of positions from the oldest pending message, which the run of
+// delivered messages leaves nearly empty; it must grow while it finds nothing.
+func testReachPastDelivered(t *testing.T, h Harness) {
+	ctx := ctxFor(t)
+	old := write(t, h, msg("t", "old", "held"))
+	run := make([]store.Message, 1000)
+	for i := range run {
+		run[i] = msg("t", "", fmt.Sprint(i))
+	}
+	gone := write(t, h, run...)
+	require.Equal(t, old, ids(claim(t, h, 1, lease)), "the oldest message stays claimed")
+	res := claim(t, h, len(gone), lease)
+	require.Equal(t, gone, ids(res))
+	require.NoError(t, h.Store.MarkDelivered(ctx, &store.MarkDeliveredParams{IDs: ids(res), Delete: true}))
+	later := write(t, h, msg("t", "later", "l"))
+	var got []string
+	for range 12 {
+		if got = ids(claim(t, h, 1, lease)); len(got) > 0 {
+			break
+		}
+	}
+	require.Equal(t, later, got, "the later message is claimed within 12 claims")
+}
+
 func testNoKey(t *testing.T, h Harness) {
 	ctx := ctxFor(t)
 	want := write(t, h, msg("t", "", "1"), msg("t", "", "2"))

@@ -59,6 +59,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"OrderPerKey", testOrderPerKey},
 		{"MessagesWithoutKeyAreIndependent", testNoKey},
 		{"ClaimReachesPastALongRunOfHeldMessages", testReachPastHeld},
+		{"ClaimReachesPastALongRunOfDeliveredMessages", testReachPastDelivered},
 		{"ConcurrentClaimersNeverShareOrReorder", testConcurrentClaimers},
 		{"ListFilters", testList},
 		{"CheckPasses", testCheck},

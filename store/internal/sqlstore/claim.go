@@ -6,7 +6,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,6 +42,7 @@ func (s *Store) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimRe
 		return nil, fmt.Errorf("outbox: claim from %s: %w", s.t, err)
 	}
 	s.sized(p, len(got))
+	s.claimed.add(got)
 	slices.SortFunc(got, func(a, b claimedRow) int { return cmp.Compare(a.seq, b.seq) })
 	res.Messages = make([]store.ClaimedMessage, len(got))
 	for i, r := range got {
@@ -113,18 +113,23 @@ func (s *Store) claimable(b *builder, p *store.ClaimParams) string {
 // with thousands of messages) are reached within a few claims.
 const minWindow = 4
 
-// window is the condition that bounds a polling claim to its window: seq up to the seq of
-// the window's last pending message (none when fewer are pending). A sweep looks at every
-// message it may take.
+// window is the condition that bounds a polling claim to its window: seq at most the window's
+// size past the oldest pending message. The window is a range of seqs, not a count of
+// pending messages: finding where it ends is then one step into the pending index rather
+// than a walk through the whole window (a third of a claim's time on Postgres). Seqs of
+// delivered messages and gaps in the range only make the window hold fewer pending
+// messages; a claim that comes back short widens it. Every earlier message of a message in
+// the window is in the window too, as the window starts at the oldest pending message. A
+// sweep looks at every message it may take.
 func (s *Store) window(b *builder, p *store.ClaimParams) string {
 	if p.OlderThan > 0 {
 		return ""
 	}
-	return " AND o.seq <= COALESCE((SELECT w.seq FROM " + s.t.String() + " w WHERE w.state = 'pending' ORDER BY w.seq LIMIT 1 OFFSET " +
-		b.arg(s.windowOf(p)-1) + "), " + strconv.FormatInt(math.MaxInt64, 10) + ")"
+	return " AND o.seq <= COALESCE((SELECT w.seq FROM " + s.t.String() + " w WHERE w.state = 'pending' ORDER BY w.seq LIMIT 1), 0) + " +
+		b.arg(s.windowOf(p)-1)
 }
 
-// windowOf is how many of the oldest pending messages a polling claim of p looks at.
+// windowOf is how many seqs, from the oldest pending message's, a polling claim of p looks at.
 func (s *Store) windowOf(p *store.ClaimParams) int64 {
 	return max(s.windowSize.Load(), int64(minWindow*p.Limit))
 }
@@ -138,7 +143,7 @@ func (s *Store) sized(p *store.ClaimParams, got int) {
 		s.windowSize.Store(0)
 		return
 	}
-	s.windowSize.Store(min(s.windowOf(p)*2, math.MaxInt32))
+	s.windowSize.Store(min(s.windowOf(p)*2, 1<<50)) // far past any seq gap, short of overflowing
 }
 
 // parkedHolds is, with Config.StrictOrder, the condition that no earlier message of the

@@ -7,16 +7,28 @@ import (
 	"github.com/outboxgo/outbox/store"
 )
 
-// MarkDelivered implements [store.Engine].
+// MarkDelivered implements [store.Engine]. Messages this store claimed are found by seq.
 func (s *Store) MarkDelivered(ctx context.Context, p *store.MarkDeliveredParams) error {
-	return s.inChunks(p.IDs, func(ids []string) error {
+	seqs, ids := s.claimed.take(p.IDs)
+	err := inChunks(seqs, s.d.MaxParams-8, func(seqs []int64) error {
 		b := builder{d: s.d}
-		q := s.markDelivered(b.in("id", ids), p.Delete, true)
-		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
-			return fmt.Errorf("outbox: mark %d messages delivered in %s: %w", len(ids), s.t, err)
-		}
-		return nil
+		return s.mark(ctx, &b, b.inSeqs("seq", seqs), len(seqs), p.Delete)
 	})
+	if err != nil {
+		return err
+	}
+	return s.inChunks(ids, func(ids []string) error {
+		b := builder{d: s.d}
+		return s.mark(ctx, &b, b.in("id", ids), len(ids), p.Delete)
+	})
+}
+
+// mark records n messages that cond selects as delivered.
+func (s *Store) mark(ctx context.Context, b *builder, cond string, n int, del bool) error {
+	if _, err := s.db.ExecContext(ctx, s.markDelivered(cond, del, true), b.args...); err != nil {
+		return fmt.Errorf("outbox: mark %d messages delivered in %s: %w", n, s.t, err)
+	}
+	return nil
 }
 
 // markDelivered is the statement that records the pending messages that cond selects as
@@ -47,6 +59,7 @@ func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
 		}
 		return nil
 	}
+	s.claimed.forget(p.IDs...)
 	return s.inChunks(p.IDs, func(ids []string) error {
 		b := builder{d: s.d}
 		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.Epoch + " WHERE claim_token = " + b.arg(p.Token) +
@@ -87,6 +100,7 @@ func (s *Store) Fail(ctx context.Context, p *store.FailParams) error {
 	}
 	defer tx.Rollback()
 	for _, f := range p.Failures {
+		s.claimed.forget(f.ID)
 		b := builder{d: s.d}
 		state := store.Pending
 		if f.Park {

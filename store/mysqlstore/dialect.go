@@ -11,6 +11,9 @@ var dialect = sqlstore.Dialect{
 	Quote:     '`',
 	MaxParams: 65535,
 	Epoch:     "'1970-01-01 00:00:00'",
+	// A blank token as wide as a claim's, so that a claim updates the row in place (see
+	// schema step 5).
+	NoToken:   "''",
 	Now:       "UTC_TIMESTAMP(6)",
 	Interval:  "INTERVAL %s MICROSECOND",
 	Claims:    sqlstore.ClaimsInTurnsOnASession,

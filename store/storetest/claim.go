@@ -140,6 +140,27 @@ func testStaleToken(t *testing.T, h Harness) {
 	require.Equal(t, want, ids(claim(t, h, 10, lease)))
 }
 
+// testEmptyToken: no claim has an empty token, so calls with one change nothing, whatever
+// a store keeps in the token of rows that no claim holds.
+func testEmptyToken(t *testing.T, h Harness) {
+	ctx := ctxFor(t)
+	want := write(t, h, msg("t", "a", "1"), msg("t", "b", "2"))
+	if ext, ok := h.Store.(store.LeaseExtender); ok {
+		n, err := ext.ExtendLease(ctx, &store.ExtendLeaseParams{Lease: time.Minute})
+		require.NoError(t, err)
+		require.Zero(t, n, "an empty token extends nothing")
+	}
+	require.NoError(t, h.Store.Fail(ctx, &store.FailParams{Failures: []store.Failure{{ID: want[0], Error: "no claim", Park: true}}}))
+	require.NoError(t, h.Store.Release(ctx, &store.ReleaseParams{All: true}))
+	res := claim(t, h, 10, lease)
+	require.Equal(t, want, ids(res), "both messages are claimable, neither failed nor held")
+	for _, m := range res.Messages {
+		require.Zero(t, m.Attempts)
+	}
+	require.NoError(t, h.Store.Release(ctx, &store.ReleaseParams{IDs: want}), "an empty token releases nothing")
+	require.Empty(t, claim(t, h, 10, lease).Messages, "the claim still holds both")
+}
+
 func testPark(t *testing.T, h Harness) {
 	ctx := ctxFor(t)
 	want := write(t, h, msg("t", "a", "poison"), msg("t", "a", "next"))

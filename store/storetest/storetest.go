@@ -53,6 +53,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"MarkDeliveredCanDelete", testMarkDeliveredDelete},
 		{"FailDelaysRetryAndRecordsError", testFailRetry},
 		{"FailWithStaleTokenIsIgnored", testStaleToken},
+		{"AnEmptyTokenHoldsNothing", testEmptyToken},
 		{"ParkLetsTheKeyMoveOn", testPark},
 		{"ReleaseMakesDueAtOnce", testRelease},
 		{"ReleaseAllGivesBackWhatAClaimWithItsOwnTokenTook", testReleaseAll},

@@ -28,6 +28,9 @@ type Dialect struct {
 	// Epoch is the SQL literal of the "never" time that unclaimed messages carry in
 	// claimed_until; it must match the literal in the schema's "held" column.
 	Epoch string
+	// NoToken is the SQL literal of claim_token in a row that no claim holds; NULL when
+	// empty.
+	NoToken string
 	// UnixMicroTime: times are stored as integer unix microseconds.
 	UnixMicroTime bool
 	// Now is the SQL expression of the database's clock, in the form the table stores times.
@@ -62,6 +65,14 @@ type Dialect struct {
 	// Classify maps a driver error to store.ErrNotMigrated, store.ErrPermission or
 	// store.ErrDuplicateID, or nil.
 	Classify func(error) error
+}
+
+// noToken is the SQL literal of claim_token in a row that no claim holds.
+func (d Dialect) noToken() string {
+	if d.NoToken == "" {
+		return "NULL"
+	}
+	return d.NoToken
 }
 
 // ClaimStyle is how a claim is made atomic among concurrent claimers.

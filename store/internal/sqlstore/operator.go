@@ -68,7 +68,7 @@ func (s *Store) Requeue(ctx context.Context, p *store.RequeueParams) (int64, err
 	// marks the messages it leaves: a sweep beside a log reader takes it at once, whatever
 	// its age, and the log reader hands over the later messages of its key behind it.
 	q := "UPDATE " + s.t.String() + " SET state = 'pending', attempts = 0, next_attempt_at = " + s.d.Now +
-		", claim_token = NULL, claimed_until = " + s.d.Now + " WHERE state = 'parked'"
+		", claim_token = " + s.d.noToken() + ", claimed_until = " + s.d.Now + " WHERE state = 'parked'"
 	if len(p.IDs) > 0 {
 		q += " AND " + b.in("id", p.IDs)
 	}

@@ -36,7 +36,7 @@ func (s *Store) mark(ctx context.Context, b *builder, cond string, n int, del bo
 // it, the statement's own transaction does not wait for the WAL flush.
 func (s *Store) markDelivered(cond string, del, async bool) string {
 	async = async && s.d.AsyncCommit != ""
-	q := "UPDATE " + s.t.String() + " SET state = 'delivered', delivered_at = " + s.d.Now + ", claim_token = NULL, claimed_until = " + s.d.Epoch
+	q := "UPDATE " + s.t.String() + " SET state = 'delivered', delivered_at = " + s.d.Now + ", claim_token = " + s.d.noToken() + ", claimed_until = " + s.d.Epoch
 	if async {
 		q += " FROM " + s.d.AsyncCommit
 	}
@@ -51,9 +51,12 @@ func (s *Store) markDelivered(cond string, del, async bool) string {
 
 // Release implements [store.Engine].
 func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
+	if p.Token == "" {
+		return nil // no claim has an empty token, and rows that no claim holds may carry one
+	}
 	if p.All {
 		b := builder{d: s.d}
-		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.Epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token)
+		q := "UPDATE " + s.t.String() + " SET claim_token = " + s.d.noToken() + ", claimed_until = " + s.d.Epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token)
 		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: release the messages of a claim in %s: %w", s.t, err)
 		}
@@ -62,7 +65,7 @@ func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
 	s.claimed.forget(p.IDs...)
 	return s.inChunks(p.IDs, func(ids []string) error {
 		b := builder{d: s.d}
-		q := "UPDATE " + s.t.String() + " SET claim_token = NULL, claimed_until = " + s.d.Epoch + " WHERE claim_token = " + b.arg(p.Token) +
+		q := "UPDATE " + s.t.String() + " SET claim_token = " + s.d.noToken() + ", claimed_until = " + s.d.Epoch + " WHERE claim_token = " + b.arg(p.Token) +
 			" AND " + b.in("id", ids)
 		if _, err := s.db.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: release %d messages in %s: %w", len(ids), s.t, err)
@@ -75,6 +78,9 @@ func (s *Store) Release(ctx context.Context, p *store.ReleaseParams) error {
 func (s *Store) ExtendLease(ctx context.Context, p *store.ExtendLeaseParams) (int64, error) {
 	if p.Lease <= 0 {
 		return 0, fmt.Errorf("outbox: ExtendLeaseParams.Lease must be positive, got %v", p.Lease)
+	}
+	if p.Token == "" {
+		return 0, nil // see Release
 	}
 	b := builder{d: s.d}
 	q := "UPDATE " + s.t.String() + " SET claimed_until = " + b.nowPlus(p.Lease) + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token)
@@ -91,7 +97,7 @@ func (s *Store) inChunks(ids []string, f func([]string) error) error {
 
 // Fail implements [store.Engine]. All failures are recorded in one transaction.
 func (s *Store) Fail(ctx context.Context, p *store.FailParams) error {
-	if len(p.Failures) == 0 {
+	if len(p.Failures) == 0 || p.Token == "" { // see Release
 		return nil
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
@@ -108,7 +114,7 @@ func (s *Store) Fail(ctx context.Context, p *store.FailParams) error {
 		}
 		q := "UPDATE " + s.t.String() + " SET attempts = attempts + 1, state = " + b.arg(string(state)) +
 			", last_error = " + b.arg(f.Error) + ", next_attempt_at = " + b.nowPlus(f.RetryAfter) +
-			", claim_token = NULL, claimed_until = " + s.d.Epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token) +
+			", claim_token = " + s.d.noToken() + ", claimed_until = " + s.d.Epoch + " WHERE state = 'pending' AND claim_token = " + b.arg(p.Token) +
 			" AND id = " + b.arg(f.ID)
 		if _, err := tx.ExecContext(ctx, q, b.args...); err != nil {
 			return fmt.Errorf("outbox: record failure of %s in %s: %w", f.ID, s.t, err)

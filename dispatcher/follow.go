@@ -9,11 +9,12 @@ import (
 )
 
 // follow reads an open change log until reading stops or fails, a batch at a time: read it,
-// filter it, publish it, record it. A batch is recorded while the next one is read and
-// published, except after a batch that holds keys back, which the next batch's filter must
-// see: so a crash publishes at most two batches again. Publishing ends only with pubCtx, the
-// run's context, not when reading stops: a graceful stop finishes the batch in hand, and
-// records it.
+// filter it, publish it, record it. While a batch is published, the next one is read and,
+// unless a batch not yet recorded holds keys back, filtered: a filter must see the record of
+// every batch that holds keys. A batch is recorded while the next one is published, except
+// after a batch that holds keys back: so a crash publishes at most two batches again.
+// Publishing ends only with pubCtx, the run's context, not when reading stops: a graceful
+// stop finishes the batch in hand, and records it.
 func (d *Dispatcher) follow(ctx, pubCtx context.Context, stream store.LogStream) (err error) {
 	rec := newRecorder(stream)
 	defer func() {
@@ -21,29 +22,87 @@ func (d *Dispatcher) follow(ctx, pubCtx context.Context, stream store.LogStream)
 			err = cmp.Or(rerr, err)
 		}
 	}()
+	var next *readAhead
+	defer func() {
+		if next != nil {
+			next.stop()
+		}
+	}()
 	for {
-		b, err := stream.Next(ctx)
+		var (
+			b        *store.LogBatch
+			filtered bool
+		)
+		if next != nil {
+			b, filtered, err = next.result()
+			next = nil
+		} else {
+			b, err = stream.Next(ctx)
+		}
 		if err != nil {
 			return err
 		}
-		if rec.holdsKeys {
-			if err := rec.wait(); err != nil {
+		if !filtered {
+			if rec.holdsKeys {
+				if err := rec.wait(); err != nil {
+					return err
+				}
+			}
+			if err := stream.Filter(ctx, b); err != nil {
 				return err
 			}
 		}
-		if err := stream.Filter(ctx, b); err != nil {
-			return err
-		}
 		if len(b.Publish) > 0 {
+			next = readNext(ctx, stream, !rec.holdsKeys && !b.HeldBack)
 			out := d.deliver(pubCtx, b.Publish)
 			d.logs.logPublished.Add(int64(len(out.delivered)))
 			d.followUp(out)
 			b.Outcome = store.LogOutcome{Delivered: out.delivered, Failures: out.failures, Unattempted: out.unattempted}
+			if b.HoldsKeys() {
+				next.refilter = true // filtered before this batch's failures were recorded
+			}
 		}
 		if err := rec.add(b); err != nil {
 			return err
 		}
 	}
+}
+
+// readAhead reads the next batch of a stream, and filters it, while the dispatcher publishes
+// the batch before it.
+type readAhead struct {
+	done     chan struct{}
+	cancel   context.CancelFunc
+	b        *store.LogBatch
+	filtered bool
+	err      error
+	refilter bool // set by the reader: the batch is to be filtered again
+}
+
+// readNext starts reading the next batch of stream, filtering it too when filter is set.
+func readNext(ctx context.Context, stream store.LogStream, filter bool) *readAhead {
+	ctx, cancel := context.WithCancel(ctx)
+	a := &readAhead{done: make(chan struct{}), cancel: cancel}
+	go func() {
+		defer close(a.done)
+		if a.b, a.err = stream.Next(ctx); a.err == nil && filter {
+			a.err, a.filtered = stream.Filter(ctx, a.b), true
+		}
+	}()
+	return a
+}
+
+// result waits for the batch, and says whether it was filtered for good.
+func (a *readAhead) result() (*store.LogBatch, bool, error) {
+	<-a.done
+	a.cancel()
+	return a.b, a.filtered && !a.refilter, a.err
+}
+
+// stop ends the reading and waits for it.
+func (a *readAhead) stop() {
+	a.cancel()
+	<-a.done
 }
 
 // recorder records published batches in order on its own goroutine, merging those that

@@ -18,8 +18,8 @@
 // consumer of the topic can see; Kafka keeps it within the key's partition), whoever wrote
 // them and whatever any clock says: a message that never failed is due at once, and the times
 // the store compares are the database's; different keys
-// are published in parallel (Config.Concurrency), or in two calls per topic at once to a
-// [publisher.BatchPublisher], a key's messages all in one call, in order. When a message
+// are published in parallel (Config.Concurrency), or in one call per topic to a
+// [publisher.BatchPublisher], which keeps each key's order within the call. When a message
 // fails, it is retried after an exponential backoff with jitter, persisted in the store, and
 // only the later messages of its own key wait for it. After Config.MaxAttempts failed attempts,
 // or at once when the publisher marks its error [publisher.Permanent], it is parked and its key

@@ -9,8 +9,8 @@ import (
 )
 
 // BatchPublisher is implemented by publishers that send many messages in one round trip and
-// can tell which of them failed. The dispatcher then publishes a claimed batch with two calls
-// per topic at once, a key's messages all in one, instead of one call per message.
+// can tell which of them failed. The dispatcher then publishes a claimed batch with one call
+// per topic instead of one call per message.
 type BatchPublisher interface {
 	message.Publisher
 	// PublishBatch publishes msgs, all to topic, keeping the order of messages with the same

@@ -16,9 +16,8 @@
 //
 // # Batches
 //
-// A publisher that implements [BatchPublisher] gets two calls per topic for a claimed batch,
-// at once, each with all the messages of its keys, instead of one call per message. It must
-// be safe for concurrent use, and keep each key's order within a call: once a
+// A publisher that implements [BatchPublisher] gets one call per topic for a claimed batch
+// instead of one call per message. It must keep each key's order within the call: once a
 // message fails, the later messages of its key in the call fail too, unsent. When only some
 // messages fail it returns a [*BatchError] naming them, and the dispatcher marks the others
 // delivered; any other error fails the whole call.

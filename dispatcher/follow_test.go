@@ -26,6 +26,14 @@ type scriptedLog struct {
 	mu      sync.Mutex
 	held    map[string]bool
 	keyOf   map[string]string
+	// filtered and recorded count the batches filtered and recorded.
+	filtered, recorded int
+}
+
+func (l *scriptedLog) counts() (filtered, recorded int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.filtered, l.recorded
 }
 
 func (l *scriptedLog) Capabilities() store.Capabilities {
@@ -57,6 +65,7 @@ func (s *scriptedStream) Next(ctx context.Context) (*store.LogBatch, error) {
 func (s *scriptedStream) Filter(_ context.Context, b *store.LogBatch) error {
 	s.l.mu.Lock()
 	defer s.l.mu.Unlock()
+	s.l.filtered++
 	b.Publish, b.HeldBack = nil, false
 	for _, m := range b.Read.([]store.ClaimedMessage) {
 		s.l.keyOf[m.ID] = m.Key
@@ -72,6 +81,7 @@ func (s *scriptedStream) Filter(_ context.Context, b *store.LogBatch) error {
 func (s *scriptedStream) Record(_ context.Context, bs []*store.LogBatch) error {
 	s.l.mu.Lock()
 	defer s.l.mu.Unlock()
+	s.l.recorded += len(bs)
 	for _, b := range bs {
 		for _, f := range b.Outcome.Failures {
 			s.l.held[s.l.keyOf[f.ID]] = true
@@ -108,10 +118,11 @@ func TestLogBatchReadAheadIsFilteredAgainAfterAFailure(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, d.Start(context.Background()))
 	t.Cleanup(func() { d.Stop(context.Background()) })
-	time.Sleep(200 * time.Millisecond) // let the reader read ahead while k-1 is being published
+	require.Eventually(t, func() bool { filtered, _ := log.counts(); return filtered == 2 }, 10*time.Second, time.Millisecond,
+		"the second batch is filtered while k-1 is being published")
 	close(release)
-	require.Eventually(t, func() bool { return len(pub.Messages("log")) >= 2 }, 10*time.Second, time.Millisecond)
-	time.Sleep(200 * time.Millisecond)
+	require.Eventually(t, func() bool { _, recorded := log.counts(); return recorded == 2 }, 10*time.Second, time.Millisecond,
+		"both batches are recorded")
 	var got []string
 	for _, m := range pub.Messages("log") {
 		got = append(got, m.Metadata.Get(publisher.MetadataID))

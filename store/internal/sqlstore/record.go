@@ -100,13 +100,17 @@ func (s *Store) Fail(ctx context.Context, p *store.FailParams) error {
 	if len(p.Failures) == 0 || p.Token == "" { // see Release
 		return nil
 	}
+	ids := make([]string, len(p.Failures))
+	for i, f := range p.Failures {
+		ids[i] = f.ID
+	}
+	s.claimed.forget(ids...)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("outbox: record failures in %s: %w", s.t, err)
 	}
 	defer tx.Rollback()
 	for _, f := range p.Failures {
-		s.claimed.forget(f.ID)
 		b := builder{d: s.d}
 		state := store.Pending
 		if f.Park {

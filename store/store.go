@@ -105,8 +105,8 @@ type Capabilities struct {
 	// Name is the database's name, for logs: "sqlite", "postgres", "mysql".
 	Name string
 	// SkipLocked is true when concurrent claims pass over each other's rows instead of
-	// waiting on them (Postgres: FOR UPDATE SKIP LOCKED; MySQL: claims take turns and read
-	// without locks). Claims are correct either way.
+	// waiting on them (Postgres, MySQL: claims take turns, read without locks and update only
+	// rows no claim holds). Claims are correct either way.
 	SkipLocked bool
 	// CrossProcessNotify is true when the store's [Notifier] also hears messages written by
 	// other processes (Postgres LISTEN/NOTIFY). Otherwise it hears only this process's writes.

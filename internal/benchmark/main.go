@@ -4,7 +4,7 @@
 //
 //	go run ./internal/benchmark [-cases drain,scaling,idle,forwarder,live,memory] [-dbs sqlite,postgres,mariadb]
 //	    [-modes poll,log,logonly] [-n 50000] [-idle 20s] [-live-rate 1000] [-live-for 20s] [-memory-n 1000000]
-//	    [-batch N] [-concurrency N] [-workers N] [-delete=false]
+//	    [-batch N] [-concurrency N] [-workers N] [-keys 1000] [-delete=false]
 //
 // It prints one line per case:
 //
@@ -20,7 +20,7 @@
 //	case=pg-memory n=<n> peak_rss=<MiB> rate=<msgs/s>
 //	case=postgres-poll-failover claimed=<n> failover=<s>   (SIGKILL of a dispatcher to its claimed messages published by another)
 //
-// Drain: a backlog of n messages (256-byte payloads, 1000 keys) is written first; the rate is
+// Drain: a backlog of n messages (256-byte payloads, 1000 keys by default) is written first; the rate is
 // n divided by the time from the dispatcher's start to the last message read back from Kafka.
 // Idle: an empty outbox; queries per second that an idle dispatcher sends: on Postgres those
 // its connection pool sends (pgx's query tracer; the server's pg_stat_database reports up to
@@ -52,10 +52,10 @@ import (
 	"github.com/outboxgo/outbox/store"
 )
 
-const (
-	topic = "bench"
-	keys  = 1000
-)
+const topic = "bench"
+
+// keys is how many keys the messages of every case are spread over (-keys).
+var keys = 1000
 
 func main() {
 	o := parseFlags()
@@ -136,6 +136,7 @@ func parseFlags() options {
 	var o options
 	flag.StringVar(&o.dbs, "dbs", "sqlite,postgres,mariadb", "databases to measure")
 	flag.IntVar(&o.n, "n", 50000, "backlog size for the drain cases")
+	flag.IntVar(&keys, "keys", keys, "keys the messages of every case are spread over (1: one key holds the whole backlog)")
 	flag.DurationVar(&o.idle, "idle", 20*time.Second, "how long to count an idle dispatcher's queries (0 skips the idle cases)")
 	flag.IntVar(&o.batch, "batch", 0, "dispatcher BatchSize (0: default)")
 	flag.IntVar(&o.concurrency, "concurrency", 0, "dispatcher Concurrency (0: default)")

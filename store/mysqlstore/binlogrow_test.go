@@ -12,10 +12,10 @@ import (
 
 // The outbox table's columns as Migrate creates them.
 var migratedColumns = []string{"seq", "id", "topic", "message_key", "payload", "headers", "created_at", "state", "attempts",
-	"next_attempt_at", "claimed_until", "claim_token", "last_error", "delivered_at", "held"}
+	"next_attempt_at", "claimed_until", "claim_token", "last_error", "delivered_at", "held", "waiting"}
 
 func migratedRow(seq int64, id, topic string, key any, payload, headers any, created any) []any {
-	return []any{seq, id, topic, key, payload, headers, created, "pending", int32(0), time.Unix(0, 0).UTC(), time.Unix(0, 0).UTC(), nil, nil, nil, int8(0)}
+	return []any{seq, id, topic, key, payload, headers, created, "pending", int32(0), time.Unix(0, 0).UTC(), time.Unix(0, 0).UTC(), nil, nil, nil, int8(0), int8(0)}
 }
 
 func TestDecodeRow(t *testing.T) {

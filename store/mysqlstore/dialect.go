@@ -13,8 +13,10 @@ var dialect = sqlstore.Dialect{
 	Epoch:     "'1970-01-01 00:00:00'",
 	// A blank token as wide as a claim's, so that a claim updates the row in place (see
 	// schema step 5).
-	NoToken:   "''",
-	Now:       "UTC_TIMESTAMP(6)",
+	NoToken: "''",
+	Now:     "UTC_TIMESTAMP(6)",
+	// MySQL has no partial indexes: a generated column marks these messages (schema step 6).
+	Waiting:   "waiting = 1",
 	Interval:  "INTERVAL %s MICROSECOND",
 	Claims:    sqlstore.ClaimsInTurnsOnASession,
 	ShareLock: " LOCK IN SHARE MODE",

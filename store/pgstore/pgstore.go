@@ -1,8 +1,8 @@
 // Package pgstore keeps the outbox in a PostgreSQL database (12 or later), through pgx's
 // database/sql driver.
 //
-// Several dispatchers, in one process or many, can share the outbox: claims use FOR UPDATE
-// SKIP LOCKED with a lease, and take turns through a transaction-scoped advisory lock for the
+// Several dispatchers, in one process or many, can share the outbox: claims take messages
+// with a lease, pass over those that other claims hold, and take turns through a transaction-scoped advisory lock for the
 // few milliseconds a claim takes, which keeps each key's messages in write order across
 // dispatchers. Write sends pg_notify on the table's channel, which Postgres delivers when the
 // transaction commits; the store LISTENs on one connection and wakes its dispatchers, so

@@ -56,20 +56,6 @@ type claimedRow struct {
 	m   store.ClaimedMessage
 }
 
-// sweepOnly is the extra condition of a sweep's claim (ClaimParams.OlderThan): messages
-// written at least OlderThan ago by the database's clock, and those a log reader handed
-// over, which are held.
-func (s *Store) sweepOnly(b *builder, p *store.ClaimParams) string {
-	if p.OlderThan <= 0 {
-		return ""
-	}
-	cond := "o.created_at < " + b.nowPlus(-p.OlderThan) + " OR o.held = 1"
-	if upTo := s.catchUp.Load(); upTo > 0 { // a log reader is catching up: these first
-		cond += " OR o.seq <= " + b.arg(upTo)
-	}
-	return " AND (" + cond + ")"
-}
-
 // sweepMark is the extra SET clause of a sweep's claim: it marks the claimed messages as
 // held (next_attempt_at), which the log reader looks for by key; a claim beside no log reader
 // leaves every indexed column alone, so that Postgres updates the rows in place.
@@ -90,90 +76,131 @@ func (s *Store) due(alias string) string {
 		" AND (" + alias + ".attempts = 0 OR " + alias + ".next_attempt_at <= " + s.d.Now + ")"
 }
 
-// claimable is the condition, on the table aliased o, of a message that may be claimed: it
-// is due, and no earlier message of its key is pending and not due; only held messages
-// (claimed, or failed before) can be. Postgres and SQLite find them through the pending
-// messages by key ("pending_key"), as no index may cover what a claim changes if Postgres is
-// to update claimed rows in place; MySQL, whose claims update rows in place anyway, through
-// its "held" index. Earlier messages of the key that are due have lower seq and so come
-// first within a claim's LIMIT.
-func (s *Store) claimable(b *builder, p *store.ClaimParams) string {
-	return s.due("o") + s.sweepOnly(b, p) + s.window(b, p) +
-		" AND (o.message_key = '' OR NOT EXISTS (SELECT 1 FROM " + s.t.String() + " e WHERE e.message_key = o.message_key" +
-		" AND e.state = 'pending' AND e.held = 1 AND e.seq < o.seq" +
-		" AND (e.claimed_until > " + s.d.Now + " OR (e.attempts > 0 AND e.next_attempt_at > " + s.d.Now + ")))" + s.parkedHolds("o") + ")"
+// A claim looks at a window of the oldest pending messages that it may take or that may
+// hold one back, and takes from it, in write order, the messages that are due and have no
+// earlier message of their key held. A message is held when it is pending and not due
+// (claimed, or waiting for a retry) or, with StrictOrder, behind a parked message of its key.
+// Every earlier message of a message in the window that can hold it back is in the window,
+// as the window starts at the oldest of them. So the claim finds the first held message of
+// each key in the window, in one pass however many messages a key has, where a look-up per
+// message through an index of the key's messages walks its earlier ones (half a second per
+// claim on MySQL when one key has the whole backlog). On a server the store reads the window
+// and picks in Go, which leaves no join to the planner's estimates (Postgres chose a nested
+// loop over the window, a hundred milliseconds a claim); SQLite, in process, picks in SQL,
+// where each row read costs more than the pick. The times compared are the database's.
+
+// windowQuery is the query of a claim's window: seq, key and whether the message is held.
+func (s *Store) windowQuery(b *builder, p *store.ClaimParams) string {
+	t := s.t.String()
+	held := "o.claimed_until > " + s.d.Now + " OR (o.attempts > 0 AND o.next_attempt_at > " + s.d.Now + ")"
+	if s.strict {
+		held += " OR EXISTS (SELECT 1 FROM " + t + " pk WHERE pk.message_key = o.message_key AND pk.state = 'parked' AND pk.seq < o.seq)"
+	}
+	look := "o.state = 'pending'"
+	if cond := s.sweepOnly(b, p); cond != "" {
+		look += " AND (" + cond + " OR " + held + ")"
+	}
+	return "SELECT o.seq, o.message_key, CASE WHEN " + held + " THEN 1 ELSE 0 END AS held FROM " + t + " o WHERE " + look +
+		" ORDER BY o.seq LIMIT " + b.arg(s.windowOf(p))
+}
+
+// picked is the query of the seqs that a claim of p takes, where the database picks them.
+func (s *Store) picked(b *builder, p *store.ClaimParams) string {
+	return "WITH win AS (" + s.windowQuery(b, p) + ")," +
+		" blocked AS (SELECT message_key, MIN(seq) AS seq FROM win WHERE held = 1 AND message_key <> '' GROUP BY message_key)" +
+		" SELECT win.seq FROM win LEFT JOIN blocked k ON k.message_key = win.message_key" +
+		" WHERE win.held = 0 AND (k.seq IS NULL OR win.seq < k.seq) ORDER BY win.seq LIMIT " + b.arg(p.Limit)
+}
+
+// pick reads the window of a claim of p through db and returns the seqs the claim takes.
+func (s *Store) pick(ctx context.Context, db store.Querier, p *store.ClaimParams) ([]int64, error) {
+	b := builder{d: s.d}
+	rows, err := db.QueryContext(ctx, s.windowQuery(&b, p), b.args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var (
+		seqs    []int64
+		blocked = map[string]bool{}
+	)
+	for rows.Next() && len(seqs) < p.Limit {
+		var (
+			seq  int64
+			key  string
+			held int
+		)
+		if err := rows.Scan(&seq, &key, &held); err != nil {
+			return nil, err
+		}
+		switch {
+		case held == 1:
+			if key != "" {
+				blocked[key] = true
+			}
+		case !blocked[key]:
+			seqs = append(seqs, seq)
+		}
+	}
+	return seqs, rows.Err()
+}
+
+// sweepOnly is the condition that a sweep (ClaimParams.OlderThan) adds to a claim: messages
+// written at least OlderThan ago by the database's clock, and those a log reader handed over,
+// which are held; empty for a polling claim.
+func (s *Store) sweepOnly(b *builder, p *store.ClaimParams) string {
+	if p.OlderThan <= 0 {
+		return ""
+	}
+	cond := "o.created_at < " + b.nowPlus(-p.OlderThan) + " OR o.held = 1"
+	if upTo := s.catchUp.Load(); upTo > 0 { // a log reader is catching up: these first
+		cond += " OR o.seq <= " + b.arg(upTo)
+	}
+	return cond
 }
 
 // Claims look at a window of the oldest pending messages. While other claims hold many keys
 // (more workers or larger batches than the outbox has keys in flight), most of the oldest
-// messages wait behind them, and a claim that looked on through the whole backlog would
-// cost a look-up per message (a quarter of a second on 50,000) to come back nearly empty.
-// The window is minWindow times the claim's Limit after a full claim; each claim that comes
-// back short doubles it, so that messages behind a long run of held ones (a key failing
-// with thousands of messages) are reached within a few claims.
+// messages wait behind them, and a claim that looked on through the whole backlog would pass
+// over every one of them to come back nearly empty. The window is minWindow times the claim's
+// Limit after a full claim; each claim that comes back short doubles it, so that messages
+// behind a long run of held ones (a key failing with thousands of messages) are reached
+// within a few claims.
 const minWindow = 4
 
-// window is the condition that bounds a polling claim to its window: seq at most the window's
-// size past the oldest pending message. The window is a range of seqs, not a count of
-// pending messages: finding where it ends is then one step into the pending index rather
-// than a walk through the whole window (a third of a claim's time on Postgres). Seqs of
-// delivered messages and gaps in the range only make the window hold fewer pending
-// messages; a claim that comes back short widens it. Every earlier message of a message in
-// the window is in the window too, as the window starts at the oldest pending message. A
-// sweep looks at every message it may take.
-func (s *Store) window(b *builder, p *store.ClaimParams) string {
-	if p.OlderThan > 0 {
-		return ""
-	}
-	return " AND o.seq <= COALESCE((SELECT w.seq FROM " + s.t.String() + " w WHERE w.state = 'pending' ORDER BY w.seq LIMIT 1), 0) + " +
-		b.arg(s.windowOf(p)-1)
-}
-
-// windowOf is how many seqs, from the oldest pending message's, a polling claim of p looks at.
+// windowOf is how many messages a claim of p looks at.
 func (s *Store) windowOf(p *store.ClaimParams) int64 {
 	return max(s.windowSize.Load(), int64(minWindow*p.Limit))
 }
 
-// sized sets the next claim's window after a claim of limit that got got messages.
+// sized sets the next claim's window after a claim of p that got got messages.
 func (s *Store) sized(p *store.ClaimParams, got int) {
-	if p.OlderThan > 0 {
-		return
-	}
 	if got >= p.Limit {
 		s.windowSize.Store(0)
 		return
 	}
-	s.windowSize.Store(min(s.windowOf(p)*2, 1<<50)) // far past any seq gap, short of overflowing
-}
-
-// parkedHolds is, with Config.StrictOrder, the condition that no earlier message of the
-// key of the message aliased alias is parked (the "parked_key" index covers them).
-func (s *Store) parkedHolds(alias string) string {
-	if !s.strict {
-		return ""
-	}
-	return " AND NOT EXISTS (SELECT 1 FROM " + s.t.String() + " pk WHERE pk.message_key = " + alias + ".message_key" +
-		" AND pk.state = 'parked' AND pk.seq < " + alias + ".seq)"
+	s.windowSize.Store(min(s.windowOf(p)*2, 1<<40)) // a LIMIT, far past any backlog
 }
 
 const claimedColumns = "seq, id, topic, message_key, payload, headers, created_at, attempts"
 
 // claimOnce claims with one UPDATE ... RETURNING. Alone it is atomic only where one writer
-// runs at a time (SQLite); Postgres runs it under the claim lock.
+// runs at a time (SQLite), where the UPDATE picks the messages too; Postgres runs it under
+// the claim lock, after picking them.
 func (s *Store) claimOnce(ctx context.Context, db store.Querier, token string, p *store.ClaimParams) ([]claimedRow, error) {
 	b := builder{d: s.d}
-	t := s.t.String()
-	q := "UPDATE " + t + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease) + s.sweepMark(p)
-	sub := "SELECT o.seq FROM " + t + " o WHERE " + s.claimable(&b, p) + " ORDER BY o.seq LIMIT " + b.arg(p.Limit)
+	q := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease) + s.sweepMark(p)
 	if s.d.Claims == ClaimsOneWriter {
-		q += " WHERE seq IN (" + sub + ")"
+		q += " WHERE seq IN (" + s.picked(&b, p) + ")"
 	} else {
-		// = ANY(ARRAY(...)) keeps Postgres on the primary key; IN (...) becomes a hash join
-		// over the whole table.
-		q += " WHERE seq = ANY(ARRAY(" + sub + " FOR UPDATE SKIP LOCKED))"
+		seqs, err := s.pick(ctx, db, p)
+		if err != nil || len(seqs) == 0 {
+			return nil, err
+		}
+		// A message that a log reader marked since the window was read is left out.
+		q += " WHERE " + b.inSeqs("seq", seqs) + " AND state = 'pending'"
 	}
-	q += " RETURNING " + claimedColumns
-	rows, err := db.QueryContext(ctx, q, b.args...)
+	rows, err := db.QueryContext(ctx, q+" RETURNING "+claimedColumns, b.args...)
 	if err != nil {
 		return nil, err
 	}
@@ -205,16 +232,20 @@ func scanClaimed(rows *sql.Rows) ([]claimedRow, error) {
 // claimLocked claims where several processes claim at once (Postgres, MySQL). Claims take
 // turns through a lock named after the table, held for the few milliseconds a claim takes:
 // each claim then sees every earlier claim committed, which keeps the messages of a key in
-// order across dispatchers. Postgres claims skip locked rows (FOR UPDATE SKIP LOCKED) rather
-// than wait on rows that other dispatchers are marking; MySQL claims read without locks (see
-// claimOnSession). A cheap look first keeps an idle outbox at one query per poll (its ORDER BY
+// order across dispatchers. A claim reads its window without locks and updates only rows no
+// claim holds, so it never waits on rows that other dispatchers are publishing or marking
+// (see claimOnSession for MySQL). A cheap look first keeps an idle outbox at one query per poll (its ORDER BY
 // has the planner read the pending index from its head, not all of it); after a full claim,
 // a sign of a backlog, the next claim goes straight to the lock.
 func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
 	if !s.backlog.Load() {
 		b := builder{d: s.d}
 		var one int
-		err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" o WHERE "+s.due("o")+s.sweepOnly(&b, p)+
+		look := s.due("o")
+		if cond := s.sweepOnly(&b, p); cond != "" {
+			look += " AND (" + cond + ")"
+		}
+		err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.t.String()+" o WHERE "+look+
 			" ORDER BY o.seq LIMIT 1", b.args...).Scan(&one)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, nil
@@ -270,9 +301,15 @@ func (s *Store) claimOnSession(ctx context.Context, token string, p *store.Claim
 		return nil, err
 	}
 	defer tx.Rollback()
+	picked, err := s.pick(ctx, tx, p)
+	if err != nil {
+		return nil, err
+	}
+	if len(picked) == 0 {
+		return nil, nil
+	}
 	b := builder{d: s.d}
-	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " o WHERE " + s.claimable(&b, p) +
-		" ORDER BY o.seq LIMIT " + b.arg(p.Limit)
+	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " WHERE " + b.inSeqs("seq", picked) + " ORDER BY seq"
 	rows, err := tx.QueryContext(ctx, q, b.args...)
 	if err != nil {
 		return nil, err

@@ -31,6 +31,10 @@ type Dialect struct {
 	// NoToken is the SQL literal of claim_token in a row that no claim holds; NULL when
 	// empty.
 	NoToken string
+	// Waiting is the condition of a pending message with a retry time (next_attempt_at past
+	// the epoch: failed, handed over by a log reader, claimed by a sweep), in the form its
+	// index takes; state = 'pending' AND next_attempt_at > Epoch when empty (a partial index).
+	Waiting string
 	// UnixMicroTime: times are stored as integer unix microseconds.
 	UnixMicroTime bool
 	// Now is the SQL expression of the database's clock, in the form the table stores times.
@@ -75,6 +79,14 @@ func (d Dialect) noToken() string {
 	return d.NoToken
 }
 
+// waiting is the condition of a pending message with a retry time; see Dialect.Waiting.
+func (d Dialect) waiting() string {
+	if d.Waiting == "" {
+		return "state = 'pending' AND next_attempt_at > " + d.Epoch
+	}
+	return d.Waiting
+}
+
 // ClaimStyle is how a claim is made atomic among concurrent claimers.
 type ClaimStyle int
 
@@ -83,7 +95,7 @@ const (
 	// (SQLite).
 	ClaimsOneWriter ClaimStyle = iota
 	// ClaimsInTurnsInATransaction: a transaction waits for its turn (Dialect.ClaimTurn),
-	// then UPDATE ... RETURNING with FOR UPDATE SKIP LOCKED (Postgres).
+	// reads the window, then UPDATE ... RETURNING of the messages picked (Postgres).
 	ClaimsInTurnsInATransaction
 	// ClaimsInTurnsOnASession: [Hooks].Lock on a pinned connection, then a plain SELECT and
 	// an UPDATE of the rows it chose in a READ COMMITTED transaction (MySQL, MariaDB: no

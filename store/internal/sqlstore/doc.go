@@ -18,9 +18,9 @@
 //
 // Claims take due messages by state, not by an id cursor, with a lease (claimed_until), and
 // skip a key while an earlier message of it is pending elsewhere, so that several
-// dispatchers keep each key's order. On Postgres and MySQL they use FOR UPDATE SKIP LOCKED
-// and take turns through a lock held for the claim alone; on SQLite the database lock does
-// that.
+// dispatchers keep each key's order. Each claim looks at a window of the oldest pending
+// messages and finds the first held message of each key there. On Postgres and MySQL claims
+// take turns through a lock held for the claim alone; on SQLite the database lock does that.
 //
 // # Change log readers
 //

@@ -246,7 +246,7 @@ func (s *Store) logOnlyClear(ctx context.Context, msgs []LogMessage, lookup *sql
 	b := builder{d: s.d}
 	t := s.t.String()
 	q := "SELECT 1 FROM " + t + " WHERE seq >= " + b.arg(first) + " AND seq <= " + b.arg(last) +
-		" UNION ALL SELECT 1 FROM " + t + " WHERE state = 'pending' AND next_attempt_at > " + s.d.Epoch + " AND held = 1 AND seq <= " + b.arg(last)
+		" UNION ALL SELECT 1 FROM " + t + " WHERE " + s.d.waiting() + " AND held = 1 AND seq <= " + b.arg(last)
 	if s.strict {
 		q += " UNION ALL SELECT 1 FROM " + t + " WHERE state = 'parked' AND seq <= " + b.arg(last)
 	}
@@ -313,12 +313,12 @@ func (s *Store) newLogLookup(msgs []LogMessage, lookup *sql.Conn) *logLookup {
 
 // held is the query of the held messages of keys that are marked as held: failed, handed
 // over, requeued, claimed by a sweep, or found claimed by an earlier batch (a retry time in
-// next_attempt_at, which claims do not change, so that the "held_key" index stays small and
-// claims stay heap-only updates). With StrictOrder, parked messages too; while the reader
+// next_attempt_at, which claims do not change, so that the index of such messages, Postgres's
+// "held_key" and MySQL's "waiting_key", stays small and claims change no index). With StrictOrder, parked messages too; while the reader
 // catches up, the messages pending from before its session, but for the batch's own.
 func (l *logLookup) held(b *builder, keys []string) string {
 	byKey := b.in("message_key", keys) // arguments go in the order of their placeholders
-	holding := "state = 'pending' AND next_attempt_at > " + l.s.d.Epoch + " AND held = 1"
+	holding := "(" + l.s.d.waiting() + " AND held = 1)"
 	if l.s.strict {
 		holding += " OR state = 'parked'"
 	}

@@ -136,8 +136,8 @@ type Store struct {
 	// backlog is true after a claim came back full: the next claim skips the cheap look for
 	// a due message that keeps an idle outbox at one query per poll.
 	backlog atomic.Bool
-	// windowSize is how many seqs from the oldest pending message's the next polling claim
-	// looks at, when larger than its minimum (see window in claim.go).
+	// windowSize is how many of the oldest pending messages the next claim looks at, when
+	// larger than its minimum (see windowOf in claim.go).
 	windowSize atomic.Int64
 	// claimed holds the seqs of claimed messages until their outcome is recorded.
 	claimed claimedSeqs

@@ -13,6 +13,7 @@
 //	case=<db>-<mode>-drain n=<messages> rate=<msgs/s> vs_rawloop=<x> duplicates=<n>
 //	case=<db>-<mode>-delete-drain ...   (the same with Config.DeleteDelivered: rows deleted, as the hand loop does)
 //	case=<db>-poll-4x1000-drain ...   (scaling: twice the default workers and batch size, polling)
+//	case=<db>-poll-onekey-drain ...   (scaling: a backlog of one key, polling)
 //	case=postgres-lanes[-delete]-drain ...   (lanes, not run by default: a prototype of the next claim model, see lanes.go)
 //	case=<db>-<mode>-idle queries_per_s=<q> wake_p50=<ms> wake_p99=<ms> other_instance_wake_p50=<ms> ...
 //	case=pg-vs-forwarder n=<n> outbox=<msgs/s> forwarder=<msgs/s> ratio=<x>
@@ -234,13 +235,23 @@ func (b *bench) drainTwice(name, label string, cfg dispatcher.Config) error {
 
 // runScaling drains with twice the default workers and batch size: each batch then holds as
 // many keys as the backlog has, so most messages wait behind other claims, which must not
-// cost a claim a look at each of them.
+// cost a claim a look at each of them. Then a backlog of one key, polling: a claim takes
+// messages whose earlier messages of the key it takes too, which must not cost it a look at
+// each of those either.
 func (b *bench) runScaling() {
 	for _, name := range strings.Split(b.dbs, ",") {
 		cfg := b.cfg
 		cfg.PollOnly, cfg.Workers, cfg.BatchSize = true, 2*dispatcher.DefaultWorkers, 2*dispatcher.DefaultBatchSize
 		label := fmt.Sprintf("%s-poll-%dx%d", name, cfg.Workers, cfg.BatchSize)
 		b.report(label+"-drain", drainCase(name, label, b.n, cfg, b.rawRates[name]))
+	}
+	all := keys
+	defer func() { keys = all }()
+	keys = 1
+	for _, name := range strings.Split(b.dbs, ",") {
+		cfg := b.cfg
+		cfg.PollOnly = true
+		b.report(name+"-poll-onekey-drain", drainCase(name, name+"-poll-onekey", b.n, cfg, b.rawRates[name]))
 	}
 }
 

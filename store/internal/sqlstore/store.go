@@ -137,8 +137,8 @@ type Store struct {
 	// a due message that keeps an idle outbox at one query per poll.
 	backlog atomic.Bool
 	// windowSize is how many of the oldest pending messages the next claim looks at, when
-	// larger than its minimum (see windowOf in claim.go).
-	windowSize atomic.Int64
+	// larger than its minimum (see windowOf in claim.go); sweepWindowSize the same for sweeps.
+	windowSize, sweepWindowSize atomic.Int64
 	// claimed holds the seqs of claimed messages until their outcome is recorded.
 	claimed claimedSeqs
 

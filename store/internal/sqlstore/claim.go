@@ -241,9 +241,9 @@ func scanClaimed(rows *sql.Rows) ([]claimedRow, error) {
 // each claim then sees every earlier claim committed, which keeps the messages of a key in
 // order across dispatchers. A claim reads its window without locks and updates only rows no
 // claim holds, so it never waits on rows that other dispatchers are publishing or marking
-// (see claimOnSession for MySQL). A cheap look first keeps an idle outbox at one query per poll (its ORDER BY
-// has the planner read the pending index from its head, not all of it); after a full claim,
-// a sign of a backlog, the next claim goes straight to the lock.
+// (see claimOnSession for MySQL). A cheap look first keeps an idle outbox at one query per
+// poll (its ORDER BY has the planner read the pending index from its head, not all of it);
+// after a full claim, a sign of a backlog, the next claim goes straight to the lock.
 func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
 	if !s.backlog.Load() {
 		b := builder{d: s.d}

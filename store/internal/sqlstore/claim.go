@@ -42,7 +42,6 @@ func (s *Store) Claim(ctx context.Context, p *store.ClaimParams) (*store.ClaimRe
 	if err != nil {
 		return nil, fmt.Errorf("outbox: claim from %s: %w", s.t, err)
 	}
-	s.sized(p, len(got))
 	s.claimed.add(got)
 	slices.SortFunc(got, func(a, b claimedRow) int { return cmp.Compare(a.seq, b.seq) })
 	res.Messages = make([]store.ClaimedMessage, len(got))
@@ -87,8 +86,9 @@ func (s *Store) due(alias string) string {
 // drains twenty times slower); SQLite, in process, picks in SQL, where reading each row into
 // Go costs more than the pick. The times compared are the database's.
 
-// windowQuery is the query of a claim's window: seq, key and whether the message is held.
-func (s *Store) windowQuery(b *builder, p *store.ClaimParams) string {
+// windowQuery is the query of a claim's window of size messages: seq, key and whether the
+// message is held.
+func (s *Store) windowQuery(b *builder, p *store.ClaimParams, size int64) string {
 	t := s.t.String()
 	held := "o.claimed_until > " + s.d.Now + " OR (o.attempts > 0 AND o.next_attempt_at > " + s.d.Now + ")"
 	if s.strict {
@@ -99,30 +99,34 @@ func (s *Store) windowQuery(b *builder, p *store.ClaimParams) string {
 		look += " AND (" + cond + " OR " + held + ")"
 	}
 	return "SELECT o.seq, o.message_key, CASE WHEN " + held + " THEN 1 ELSE 0 END AS held FROM " + t + " o WHERE " + look +
-		" ORDER BY o.seq LIMIT " + b.arg(s.windowOf(p))
+		" ORDER BY o.seq LIMIT " + b.arg(size)
 }
 
 // picked is the query of the seqs that a claim of p takes, where the database picks them.
 func (s *Store) picked(b *builder, p *store.ClaimParams) string {
-	return "WITH win AS (" + s.windowQuery(b, p) + ")," +
+	return "WITH win AS (" + s.windowQuery(b, p, s.windowOf(p)) + ")," +
 		" blocked AS (SELECT message_key, MIN(seq) AS seq FROM win WHERE held = 1 AND message_key <> '' GROUP BY message_key)" +
 		" SELECT win.seq FROM win LEFT JOIN blocked k ON k.message_key = win.message_key" +
 		" WHERE win.held = 0 AND (k.seq IS NULL OR win.seq < k.seq) ORDER BY win.seq LIMIT " + b.arg(p.Limit)
 }
 
-// pick reads the window of a claim of p through db and returns the seqs the claim takes.
+// pick reads the window of a claim of p through db and returns the seqs the claim takes, and
+// sizes the next window.
 func (s *Store) pick(ctx context.Context, db store.Querier, p *store.ClaimParams) ([]int64, error) {
 	b := builder{d: s.d}
-	rows, err := db.QueryContext(ctx, s.windowQuery(&b, p), b.args...)
+	window := s.windowOf(p)
+	rows, err := db.QueryContext(ctx, s.windowQuery(&b, p, window), b.args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	var (
 		seqs    []int64
+		read    int64
 		blocked = map[string]bool{}
 	)
-	for rows.Next() && len(seqs) < p.Limit {
+	for len(seqs) < p.Limit && rows.Next() {
+		read++
 		var (
 			seq  int64
 			key  string
@@ -140,7 +144,11 @@ func (s *Store) pick(ctx context.Context, db store.Querier, p *store.ClaimParams
 			seqs = append(seqs, seq)
 		}
 	}
-	return seqs, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	s.sized(p, len(seqs), read == window)
+	return seqs, nil
 }
 
 // sweepOnly is the condition that a sweep (ClaimParams.OlderThan) adds to a claim: messages
@@ -180,9 +188,11 @@ func (s *Store) windowSizeOf(p *store.ClaimParams) *atomic.Int64 {
 	return &s.windowSize
 }
 
-// sized sets the next claim's window after a claim of p that got got messages.
-func (s *Store) sized(p *store.ClaimParams, got int) {
-	if got >= p.Limit {
+// sized sets the next claim's window after a claim of p that picked picked messages from a
+// window that was full, or not: a window that held fewer messages held every one the claim
+// could take, and a larger one would only be read in full at the next backlog.
+func (s *Store) sized(p *store.ClaimParams, picked int, full bool) {
+	if picked >= p.Limit || !full {
 		s.windowSizeOf(p).Store(0)
 		return
 	}
@@ -211,7 +221,11 @@ func (s *Store) claimOnce(ctx context.Context, db store.Querier, token string, p
 	if err != nil {
 		return nil, err
 	}
-	return scanClaimed(rows)
+	got, err := scanClaimed(rows)
+	if err == nil && s.d.Claims == ClaimsOneWriter {
+		s.sized(p, len(got), true) // how full the window was stays in SQLite
+	}
+	return got, err
 }
 
 func scanClaimed(rows *sql.Rows) ([]claimedRow, error) {

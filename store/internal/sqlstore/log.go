@@ -314,8 +314,9 @@ func (s *Store) newLogLookup(msgs []LogMessage, lookup *sql.Conn) *logLookup {
 // held is the query of the held messages of keys that are marked as held: failed, handed
 // over, requeued, claimed by a sweep, or found claimed by an earlier batch (a retry time in
 // next_attempt_at, which claims do not change, so that the index of such messages, Postgres's
-// "held_key" and MySQL's "waiting_key", stays small and claims change no index). With StrictOrder, parked messages too; while the reader
-// catches up, the messages pending from before its session, but for the batch's own.
+// "held_key" and MySQL's "waiting_key", stays small and claims change no index). With
+// StrictOrder, parked messages too; while the reader catches up, the messages pending from
+// before its session, but for the batch's own.
 func (l *logLookup) held(b *builder, keys []string) string {
 	byKey := b.in("message_key", keys) // arguments go in the order of their placeholders
 	holding := "(" + l.s.d.waiting() + " AND held = 1)"

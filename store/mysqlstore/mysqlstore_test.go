@@ -198,3 +198,40 @@ func TestClaimDoesNotPassOverALockedEarlierMessageOfItsKey(t *testing.T) {
 	}
 	require.Equal(t, []string{first.ID, later.ID}, ids)
 }
+
+// A claim updates the messages it picked only if none changed since it read them: one that
+// a log reader marked delivered meanwhile makes it give back what it took and claim nothing
+// this time, rather than a batch with a gap. Nothing stays claimed, and the next claim takes
+// the rest.
+func TestClaimGivesBackWhatChangedAfterThePick(t *testing.T) {
+	ctx := context.Background()
+	db, _ := dbtest.MySQL(t)
+	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
+	require.NoError(t, err)
+	require.NoError(t, st.Migrate(ctx))
+	ids, err := store.WriteIDs(ctx, st, db,
+		store.Message{Topic: "t", Key: "k", Payload: []byte("1")},
+		store.Message{Topic: "t", Key: "k", Payload: []byte("2")},
+		store.Message{Topic: "t", Key: "j", Payload: []byte("3")})
+	require.NoError(t, err)
+
+	restore := sqlstore.SetPickedHook(func() {
+		_, err := db.Exec("UPDATE outbox SET state = 'delivered', delivered_at = NOW(6) WHERE id = ?", ids[0])
+		require.NoError(t, err)
+	})
+	res, err := st.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute})
+	restore()
+	require.NoError(t, err)
+	require.Empty(t, res.Messages)
+	var claimed int
+	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM outbox WHERE claimed_until > '1970-01-01'").Scan(&claimed))
+	require.Zero(t, claimed, "what the claim took is given back")
+
+	res, err = st.Claim(ctx, &store.ClaimParams{Limit: 10, Lease: time.Minute})
+	require.NoError(t, err)
+	var got []string
+	for _, m := range res.Messages {
+		got = append(got, m.ID)
+	}
+	require.Equal(t, ids[1:], got)
+}

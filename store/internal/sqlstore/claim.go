@@ -257,9 +257,9 @@ func scanClaimed(rows *sql.Rows) ([]claimedRow, error) {
 // claim holds, so it never waits on rows that other dispatchers are publishing or marking
 // (see claimOnSession for MySQL). A cheap look first keeps an idle outbox at one query per
 // poll (its ORDER BY has the planner read the pending index from its head, not all of it);
-// after a full claim, a sign of a backlog, the next claim goes straight to the lock.
+// after a claim that found messages, the next claim goes straight to the lock.
 func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimParams) ([]claimedRow, error) {
-	if !s.backlog.Load() {
+	if !s.found.Load() {
 		b := builder{d: s.d}
 		var one int
 		look := s.due("o")
@@ -280,7 +280,7 @@ func (s *Store) claimLocked(ctx context.Context, token string, p *store.ClaimPar
 		claim = s.claimInTransaction
 	}
 	got, err := claim(ctx, token, p)
-	s.backlog.Store(err == nil && len(got) == p.Limit)
+	s.found.Store(err == nil && len(got) > 0)
 	return got, err
 }
 
@@ -311,49 +311,64 @@ func (s *Store) claimOnSession(ctx context.Context, token string, p *store.Claim
 		return nil, err
 	}
 	defer unlock()
-	// READ COMMITTED: each statement sees the claims committed before the lock was granted.
-	// The messages are chosen by a plain read, not a locking one: SKIP LOCKED would pass over
-	// an earlier message of a key that a statement of another session has locked (MySQL
-	// locks every row an UPDATE scans) and claim a later one, out of order; a locking read
-	// without it would wait for the application's transactions that insert messages. The
-	// UPDATE then claims exactly those rows, if no other session changed one meanwhile.
-	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
-	if err != nil {
+	// Each statement commits on its own, and reads what was committed before it: the window
+	// sees every claim committed before the lock was granted. The messages are chosen by a
+	// plain read, not a locking one: SKIP LOCKED would pass over an earlier message of a key
+	// that a statement of another session has locked (MySQL locks every row an UPDATE scans)
+	// and claim a later one, out of order; a locking read without it would wait for the
+	// application's transactions that insert messages. The UPDATE then claims exactly those
+	// rows, if no other session changed one meanwhile. No transaction spares three round
+	// trips (setting its isolation, starting it, committing it) of a claim's seven.
+	picked, err := s.pick(ctx, conn, p)
+	if err != nil || len(picked) == 0 {
 		return nil, err
 	}
-	defer tx.Rollback()
-	picked, err := s.pick(ctx, tx, p)
-	if err != nil {
-		return nil, err
+	if hook := pickedHook.Load(); hook != nil {
+		(*hook)()
 	}
-	if len(picked) == 0 {
-		return nil, nil
+	seqs := make([]string, len(picked))
+	for i, seq := range picked {
+		seqs[i] = strconv.FormatInt(seq, 10)
 	}
+	inPicked := "seq IN (" + strings.Join(seqs, ",") + ")"
 	b := builder{d: s.d}
-	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " WHERE " + b.inSeqs("seq", picked) + " ORDER BY seq"
-	rows, err := tx.QueryContext(ctx, q, b.args...)
+	upd := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease) + s.sweepMark(p)
+	upd += " WHERE " + inPicked + " AND state = 'pending' AND claimed_until <= " + s.d.Now
+	res, err := conn.ExecContext(ctx, upd, b.args...)
 	if err != nil {
 		return nil, err
 	}
-	got, err := scanClaimed(rows)
-	if err != nil || len(got) == 0 {
+	n, err := res.RowsAffected()
+	if err != nil {
 		return nil, err
 	}
-	seqs := make([]string, len(got))
-	for i, r := range got {
-		seqs[i] = strconv.FormatInt(r.seq, 10)
+	if n != int64(len(picked)) {
+		// A message changed between the read and the UPDATE (an operator, a log reader
+		// marking it): give back what was taken rather than claim a batch with a gap.
+		if n > 0 {
+			b = builder{d: s.d}
+			back := "UPDATE " + s.t.String() + " SET claim_token = " + s.d.noToken() + ", claimed_until = " + s.d.Epoch +
+				" WHERE " + inPicked + " AND claim_token = " + b.arg(token)
+			_, err = conn.ExecContext(ctx, back, b.args...)
+		}
+		return nil, err
 	}
 	b = builder{d: s.d}
-	upd := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease) + s.sweepMark(p)
-	upd += " WHERE seq IN (" + strings.Join(seqs, ",") + ") AND state = 'pending' AND claimed_until <= " + s.d.Now
-	res, err := tx.ExecContext(ctx, upd, b.args...)
+	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " WHERE " + inPicked + " AND claim_token = " + b.arg(token) + " ORDER BY seq"
+	rows, err := conn.QueryContext(ctx, q, b.args...)
 	if err != nil {
 		return nil, err
 	}
-	if n, err := res.RowsAffected(); err != nil || n != int64(len(got)) {
-		// A message changed between the read and the UPDATE (an operator, a log reader
-		// marking it): claim nothing this time rather than a batch with a gap.
-		return nil, err
-	}
-	return got, tx.Commit()
+	return scanClaimed(rows)
+}
+
+// pickedHook, set by tests, runs after a claim on a session picked its messages, before it
+// updates them.
+var pickedHook atomic.Pointer[func()]
+
+// SetPickedHook makes f run after each claim on a session (MySQL) picked its messages and
+// before it updates them, until the returned function is called. For this module's tests.
+func SetPickedHook(f func()) (restore func()) {
+	pickedHook.Store(&f)
+	return func() { pickedHook.Store(nil) }
 }

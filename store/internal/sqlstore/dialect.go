@@ -97,9 +97,9 @@ const (
 	// ClaimsInTurnsInATransaction: a transaction waits for its turn (Dialect.ClaimTurn),
 	// reads the window, then UPDATE ... RETURNING of the messages picked (Postgres).
 	ClaimsInTurnsInATransaction
-	// ClaimsInTurnsOnASession: [Hooks].Lock on a pinned connection, then a plain SELECT and
-	// an UPDATE of the rows it chose in a READ COMMITTED transaction (MySQL, MariaDB: no
-	// UPDATE ... RETURNING).
+	// ClaimsInTurnsOnASession: [Hooks].Lock on a pinned connection, then a plain SELECT, an
+	// UPDATE of the rows it chose and a SELECT of them, each committing on its own (MySQL,
+	// MariaDB: no UPDATE ... RETURNING).
 	ClaimsInTurnsOnASession
 )
 

@@ -133,9 +133,9 @@ type Store struct {
 	catchUp atomic.Int64
 	// logLookups counts the log batches looked up row by row (see LogLookups).
 	logLookups atomic.Int64
-	// backlog is true after a claim came back full: the next claim skips the cheap look for
-	// a due message that keeps an idle outbox at one query per poll.
-	backlog atomic.Bool
+	// found is true after a claim that found messages: the next claim skips the cheap look
+	// for a due message that keeps an idle outbox at one query per poll.
+	found atomic.Bool
 	// windowSize is how many of the oldest pending messages the next claim looks at, when
 	// larger than its minimum (see windowOf in claim.go); sweepWindowSize the same for sweeps.
 	windowSize, sweepWindowSize atomic.Int64

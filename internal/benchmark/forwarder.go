@@ -29,23 +29,30 @@ const forwarderKeyHeader = "key"
 // forwarderTopic is the forwarder's default SQL topic: its table is watermill_forwarder_topic.
 const forwarderTopic = "forwarder_topic"
 
-// forwarderCase drains the same backlog once with the dispatcher and once with watermill's
-// forwarder, each from a fresh Postgres database into a fresh broker.
+// forwarderCase drains the same backlog with the dispatcher, with its default settings (log
+// mode) and polling, and with watermill's forwarder, each from a fresh Postgres database
+// into a fresh broker. ratio is log mode's, poll_ratio polling's.
 func forwarderCase(n int, cfg dispatcher.Config) error {
 	outbox, err := dispatcherDrain(n, cfg)
 	if err != nil {
 		return fmt.Errorf("dispatcher: %w", err)
 	}
+	cfg.PollOnly = true
+	polled, err := dispatcherDrain(n, cfg)
+	if err != nil {
+		return fmt.Errorf("dispatcher, polling: %w", err)
+	}
 	fwd, err := forwarderDrain(n)
 	if err != nil {
 		return fmt.Errorf("forwarder: %w", err)
 	}
-	fmt.Printf("case=pg-vs-forwarder n=%d outbox=%.0f forwarder=%.0f ratio=%.2f\n", n, outbox, fwd, outbox/fwd)
+	fmt.Printf("case=pg-vs-forwarder n=%d outbox=%.0f outbox_poll=%.0f forwarder=%.0f ratio=%.2f poll_ratio=%.2f\n",
+		n, outbox, polled, fwd, outbox/fwd, polled/fwd)
 	return nil
 }
 
-// dispatcherDrain is the postgres drain case with the dispatcher's default settings; it
-// returns messages per second.
+// dispatcherDrain is the postgres drain case with the dispatcher's settings cfg; it returns
+// messages per second.
 func dispatcherDrain(n int, cfg dispatcher.Config) (float64, error) {
 	db, err := newDatabase("postgres")
 	if db != nil && db.cleanup != nil {

@@ -16,7 +16,7 @@
 //	case=<db>-poll-onekey-drain ...   (scaling: a backlog of one key, polling)
 //	case=postgres-lanes[-delete]-drain ...   (lanes, not run by default: a prototype of the next claim model, see lanes.go)
 //	case=<db>-<mode>-idle queries_per_s=<q> wake_p50=<ms> wake_p99=<ms> other_instance_wake_p50=<ms> ...
-//	case=pg-vs-forwarder n=<n> outbox=<msgs/s> forwarder=<msgs/s> ratio=<x>
+//	case=pg-vs-forwarder n=<n> outbox=<msgs/s> outbox_poll=<msgs/s> forwarder=<msgs/s> ratio=<x> poll_ratio=<x>   (log mode, polling)
 //	case=<db>-<mode>-live rate=<msgs/s> n=<n> p50=<ms> p99=<ms>   (and forwarder-live)
 //	case=pg-memory n=<n> peak_rss=<MiB> rate=<msgs/s>
 //	case=postgres-poll-failover claimed=<n> failover=<s>   (SIGKILL of a dispatcher to its claimed messages published by another)

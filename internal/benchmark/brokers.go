@@ -31,6 +31,7 @@ import (
 //
 //	case=<broker>-ceiling n=<n> batch=<n> rate=<msgs/s>   (publish-only: from memory, batch by batch, read back)
 //	case=postgres-log-<broker>-drain n=<n> rate=<msgs/s> vs_ceiling=<x> duplicates=<n> elapsed=<d> publishing=<d>
+//	case=postgres-logonly-<broker>-drain ...   (the same with log-only writes)
 //
 // publishing is the time the dispatcher spent in the publisher's PublishBatch, the rest of
 // elapsed being the database's and the dispatcher's: the faster the broker, the larger that
@@ -50,7 +51,8 @@ type benchBroker struct {
 	open func(n int) (pub publisher.BatchPublisher, topic string, read func(ctx context.Context) (int, error), cleanup func(), err error)
 }
 
-// brokersCase runs the ceiling and the Postgres log-mode drain of each broker.
+// brokersCase runs the ceiling and the Postgres log-mode drains of each broker: rows kept,
+// and log-only writes.
 func brokersCase(n int, cfg dispatcher.Config) error {
 	cfg.PollOnly = false
 	var errs []error
@@ -60,8 +62,11 @@ func brokersCase(n int, cfg dispatcher.Config) error {
 			errs = append(errs, fmt.Errorf("%s-ceiling: %w", b.name, err))
 			continue
 		}
-		if err := brokerDrain(b, n, cfg, ceiling); err != nil {
-			errs = append(errs, fmt.Errorf("postgres-log-%s-drain: %w", b.name, err))
+		for _, d := range []struct{ db, mode string }{{"postgres", "log"}, {"postgres-logonly", "logonly"}} {
+			label := "postgres-" + d.mode + "-" + b.name
+			if err := brokerDrain(b, d.db, label, n, cfg, ceiling); err != nil {
+				errs = append(errs, fmt.Errorf("%s-drain: %w", label, err))
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -92,10 +97,10 @@ func brokerCeiling(b benchBroker, n, batch int) (float64, error) {
 	return rate, nil
 }
 
-// brokerDrain drains a backlog of n messages from a Postgres outbox read through its change
-// log into the broker, as drainCase does into Kafka.
-func brokerDrain(b benchBroker, n int, cfg dispatcher.Config, ceiling float64) error {
-	db, err := newDatabase("postgres")
+// brokerDrain drains a backlog of n messages from the Postgres outbox dbName read through
+// its change log into the broker, as drainCase does into Kafka, and prints it as label.
+func brokerDrain(b benchBroker, dbName, label string, n int, cfg dispatcher.Config, ceiling float64) error {
+	db, err := newDatabase(dbName)
 	if db != nil && db.cleanup != nil {
 		defer db.cleanup()
 	}
@@ -132,8 +137,8 @@ func brokerDrain(b benchBroker, n int, cfg dispatcher.Config, ceiling float64) e
 		return fmt.Errorf("the dispatcher drained in %s mode, not log mode (see its warnings)", mode)
 	}
 	rate := float64(n) / elapsed.Seconds()
-	fmt.Printf("case=postgres-log-%s-drain n=%d rate=%.0f vs_ceiling=%.2f duplicates=%d elapsed=%v publishing=%v\n",
-		b.name, n, rate, rate/ceiling, dups, elapsed.Round(time.Millisecond), timed.total().Round(time.Millisecond))
+	fmt.Printf("case=%s-drain n=%d rate=%.0f vs_ceiling=%.2f duplicates=%d elapsed=%v publishing=%v\n",
+		label, n, rate, rate/ceiling, dups, elapsed.Round(time.Millisecond), timed.total().Round(time.Millisecond))
 	return nil
 }
 

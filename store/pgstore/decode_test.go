@@ -19,16 +19,79 @@ var outboxRelation = func() *pglogrepl.RelationMessage {
 	return rel
 }()
 
-func tuple(kind byte, values ...[]byte) *pglogrepl.TupleData {
-	t := &pglogrepl.TupleData{ColumnNum: uint16(len(values))}
+func tuple(kind byte, values ...[]byte) []column {
+	var cols []column
 	for _, v := range values {
-		c := &pglogrepl.TupleDataColumn{DataType: kind, Data: v, Length: uint32(len(v))}
+		c := column{kind: kind, data: v}
 		if v == nil {
-			c.DataType = pglogrepl.TupleDataTypeNull
+			c.kind = pglogrepl.TupleDataTypeNull
 		}
-		t.Columns = append(t.Columns, c)
+		cols = append(cols, c)
 	}
-	return t
+	return cols
+}
+
+// insertMessage is pgoutput's insert message of cols into relation rel, after its type byte.
+func insertMessage(rel uint32, cols []column) []byte {
+	b := binary.BigEndian.AppendUint32(nil, rel)
+	b = append(b, 'N')
+	b = binary.BigEndian.AppendUint16(b, uint16(len(cols)))
+	for _, c := range cols {
+		b = append(b, c.kind)
+		if c.kind == pglogrepl.TupleDataTypeText || c.kind == pglogrepl.TupleDataTypeBinary {
+			b = binary.BigEndian.AppendUint32(b, uint32(len(c.data)))
+			b = append(b, c.data...)
+		}
+	}
+	return b
+}
+
+// readInsert reads what pglogrepl's decoder reads, without copying; a message cut short
+// anywhere gets an error.
+func TestReadInsert(t *testing.T) {
+	cols := tuple(pglogrepl.TupleDataTypeBinary, be64(7), []byte("id-7"), []byte(""), nil, []byte{0, 1, 2})
+	cols = append(cols, column{kind: pglogrepl.TupleDataTypeToast})
+	msg := insertMessage(16384, cols)
+
+	rel, got, err := readInsert(msg, nil)
+	require.NoError(t, err)
+	require.Equal(t, uint32(16384), rel)
+	theirs, err := pglogrepl.Parse(append([]byte{byte(pglogrepl.MessageTypeInsert)}, msg...))
+	require.NoError(t, err)
+	ins := theirs.(*pglogrepl.InsertMessage)
+	require.Equal(t, ins.RelationID, rel)
+	require.Len(t, got, len(ins.Tuple.Columns))
+	for i, c := range ins.Tuple.Columns {
+		require.Equal(t, c.DataType, got[i].kind, "column %d", i)
+		require.Equal(t, len(c.Data), len(got[i].data), "column %d", i)
+		if len(c.Data) > 0 {
+			require.Equal(t, c.Data, got[i].data, "column %d", i)
+		}
+	}
+
+	for n := range len(msg) {
+		_, _, err := readInsert(msg[:n], nil)
+		require.Error(t, err, "cut at %d of %d bytes", n, len(msg))
+	}
+	old := append([]byte(nil), msg...)
+	old[4] = 'K' // an old key, which an insert does not send
+	_, _, err = readInsert(old, nil)
+	require.Error(t, err)
+}
+
+// A decoded message keeps none of the bytes of the message it was read from, which the
+// connection reuses for the next one.
+func TestDecodeRowCopies(t *testing.T) {
+	cols := tuple(pglogrepl.TupleDataTypeBinary, be64(1), []byte("id"), []byte("t"), []byte("k"), []byte("payload"), []byte("{}"), be64(0), []byte("pending"), be64(0)[:4])
+	m, err := decodeRow(outboxRelation, cols)
+	require.NoError(t, err)
+	for _, c := range cols {
+		for i := range c.data {
+			c.data[i] = 'x'
+		}
+	}
+	require.Equal(t, "payload", string(m.Payload))
+	require.Equal(t, "id", m.ID)
 }
 
 func be64(v int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(v)) }
@@ -41,7 +104,7 @@ func TestDecodeRowTextAndBinary(t *testing.T) {
 		[]byte(`\x00ff7b`), []byte(`{"a":"b"}`), []byte("2026-11-26 10:00:00.123456+00"), []byte("pending"), []byte("0"))
 	bin := tuple(pglogrepl.TupleDataTypeBinary, be64(42), []byte("id-1"), []byte("payments"), []byte("pay-42"),
 		[]byte{0x00, 0xff, 0x7b}, []byte(`{"a":"b"}`), be64(created.Sub(pgEpoch).Microseconds()), []byte("pending"), be64(0)[:4])
-	for name, tup := range map[string]*pglogrepl.TupleData{"text": text, "binary": bin} {
+	for name, tup := range map[string][]column{"text": text, "binary": bin} {
 		m, err := decodeRow(outboxRelation, tup)
 		require.NoError(t, err, name)
 		require.Equal(t, int64(42), m.Seq)
@@ -57,12 +120,12 @@ func TestDecodeRowTextAndBinary(t *testing.T) {
 // Each malformed row gets an error, and the reader leaves its message to the sweep.
 func TestDecodeRowRejects(t *testing.T) {
 	good := [][]byte{be64(1), []byte("id"), []byte("t"), []byte("k"), []byte("p"), []byte("{}"), be64(0), []byte("pending"), be64(0)[:4]}
-	with := func(i int, v []byte) *pglogrepl.TupleData {
+	with := func(i int, v []byte) []column {
 		vs := append([][]byte(nil), good...)
 		vs[i] = v
 		return tuple(pglogrepl.TupleDataTypeBinary, vs...)
 	}
-	for name, tc := range map[string]*pglogrepl.TupleData{
+	for name, tc := range map[string][]column{
 		"short seq":          with(0, []byte{1, 2}),
 		"null id":            with(1, nil),
 		"bad headers":        with(5, []byte("{")),

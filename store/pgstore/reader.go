@@ -67,7 +67,7 @@ type reader struct {
 	// stream: a recorded batch is confirmed within moments, so that a crash sends little
 	// again, and nothing at all of log-only messages, which have no row to tell by.
 	confirmNow bool
-	interrupt  context.CancelFunc
+	interrupt  func()
 
 	// queued counts the messages queued for Next and not yet taken into a batch; the
 	// receiver reads ahead while it is below two batches, which bounds memory whatever the

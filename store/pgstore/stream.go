@@ -76,6 +76,7 @@ func (r *reader) connect(ctx context.Context) (*pgconn.PgConn, error) {
 // too, so that a quiet outbox does not pin WAL.
 func (r *reader) receive(ctx context.Context, conn *pgconn.PgConn, txns chan<- txn) error {
 	rc := &receiver{r: r, conn: conn, txns: txns, relations: map[uint32]*pglogrepl.RelationMessage{}}
+	defer rc.interruptAt(ctx)()
 	// The server answers with a keepalive: the first message, which tells that it streams.
 	// No position is confirmed by it (the server ignores positions of 0).
 	if err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{ReplyRequested: true}); err != nil {
@@ -113,9 +114,12 @@ type receiver struct {
 	conn      *pgconn.PgConn
 	txns      chan<- txn
 	relations map[uint32]*pglogrepl.RelationMessage
-	cur       *txn // the transaction being read
-	inTxn     bool
-	nextSend  time.Time // when the position is confirmed next
+	cur       *txn     // the transaction being read
+	cols      []column // the columns of the last insert read, kept for the next
+	// interruptRead ends a wait for a message at once (see await).
+	interruptRead func()
+	inTxn         bool
+	nextSend      time.Time // when the position is confirmed next
 }
 
 // takeConfirmNow reports whether a recorded batch asked for its position to be confirmed at
@@ -146,32 +150,54 @@ func (rc *receiver) confirm(ctx context.Context) error {
 }
 
 // await waits for the next message until the next confirmation is due, or until a recorded
-// batch interrupts it to be confirmed; it returns nil then.
+// batch interrupts it to be confirmed, or ctx ends; it returns nil then. The wait is a read
+// deadline on the connection, which an interruption moves to now: a context for each message
+// would cost a timer and two callbacks in pgconn each time, a sixth of the CPU time of
+// receiving the log.
 func (rc *receiver) await(ctx context.Context) (pgproto3.BackendMessage, error) {
 	r := rc.r
-	rctx, cancel := context.WithDeadline(ctx, rc.nextSend)
 	r.mu.Lock()
-	r.interrupt = cancel
-	if r.confirmNow {
-		cancel()
+	if r.confirmNow || ctx.Err() != nil {
+		r.mu.Unlock()
+		return nil, ctx.Err()
 	}
+	// Under the lock, so that an interruption comes after this deadline, or is seen above.
+	err := rc.conn.Conn().SetReadDeadline(rc.nextSend)
+	r.interrupt = rc.interruptRead
 	r.mu.Unlock()
-	raw, err := rc.conn.ReceiveMessage(rctx)
+	var raw pgproto3.BackendMessage
+	if err == nil {
+		// Background: pgconn then watches no context.
+		raw, err = rc.conn.ReceiveMessage(context.Background())
+	}
 	r.mu.Lock()
 	r.interrupt = nil
 	r.mu.Unlock()
-	waited := rctx.Err() != nil // the deadline passed or a batch interrupted: not the connection
-	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if pgconn.Timeout(err) || waited {
+		if pgconn.Timeout(err) {
 			return nil, nil // the connection survives a deadline: pgconn reads on where it stopped
 		}
 		return nil, fmt.Errorf("outbox: read replication stream: %w", err)
 	}
 	return raw, nil
+}
+
+// interruptAt ends a wait of await, when ctx ends or a recorded batch asks for its position
+// to be confirmed at once, and returns the function that stops it doing so for ctx.
+func (rc *receiver) interruptAt(ctx context.Context) (stop func() bool) {
+	nc := rc.conn.Conn()
+	rc.interruptRead = func() { nc.SetReadDeadline(time.Now()) }
+	r := rc.r
+	return context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.interrupt != nil {
+			r.interrupt()
+		}
+	})
 }
 
 // take follows one message of the stream.
@@ -215,6 +241,9 @@ func (rc *receiver) walData(ctx context.Context, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("outbox: replication data: %w", err)
 	}
+	if len(xld.WALData) > 0 && xld.WALData[0] == byte(pglogrepl.MessageTypeInsert) {
+		return rc.insert(xld.WALData[1:])
+	}
 	msg, err := pglogrepl.Parse(xld.WALData)
 	if err != nil {
 		return fmt.Errorf("outbox: decode replication message: %w", err)
@@ -224,24 +253,28 @@ func (rc *receiver) walData(ctx context.Context, data []byte) error {
 		rc.relations[msg.RelationID] = msg
 	case *pglogrepl.BeginMessage:
 		rc.inTxn, rc.cur = true, &txn{}
-	case *pglogrepl.InsertMessage:
-		return rc.insert(msg)
 	case *pglogrepl.CommitMessage:
 		return rc.commit(ctx, msg)
 	}
 	return nil
 }
 
-// insert adds the message of a row inserted into the outbox table to the transaction.
-func (rc *receiver) insert(msg *pglogrepl.InsertMessage) error {
-	if msg.RelationID != rc.r.relID || rc.cur == nil {
+// insert adds the message of a row inserted into the outbox table to the transaction; data is
+// pgoutput's insert message after its type byte.
+func (rc *receiver) insert(data []byte) error {
+	relID, cols, err := readInsert(data, rc.cols[:0])
+	if err != nil {
+		return fmt.Errorf("outbox: decode replication message: %w", err)
+	}
+	rc.cols = cols
+	if relID != rc.r.relID || rc.cur == nil {
 		return nil
 	}
-	rel, ok := rc.relations[msg.RelationID]
+	rel, ok := rc.relations[relID]
 	if !ok {
-		return fmt.Errorf("outbox: replication stream: insert into relation %d before its description", msg.RelationID)
+		return fmt.Errorf("outbox: replication stream: insert into relation %d before its description", relID)
 	}
-	lm, err := decodeRow(rel, msg.Tuple)
+	lm, err := decodeRow(rel, cols)
 	if err != nil {
 		// A row we cannot read is left to the sweep, which reads the table.
 		rc.r.s.Logger().Error("cannot decode a logged outbox row; the sweep will deliver it", "error", err)

@@ -208,3 +208,41 @@ func slotOf(t testing.TB, db *sql.DB, table string) string {
 	require.NoError(t, err)
 	return slot
 }
+
+// A batch's rows are looked up as a range of seqs when they fill most of it: the rows of the
+// range that are not the batch's (here one that a claim holds) tell nothing about it.
+func TestFilterLogLooksAtTheBatchsRowsOnly(t *testing.T) {
+	ctx := context.Background()
+	st, db := newStore(t)
+	ids, err := store.WriteIDs(ctx, st, db,
+		store.Message{Topic: "t", Key: "a", Payload: []byte("1")},
+		store.Message{Topic: "t", Key: "b", Payload: []byte("2")},
+		store.Message{Topic: "t", Key: "c", Payload: []byte("3")})
+	require.NoError(t, err)
+	seqOf := map[string]int64{}
+	rows, err := db.Query("SELECT id, seq FROM " + st.Table())
+	require.NoError(t, err)
+	for rows.Next() {
+		var (
+			id  string
+			seq int64
+		)
+		require.NoError(t, rows.Scan(&id, &seq))
+		seqOf[id] = seq
+	}
+	require.NoError(t, rows.Err())
+	_, err = db.Exec("UPDATE "+st.Table()+" SET claim_token = 'another', claimed_until = now() + interval '1 minute' WHERE id = $1", ids[1])
+	require.NoError(t, err)
+
+	b := sqlstore.NewLogBatch([]sqlstore.LogMessage{
+		{Seq: seqOf[ids[0]], Message: store.Message{ID: ids[0], Topic: "t", Key: "a"}},
+		{Seq: seqOf[ids[2]], Message: store.Message{ID: ids[2], Topic: "t", Key: "c"}},
+	}, nil)
+	require.NoError(t, st.FilterLog(ctx, b, nil, false))
+	var published []string
+	for _, m := range b.Publish {
+		published = append(published, m.ID)
+	}
+	require.Equal(t, []string{ids[0], ids[2]}, published)
+	require.False(t, b.HeldBack, "nothing of the batch is held")
+}

@@ -346,7 +346,7 @@ func (l *logLookup) heldAlone(ctx context.Context) error {
 	}
 	return inChunks(l.keys, l.s.d.MaxParams-16, func(keys []string) error {
 		b := builder{d: l.s.d}
-		return l.scan(ctx, l.held(&b, keys), b.args, nil)
+		return l.scan(ctx, l.held(&b, keys), b.args, nil, nil)
 	})
 }
 
@@ -356,19 +356,36 @@ func (l *logLookup) rows(ctx context.Context, seqs []int64) (map[int64]bool, err
 	err := inChunks(seqs, (l.s.d.MaxParams-16)/2, func(seqs []int64) error {
 		b := builder{d: l.s.d}
 		q := "SELECT seq, CASE WHEN (state = 'pending' AND held = 0) OR state = '" + LogOnlyState + "' THEN 1 WHEN state = 'pending' THEN 2 ELSE 0 END, '' FROM " + l.s.t.String() +
-			" WHERE " + b.inSeqs("seq", seqs) + l.lock
+			" WHERE " + l.seqsIn(&b, seqs) + l.lock
 		if l.withHeld {
 			q = "(" + q + ") UNION ALL (" + l.held(&b, l.keys) + ")"
 			l.withHeld = false
 		}
-		return l.scan(ctx, q, b.args, found)
+		want := make(map[int64]bool, len(seqs))
+		for _, seq := range seqs {
+			want[seq] = true
+		}
+		return l.scan(ctx, q, b.args, found, want)
 	})
 	return found, err
 }
 
+// seqsIn is the condition of a lookup of the rows seqs: their range, where the lookup reads
+// without locks and seqs fill at least half of it, seqs one by one otherwise. The rows of a
+// transaction mostly follow each other, and on Postgres reading a range of 500 took a third
+// of the time of looking up 500 seqs. A locking read (MySQL) would wait for the transactions
+// that write other rows of the range.
+func (l *logLookup) seqsIn(b *builder, seqs []int64) string {
+	lo, hi := slices.Min(seqs), slices.Max(seqs)
+	if l.lock == "" && hi-lo < 2*int64(len(seqs)) {
+		return "seq BETWEEN " + b.arg(lo) + " AND " + b.arg(hi)
+	}
+	return b.inSeqs("seq", seqs)
+}
+
 // scan runs a lookup q and takes in what it returns: held messages of keys (-1), and rows
-// of the batch, which it adds to found: ready (1), held (2) or neither (0).
-func (l *logLookup) scan(ctx context.Context, q string, args []any, found map[int64]bool) error {
+// of the batch that want holds, which it adds to found: ready (1), held (2) or neither (0).
+func (l *logLookup) scan(ctx context.Context, q string, args []any, found, want map[int64]bool) error {
 	rows, err := l.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return err
@@ -386,6 +403,9 @@ func (l *logLookup) scan(ctx context.Context, q string, args []any, found map[in
 		if ok == -1 {
 			l.hold(key, seq)
 			continue
+		}
+		if !want[seq] {
+			continue // another row of the range looked up
 		}
 		found[seq] = true
 		l.ready[seq] = ok == 1

@@ -162,7 +162,12 @@ func (rc *receiver) await(ctx context.Context) (pgproto3.BackendMessage, error) 
 		return nil, ctx.Err()
 	}
 	// Under the lock, so that an interruption comes after this deadline, or is seen above.
-	err := rc.conn.Conn().SetReadDeadline(rc.nextSend)
+	// A zero deadline would be none: a confirmation due at once is a deadline of now.
+	deadline := rc.nextSend
+	if deadline.IsZero() {
+		deadline = time.Now()
+	}
+	err := rc.conn.Conn().SetReadDeadline(deadline)
 	r.interrupt = rc.interruptRead
 	r.mu.Unlock()
 	var raw pgproto3.BackendMessage

@@ -206,9 +206,7 @@ func TestClaimDoesNotPassOverALockedEarlierMessageOfItsKey(t *testing.T) {
 func TestClaimGivesBackWhatChangedAfterThePick(t *testing.T) {
 	ctx := context.Background()
 	db, _ := dbtest.MySQL(t)
-	st, err := sqlstore.EngineOf(mysqlstore.New(db, mysqlstore.Config{}))
-	require.NoError(t, err)
-	require.NoError(t, st.Migrate(ctx))
+	st := newLogStore(t, db, "")
 	ids, err := store.WriteIDs(ctx, st, db,
 		store.Message{Topic: "t", Key: "k", Payload: []byte("1")},
 		store.Message{Topic: "t", Key: "k", Payload: []byte("2")},

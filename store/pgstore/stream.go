@@ -152,7 +152,7 @@ func (rc *receiver) confirm(ctx context.Context) error {
 // await waits for the next message until the next confirmation is due, or until a recorded
 // batch interrupts it to be confirmed, or ctx ends; it returns nil then. The wait is a read
 // deadline on the connection, which an interruption moves to now: a context for each message
-// would cost a timer and two callbacks in pgconn each time, a sixth of the CPU time of
+// would cost a timer and two callbacks in pgconn each time, a third of the CPU time of
 // receiving the log.
 func (rc *receiver) await(ctx context.Context) (pgproto3.BackendMessage, error) {
 	r := rc.r

@@ -246,3 +246,28 @@ func TestFilterLogLooksAtTheBatchsRowsOnly(t *testing.T) {
 	require.Equal(t, []string{ids[0], ids[2]}, published)
 	require.False(t, b.HeldBack, "nothing of the batch is held")
 }
+
+// A recorded batch's position reaches the server at once, not at the next periodic
+// confirmation: with those an hour apart, the slot still moves within seconds. (The reader
+// wakes for it, or at the server's next keepalive, which a server that has sent more than was
+// confirmed sends soon: this checks that recording asks for the confirmation, not which of
+// the two wakes the reader.)
+func TestRecordedPositionIsConfirmedAtOnce(t *testing.T) {
+	st, db := newStore(t)
+	slot := slotOf(t, db, st.QualifiedName())
+	position := func() string {
+		var lsn sql.NullString
+		require.NoError(t, db.QueryRow("SELECT (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1)", slot).Scan(&lsn))
+		return lsn.String
+	}
+	before := position()
+	t.Cleanup(pgstore.SetStatusEvery(time.Hour)) // after the reader stops: cleanups run last first
+	c := newConsumer()
+	stop := sync.OnceValue(startReader(st, c))
+	t.Cleanup(func() { stop() })
+	write(t, st, db, messages("now", 3)...)
+	c.waitFor(t, 3, 30*time.Second)
+	require.Eventually(t, func() bool { return position() != before }, 10*time.Second, 20*time.Millisecond,
+		"the recorded batch's position is confirmed")
+	require.ErrorIs(t, stop(), context.Canceled)
+}

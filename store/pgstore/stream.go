@@ -16,8 +16,8 @@ import (
 )
 
 // statusEvery is how often the reader confirms its position to the server when no recorded
-// batch made it confirm sooner.
-const statusEvery = time.Second
+// batch made it confirm sooner. A variable for tests.
+var statusEvery = time.Second
 
 // connect opens the replication connection with the database handle's settings and starts
 // streaming from the slot's confirmed position.

@@ -1,6 +1,7 @@
 package pgstore
 
 import (
+	"bytes"
 	binary_ "encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -85,7 +86,7 @@ func decodeRow(rel *pglogrepl.RelationMessage, cols []column) (sqlstore.LogMessa
 			m.Key = string(v.data)
 		case "payload":
 			if binary {
-				m.Payload = append(make([]byte, 0, len(v.data)), v.data...)
+				m.Payload = bytes.Clone(v.data)
 			} else {
 				m.Payload, err = decodeBytea(string(v.data))
 			}

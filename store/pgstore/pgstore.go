@@ -2,9 +2,9 @@
 // database/sql driver.
 //
 // Several dispatchers, in one process or many, can share the outbox: claims take messages
-// with a lease, pass over those that other claims hold, and take turns through a transaction-scoped advisory lock for the
-// few milliseconds a claim takes, which keeps each key's messages in write order across
-// dispatchers. Write sends pg_notify on the table's channel, which Postgres delivers when the
+// with a lease, pass over those that other claims hold, and take turns through a
+// transaction-scoped advisory lock for the few milliseconds a claim takes, which keeps each
+// key's messages in write order across dispatchers. Write sends pg_notify on the table's channel, which Postgres delivers when the
 // transaction commits; the store LISTENs on one connection and wakes its dispatchers, so
 // latency stays low while idle polling stays slow. Notifications need a session connection:
 // behind PgBouncer, use session pooling for the dispatcher's database handle.

@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -329,14 +327,9 @@ func (s *Store) claimOnSession(ctx context.Context, token string, p *store.Claim
 	if hook := pickedHook.Load(); hook != nil {
 		(*hook)()
 	}
-	seqs := make([]string, len(picked))
-	for i, seq := range picked {
-		seqs[i] = strconv.FormatInt(seq, 10)
-	}
-	inPicked := "seq IN (" + strings.Join(seqs, ",") + ")"
 	b := builder{d: s.d}
 	upd := "UPDATE " + s.t.String() + " SET claim_token = " + b.arg(token) + ", claimed_until = " + b.nowPlus(p.Lease) + s.sweepMark(p)
-	upd += " WHERE " + inPicked + " AND state = 'pending' AND claimed_until <= " + s.d.Now
+	upd += " WHERE " + b.inSeqs("seq", picked) + " AND state = 'pending' AND claimed_until <= " + s.d.Now
 	res, err := conn.ExecContext(ctx, upd, b.args...)
 	if err != nil {
 		return nil, err
@@ -351,13 +344,13 @@ func (s *Store) claimOnSession(ctx context.Context, token string, p *store.Claim
 		if n > 0 {
 			b = builder{d: s.d}
 			back := "UPDATE " + s.t.String() + " SET claim_token = " + s.d.noToken() + ", claimed_until = " + s.d.Epoch +
-				" WHERE " + inPicked + " AND claim_token = " + b.arg(token)
+				" WHERE " + b.inSeqs("seq", picked) + " AND claim_token = " + b.arg(token)
 			_, err = conn.ExecContext(ctx, back, b.args...)
 		}
 		return nil, err
 	}
 	b = builder{d: s.d}
-	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " WHERE " + inPicked + " AND claim_token = " + b.arg(token) + " ORDER BY seq"
+	q := "SELECT " + claimedColumns + " FROM " + s.t.String() + " WHERE " + b.inSeqs("seq", picked) + " AND claim_token = " + b.arg(token) + " ORDER BY seq"
 	rows, err := conn.QueryContext(ctx, q, b.args...)
 	if err != nil {
 		return nil, err

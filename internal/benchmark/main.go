@@ -10,7 +10,7 @@
 //
 //	case=broker n=<messages> batch=<n> rate=<msgs/s>   (the same publishing, from memory: the ceiling)
 //	case=<db>-rawloop-drain n=<messages> rate=<msgs/s>   (a hand-written loop: the reference)
-//	case=<db>-<mode>-drain n=<messages> rate=<msgs/s> vs_rawloop=<x> duplicates=<n>
+//	case=<db>-<mode>-drain n=<messages> rate=<msgs/s> vs_rawloop=<x> duplicates=<n> elapsed=<d> write_rate=<msgs/s>
 //	case=<db>-<mode>-delete-drain ...   (the same with Config.DeleteDelivered: rows deleted, as the hand loop does)
 //	case=<db>-poll-4x1000-drain ...   (scaling: twice the default workers and batch size, polling)
 //	case=<db>-poll-onekey-drain ...   (scaling: a backlog of one key, polling)
@@ -22,7 +22,8 @@
 //	case=postgres-poll-failover claimed=<n> failover=<s>   (SIGKILL of a dispatcher to its claimed messages published by another)
 //
 // Drain: a backlog of n messages (256-byte payloads, 1000 keys by default) is written first; the rate is
-// n divided by the time from the dispatcher's start to the last message read back from Kafka.
+// n divided by the time from the dispatcher's start to the last message read back from Kafka;
+// write_rate is how fast Write stored the backlog (1,000 messages a transaction, one writer).
 // Idle: an empty outbox; queries per second that an idle dispatcher sends: on Postgres those
 // its connection pool sends (pgx's query tracer; the server's pg_stat_database reports up to
 // 10 s late, too coarse for a 20 s window), on MariaDB the server's count (Questions), on
@@ -302,9 +303,11 @@ func drainCase(name, label string, n int, cfg dispatcher.Config, rawRate float64
 	if err != nil {
 		return err
 	}
+	began := time.Now()
 	if err := fill(db.st, n); err != nil {
 		return fmt.Errorf("fill: %w", err)
 	}
+	writeRate := float64(n) / time.Since(began).Seconds()
 	cluster, err := kafkatest.NewCluster()
 	if err != nil {
 		return err
@@ -357,7 +360,7 @@ func drainCase(name, label string, n int, cfg dispatcher.Config, rawRate float64
 	if rawRate > 0 {
 		vs = fmt.Sprintf("%.2f", rate/rawRate)
 	}
-	fmt.Printf("case=%s-drain n=%d rate=%.0f vs_rawloop=%s duplicates=%d elapsed=%v\n", label, n, rate, vs, dups, elapsed.Round(time.Millisecond))
+	fmt.Printf("case=%s-drain n=%d rate=%.0f vs_rawloop=%s duplicates=%d elapsed=%v write_rate=%.0f\n", label, n, rate, vs, dups, elapsed.Round(time.Millisecond), writeRate)
 	return nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/internal/dbtest"
@@ -273,4 +275,131 @@ func TestLogOnlyBatchesAreLookedUpOnlyWhenARowHoldsThem(t *testing.T) {
 	published, lookups = filter(strict, []int64{4001, 4002}, "k3", "k4")
 	require.Equal(t, []int64{4002}, published, "with StrictOrder, k3 waits behind its parked message")
 	require.EqualValues(t, 1, lookups)
+}
+
+// A log-only write is a logical message per outbox message: the table sees no insert at all
+// (Postgres counts the writing transaction's own inserts), and each message takes a seq from
+// the table's sequence, where a row written later, by a failure, takes its own.
+func TestLogOnlyWritesTouchNoRow(t *testing.T) {
+	st, _ := newLogOnlyStore(t)
+	ctx := context.Background()
+	seqs := func() (n int64) {
+		require.NoError(t, st.DB().QueryRow("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM "+sequenceOf(t, st)).Scan(&n))
+		return n
+	}
+	before := seqs()
+	tx, err := st.DB().Begin()
+	require.NoError(t, err)
+	defer tx.Rollback() // an open transaction would hold up the next test's slot
+	want := messages("w", 20)
+	require.NoError(t, st.Write(ctx, tx, want...))
+	var inserted int64
+	require.NoError(t, tx.QueryRow("SELECT n_tup_ins FROM pg_stat_xact_user_tables WHERE relid = $1::regclass", st.Table()).Scan(&inserted))
+	require.Zero(t, inserted, "a log-only write inserts no row")
+	require.NoError(t, tx.Commit())
+	require.Equal(t, before+int64(len(want)), seqs(), "one seq per message")
+
+	c := newConsumer()
+	stop := startReader(st, c)
+	defer func() { require.ErrorIs(t, stop(), context.Canceled) }()
+	c.waitFor(t, len(want), 15*time.Second)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, m := range c.got {
+		require.Equal(t, want[i].Payload, m.Payload, "in the order written")
+		require.WithinDuration(t, time.Now(), m.CreatedAt, time.Minute, "stamped by the database's clock")
+	}
+}
+
+// What a log-only Write refuses, it refuses whole, leaving the caller's transaction usable:
+// an id given twice, and an id a row of the table holds (a failed log-only message waits
+// there). Nothing is written: the sequence does not move.
+func TestLogOnlyWriteRefusesTakenIDs(t *testing.T) {
+	st, _ := newLogOnlyStore(t)
+	ctx := context.Background()
+	_, err := st.DB().Exec("INSERT INTO " + st.Table() + " (id, topic, payload, created_at, state) VALUES ('taken', 'payments', 'x', now(), 'parked')")
+	require.NoError(t, err)
+	var before, after int64
+	require.NoError(t, st.DB().QueryRow("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM "+sequenceOf(t, st)).Scan(&before))
+
+	tx, err := st.DB().Begin()
+	require.NoError(t, err)
+	defer tx.Rollback()
+	twice := messages("twice", 3)
+	twice[0].ID, twice[2].ID = "same", "same"
+	require.ErrorIs(t, st.Write(ctx, tx, twice...), store.ErrDuplicateID)
+	taken := messages("taken", 3)
+	taken[1].ID = "taken"
+	err = st.Write(ctx, tx, taken...)
+	require.ErrorIs(t, err, store.ErrDuplicateID)
+	require.ErrorContains(t, err, "an id is taken")
+	require.NoError(t, st.Write(ctx, tx, messages("fine", 2)...), "the transaction stays usable")
+	require.NoError(t, tx.Commit())
+	require.NoError(t, st.DB().QueryRow("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM "+sequenceOf(t, st)).Scan(&after))
+	require.Equal(t, before+2, after, "only the accepted write took seqs")
+}
+
+// A logical message of the outbox's prefix that the reader cannot read stops it with an
+// error that says why, rather than being skipped: the log is its only copy. Other prefixes
+// are other programs' messages, and are passed over.
+func TestLogOnlyReaderStopsAtAMessageItCannotRead(t *testing.T) {
+	st, _ := newLogOnlyStore(t)
+	psql(t, "SELECT pg_logical_emit_message(true, 'someone-else', 'hello'::bytea)")
+	write(t, st, st.DB(), messages("before", 3)...)
+	psql(t, "SELECT pg_logical_emit_message(true, 'outbox:' || '"+st.Table()+"'::regclass::oid, '\\x02'::bytea || int8send(1) || int8send(0))")
+	c := newConsumer()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := storetest.ReadLog(ctx, st, c.LogConsumer())
+	require.ErrorContains(t, err, "log-only message of format 2")
+	require.Equal(t, 3, c.distinct(), "what came before is delivered")
+}
+
+// sequenceOf is the name of the sequence of the outbox's seq column.
+func sequenceOf(t *testing.T, st *sqlstore.Store) string {
+	t.Helper()
+	var name string
+	require.NoError(t, st.DB().QueryRow("SELECT pg_get_serial_sequence($1, 'seq')", st.Table()).Scan(&name))
+	return name
+}
+
+// A log-only writer needs the sequence's USAGE beyond the table's rights: Check says so, and
+// Write is refused with store.ErrPermission, writing nothing. Granted it, both pass.
+func TestLogOnlyCheckNamesTheSequenceRight(t *testing.T) {
+	ctx := context.Background()
+	owner, schema := newLogOnlyStore(t)
+	db := owner.DB()
+	role := dbtest.Name("outbox_writer")
+	_, err := db.Exec("CREATE ROLE " + role + " LOGIN")
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		db.Exec("DROP OWNED BY " + role)
+		db.Exec("DROP ROLE " + role)
+	})
+	_, err = db.Exec("GRANT USAGE ON SCHEMA " + schema + " TO " + role + "; GRANT SELECT, INSERT, UPDATE, DELETE ON " + owner.Table() + " TO " + role)
+	require.NoError(t, err)
+
+	cfg, err := pgx.ParseConfig(dbtest.PostgresDSN())
+	require.NoError(t, err)
+	cfg.User = role
+	writerDB := stdlib.OpenDB(*cfg)
+	defer writerDB.Close()
+	writer, err := sqlstore.EngineOf(pgstore.New(writerDB, pgstore.Config{Table: schema + ".outbox", LogOnly: true}))
+	require.NoError(t, err)
+	err = writer.Check(ctx)
+	require.ErrorIs(t, err, store.ErrPermission)
+	require.ErrorContains(t, err, "USAGE on its sequence")
+	tx, err := writerDB.Begin()
+	require.NoError(t, err)
+	err = writer.Write(ctx, tx, messages("w", 2)...)
+	require.ErrorIs(t, err, store.ErrPermission)
+	require.NoError(t, tx.Rollback())
+
+	_, err = db.Exec("GRANT USAGE ON SEQUENCE " + sequenceOf(t, owner) + " TO " + role)
+	require.NoError(t, err)
+	require.NoError(t, writer.Check(ctx))
+	tx, err = writerDB.Begin()
+	require.NoError(t, err)
+	require.NoError(t, writer.Write(ctx, tx, messages("w", 2)...))
+	require.NoError(t, tx.Commit())
 }

@@ -45,16 +45,17 @@
 //
 // # Log-only writes
 //
-// With Config.LogOnly, Write inserts each message and deletes it again in the caller's
-// transaction, so that the table stays empty and only the WAL carries the message; the
-// reader publishes it with nothing to mark. A message that fails moves into the table, where
-// polling retries or parks it in its key's order. There is no polling fallback for the rest:
-// Migrate, Check and Write fail (Write writing nothing, with an error wrapping
-// store.ErrLogUnavailable) unless the slot and the publication exist and the slot is valid,
-// and a slot dropped or invalidated (max_slot_wal_keep_size) loses what it had not
-// confirmed; the reader does not create a new one: Migrate does. While no reader runs, messages wait in the WAL. After a crash, the two batches
-// in flight are published again, and so is every part of a transaction larger than the
-// consumer's batch that was being read.
+// With Config.LogOnly (Postgres 14 or later), Write writes each message as a logical decoding
+// message of the caller's transaction, so that the table is not touched and only the WAL
+// carries the message; the reader publishes it with nothing to mark. Its seq comes from the
+// table's sequence, on which the writing role needs USAGE. A message that fails moves into
+// the table, where polling retries or parks it in its key's order. There is no polling
+// fallback for the rest: Migrate, Check and Write fail (Write writing nothing, with an error
+// wrapping store.ErrLogUnavailable) unless the slot and the publication exist and the slot
+// is valid, and a slot dropped or invalidated (max_slot_wal_keep_size) loses what it had not
+// confirmed; the reader does not create a new one: Migrate does. While no reader runs,
+// messages wait in the WAL. After a crash, the two batches in flight are published again,
+// and so is every part of a transaction larger than the consumer's batch that was being read.
 package pgstore
 
 import (
@@ -142,17 +143,30 @@ func newEngine(db *sql.DB, cfg Config) (*sqlstore.Store, error) {
 	return sqlstore.New(db, dialect, cfg, sqlstore.Hooks{Listen: listen, Migrate: setUpLog, OpenLog: openLog, LogOnly: logOnly, Lock: lock})
 }
 
-// logOnly is ready while the outbox's slot and publication exist: then the WAL keeps what is
-// written, for its reader, until the reader confirms it.
+// logOnly is ready while the outbox's slot and publication exist on Postgres 14 or later
+// (which streams logical messages through pgoutput): then the WAL keeps what is written, for
+// its reader, until the reader confirms it.
 func logOnly(s *sqlstore.Store) sqlstore.LogOnlyHook {
 	pub := baseName(s.QualifiedName())
-	return sqlstore.LogOnlyHook{
+	ready := "current_setting('server_version_num')::int >= 140000" +
 		// Names are lower-case letters, digits and underscores: safe as literals.
-		Ready: "EXISTS (SELECT 1 FROM pg_replication_slots WHERE " + slotNamesSQL(s.QualifiedName()) + " AND database = current_database() AND restart_lsn IS NOT NULL)" +
-			" AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '" + pub + "')",
-		NotReady: fmt.Sprintf("replication slot %s_<the first 8 hex digits of the MD5 of the database's name> (or %s, made before), of this database and not invalidated, and publication %s are needed: run Migrate on a server with wal_level = logical", pub, pub, pub),
-		// A VALUES list in a subquery leaves its values' types to be told.
-		Row:           "(%s::text,%s::text,%s::text,%s::bytea,%s::text,%s,%s)",
+		" AND EXISTS (SELECT 1 FROM pg_replication_slots WHERE " + slotNamesSQL(s.QualifiedName()) + " AND database = current_database() AND restart_lsn IS NOT NULL)" +
+		" AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '" + pub + "')"
+	table := "'" + s.Table() + "'" // quoted identifiers, as a literal
+	sequence := "(SELECT pg_get_serial_sequence(" + table + ", 'seq'))"
+	return sqlstore.LogOnlyHook{
+		Ready:    ready,
+		NotReady: fmt.Sprintf("Postgres 14 or later, replication slot %s_<the first 8 hex digits of the MD5 of the database's name> (or %s, made before), of this database and not invalidated, and publication %s are needed: run Migrate on a server with wal_level = logical", pub, pub, pub),
+		// One logical message per outbox message, in the order given (see logmessage.go).
+		// The sequence, the prefix and the time are looked up once per statement.
+		Emit: "SELECT pg_logical_emit_message(true, (SELECT 'outbox:' || " + table + "::regclass::oid)," +
+			fmt.Sprintf(" '\\x%02x'::bytea", logMessageFormat) + " || int8send(nextval(" + sequence + "::regclass))" +
+			" || int8send((SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::int8)) || m.msg)" +
+			" FROM (SELECT msg FROM unnest($2::bytea[]) WITH ORDINALITY AS u(msg, i) ORDER BY i OFFSET 0) AS m" +
+			" WHERE " + ready + " AND NOT EXISTS (SELECT 1 FROM " + s.Table() + " WHERE id = ANY($1::text[]))",
+		Pack: packMessage,
+		// nextval runs, and is refused, only where the role lacks the right.
+		Rights:        "SELECT nextval(" + sequence + "::regclass) WHERE NOT has_sequence_privilege(" + sequence + ", 'USAGE')",
 		KeepSeq:       "OVERRIDING SYSTEM VALUE",
 		SkipConflicts: "ON CONFLICT DO NOTHING",
 	}

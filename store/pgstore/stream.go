@@ -56,8 +56,8 @@ func (r *reader) connect(ctx context.Context) (*pgconn.PgConn, error) {
 	major, _, _ := strings.Cut(conn.ParameterStatus("server_version"), ".")
 	if v, _ := strconv.Atoi(major); v >= 14 {
 		// Binary values cost less to produce and to read than text: a bytea payload is
-		// sent as itself rather than as hex.
-		args = append(args, "binary 'true'")
+		// sent as itself rather than as hex. Logical messages carry log-only writes.
+		args = append(args, "binary 'true'", "messages 'true'")
 	}
 	err = pglogrepl.StartReplication(ctx, conn, r.slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
@@ -75,7 +75,7 @@ func (r *reader) connect(ctx context.Context) (*pgconn.PgConn, error) {
 // every statusEvery. When nothing is in flight, the server's keepalive position is confirmed
 // too, so that a quiet outbox does not pin WAL.
 func (r *reader) receive(ctx context.Context, conn *pgconn.PgConn, txns chan<- txn) error {
-	rc := &receiver{r: r, conn: conn, txns: txns, relations: map[uint32]*pglogrepl.RelationMessage{}}
+	rc := &receiver{r: r, conn: conn, txns: txns, relations: map[uint32]*pglogrepl.RelationMessage{}, prefix: logMessagePrefix(r.relID)}
 	defer rc.interruptAt(ctx)()
 	// The server answers with a keepalive: the first message, which tells that it streams.
 	// No position is confirmed by it (the server ignores positions of 0).
@@ -116,6 +116,7 @@ type receiver struct {
 	relations map[uint32]*pglogrepl.RelationMessage
 	cur       *txn     // the transaction being read
 	cols      []column // the columns of the last insert read, kept for the next
+	prefix    string   // of the logical messages of log-only writes to the table
 	// interruptRead ends a wait for a message at once (see await).
 	interruptRead func()
 	inTxn         bool
@@ -246,8 +247,13 @@ func (rc *receiver) walData(ctx context.Context, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("outbox: replication data: %w", err)
 	}
-	if len(xld.WALData) > 0 && xld.WALData[0] == byte(pglogrepl.MessageTypeInsert) {
-		return rc.insert(xld.WALData[1:])
+	if len(xld.WALData) > 0 {
+		switch xld.WALData[0] {
+		case byte(pglogrepl.MessageTypeInsert):
+			return rc.insert(xld.WALData[1:])
+		case byte(pglogrepl.MessageTypeMessage):
+			return rc.message(xld.WALData[1:])
+		}
 	}
 	msg, err := pglogrepl.Parse(xld.WALData)
 	if err != nil {
@@ -284,6 +290,25 @@ func (rc *receiver) insert(data []byte) error {
 		// A row we cannot read is left to the sweep, which reads the table.
 		rc.r.s.Logger().Error("cannot decode a logged outbox row; the sweep will deliver it", "error", err)
 		return nil
+	}
+	rc.cur.msgs = append(rc.cur.msgs, lm)
+	return nil
+}
+
+// message adds the outbox message of a log-only write to the transaction; data is pgoutput's
+// message message after its type byte. A message that cannot be read stops the reader: the
+// log is its only copy.
+func (rc *receiver) message(data []byte) error {
+	transactional, prefix, content, err := readLogicalMessage(data)
+	if err != nil {
+		return fmt.Errorf("outbox: decode replication message: %w", err)
+	}
+	if !transactional || rc.cur == nil || prefix != rc.prefix {
+		return nil
+	}
+	lm, err := unpackMessage(content)
+	if err != nil {
+		return fmt.Errorf("outbox: replication stream: %w", err)
 	}
 	rc.cur.msgs = append(rc.cur.msgs, lm)
 	return nil

@@ -27,13 +27,14 @@ type Config struct {
 	// Logger receives the store's logs (a lost notification listener). Defaults to
 	// slog.Default().
 	Logger *slog.Logger
-	// LogOnly makes Write insert each message and delete it again in the same transaction,
-	// so that the table stays empty and the change log alone carries the message: no table
-	// growth, no row to mark delivered. Only stores whose change log can be checked at write
-	// time allow it (Postgres; see pgstore). There is no polling fallback for such messages:
-	// Write refuses them, with an error wrapping store.ErrLogUnavailable, while the log
-	// cannot carry them. Nor is a message id checked against earlier messages, whose rows
-	// are gone: an id written twice is published twice, for consumers to drop.
+	// LogOnly makes Write put each message in the change log alone (Postgres: a logical
+	// decoding message of the writing transaction), so that the table is not touched: no
+	// table growth, no row to mark delivered. Only stores whose change log can be checked at
+	// write time allow it (Postgres; see pgstore). There is no polling fallback for such
+	// messages: Write refuses them, with an error wrapping store.ErrLogUnavailable, while the
+	// log cannot carry them. A message id is checked only against the table's rows and the
+	// same Write: an id written twice in two Writes is published twice, for consumers to
+	// drop.
 	LogOnly bool
 	// StrictOrder makes a parked message hold back the later messages of its key until an
 	// operator requeues or deletes it, so that a key's messages are never published out of
@@ -96,10 +97,15 @@ type LogOnlyHook struct {
 	Ready string
 	// NotReady says what is missing when Ready is false.
 	NotReady string
-	// Row is a row of the VALUES that Write inserts where Ready holds: a format of the
-	// bound id, topic, key, payload and headers, the time and the state, with the types the
-	// database needs to know them by.
-	Row string
+	// Emit is the statement that writes messages to the log alone, where Ready holds and
+	// none of their ids is in the table, in the order given; it binds the ids and what Pack
+	// made of each message, and reports each message it wrote as a row affected.
+	Emit string
+	// Pack is what Emit binds of one message, with its id and its encoded headers.
+	Pack func(m *store.Message, id, headers string) []byte
+	// Rights is a statement that fails where the role lacks a right that Emit needs beyond
+	// the table's (Postgres: the sequence's); Check runs it.
+	Rights string
 	// KeepSeq and SkipConflicts are the clauses of an INSERT that puts a logged message
 	// into the table under the seq it was written with, unless its row is there already:
 	// recording does, for a log-only message that failed or was handed over to polling.
@@ -228,6 +234,11 @@ func (s *Store) Check(ctx context.Context) error {
 		"UPDATE " + t + " SET state = state WHERE 1 = 0",
 		"DELETE FROM " + t + " WHERE 1 = 0",
 	}
+	needs := "SELECT, INSERT, UPDATE and DELETE"
+	if s.logOnly != nil && s.logOnly.Rights != "" {
+		probes = append(probes, s.logOnly.Rights)
+		needs += ", and for log-only writes USAGE on its sequence"
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("outbox: cannot reach the %s database: %w", s.d.Name, err)
@@ -239,7 +250,7 @@ func (s *Store) Check(ctx context.Context) error {
 			case store.ErrNotMigrated:
 				return fmt.Errorf("%w: table %s: %v (run Migrate, or the migration files, first)", kind, s.t, err)
 			case store.ErrPermission:
-				return fmt.Errorf("%w: table %s needs SELECT, INSERT, UPDATE and DELETE: %v", kind, s.t, err)
+				return fmt.Errorf("%w: table %s needs %s: %v", kind, s.t, needs, err)
 			}
 			return fmt.Errorf("outbox: check table %s: %w", s.t, err)
 		}

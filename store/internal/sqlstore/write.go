@@ -179,37 +179,43 @@ func payloadArg(p []byte) []byte {
 	return p
 }
 
-// writeLogOnly inserts msgs in the log-only state, where the change log will carry them, and
-// deletes them again: the log keeps the inserted rows, the table does not. The reader tells
-// them by their state.
+// writeLogOnly writes msgs to the change log alone, where the log will carry them (Emit).
 func (s *Store) writeLogOnly(ctx context.Context, db store.Execer, msgs []store.Message, ids, headers []string) error {
-	b := builder{d: s.d, args: make([]any, 0, len(msgs)*writeColumns)}
-	var q strings.Builder
-	q.WriteString("INSERT INTO " + s.t.String() + " (id, topic, message_key, payload, headers, created_at, state) SELECT * FROM (VALUES ")
+	packed := make([][]byte, len(msgs))
+	seen := make(map[string]bool, len(ids))
 	for i := range msgs {
-		if i > 0 {
-			q.WriteByte(',')
+		if seen[ids[i]] {
+			return fmt.Errorf("%w: write %d log-only messages to %s: id %s is given twice", store.ErrDuplicateID, len(msgs), s.t, ids[i])
 		}
-		fmt.Fprintf(&q, s.logOnly.Row, b.arg(ids[i]), b.arg(msgs[i].Topic), b.arg(msgs[i].Key),
-			b.arg(payloadArg(msgs[i].Payload)), b.arg(headers[i]), s.d.Now, "'"+LogOnlyState+"'")
+		seen[ids[i]] = true
+		packed[i] = s.logOnly.Pack(&msgs[i], ids[i], headers[i])
 	}
-	q.WriteString(") AS written WHERE " + s.logOnly.Ready)
-	res, err := db.ExecContext(ctx, q.String(), b.args...)
-	if err != nil {
+	fail := func(err error) error {
+		if kind := s.d.Classify(err); kind != nil {
+			return fmt.Errorf("%w: write %d log-only messages to %s: %v", kind, len(msgs), s.t, err)
+		}
 		return fmt.Errorf("outbox: write %d log-only messages to %s: %w", len(msgs), s.t, err)
 	}
-	if n, err := res.RowsAffected(); err != nil || n != int64(len(msgs)) {
+	res, err := db.ExecContext(ctx, s.logOnly.Emit, ids, packed)
+	if err != nil {
+		return fail(err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == int64(len(msgs)) {
+		return err
+	}
+	// Nothing was written: the log would not carry it, or an id is in the table.
+	res, err = db.ExecContext(ctx, "SELECT 1 WHERE "+s.logOnly.Ready)
+	if err != nil {
+		return fail(err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
 		return store.LogUnavailable("log-only write of %d messages to %s refused, as the log would not carry them: %s", len(msgs), s.t, s.logOnly.NotReady)
 	}
-	d := builder{d: s.d, args: make([]any, 0, len(msgs))}
-	if _, err := db.ExecContext(ctx, "DELETE FROM "+s.t.String()+" WHERE "+d.in("id", ids)+" AND state = '"+LogOnlyState+"'", d.args...); err != nil {
-		return fmt.Errorf("outbox: write %d log-only messages to %s: delete the rows: %w", len(msgs), s.t, err)
-	}
-	return nil
+	return fmt.Errorf("%w: write %d log-only messages to %s: an id is taken", store.ErrDuplicateID, len(msgs), s.t)
 }
 
-// LogOnlyState is the state of a row that Write of a log-only store inserts and deletes at
-// once: only the change log sees it, and the log reader tells log-only messages by it.
+// LogOnlyState is the state of a row that Write of a log-only store inserted and deleted at
+// once in earlier versions of this module: the reader still tells such rows in the log by it.
 const LogOnlyState = "logged"
 
 // statementEnd is where the INSERT that starts at msgs[start] ends: within the database's

@@ -333,6 +333,10 @@ func TestLogOnlyWriteRefusesTakenIDs(t *testing.T) {
 	err = st.Write(ctx, tx, taken...)
 	require.ErrorIs(t, err, store.ErrDuplicateID)
 	require.ErrorContains(t, err, "an id is taken")
+	// More messages than one INSERT of rows holds: still refused whole.
+	many := messages("many", 14000)
+	many[len(many)-1].ID = "taken"
+	require.ErrorIs(t, st.Write(ctx, tx, many...), store.ErrDuplicateID)
 	require.NoError(t, st.Write(ctx, tx, messages("fine", 2)...), "the transaction stays usable")
 	require.NoError(t, tx.Commit())
 	require.NoError(t, st.DB().QueryRow("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM "+sequenceOf(t, st)).Scan(&after))

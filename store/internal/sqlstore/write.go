@@ -84,14 +84,13 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 		}
 	}
 	db = unwrap(db)
+	if s.logOnly != nil {
+		// One statement, so that a refused Write writes nothing: a logged message cannot be
+		// taken back.
+		return s.writeLogOnly(ctx, db, msgs, ids, headers)
+	}
 	for start, end := 0, 0; start < len(msgs); start = end {
 		end = s.statementEnd(msgs, start)
-		if s.logOnly != nil {
-			if err := s.writeLogOnly(ctx, db, msgs[start:end], ids[start:end], headers[start:end]); err != nil {
-				return err
-			}
-			continue
-		}
 		b := builder{d: s.d, args: make([]any, 0, (end-start)*writeColumns)}
 		var q strings.Builder
 		// created_at comes from the database's clock, as it does for plain-SQL writers. A new
@@ -112,9 +111,7 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 			return err
 		}
 	}
-	if s.logOnly == nil {
-		s.signal()
-	}
+	s.signal()
 	return nil
 }
 

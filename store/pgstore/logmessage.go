@@ -69,24 +69,24 @@ func unpackMessage(content []byte) (sqlstore.LogMessage, error) {
 }
 
 // readLogicalMessage reads pgoutput's message message (what follows its type byte): whether
-// it is transactional, its prefix and its content, which aliases data.
-func readLogicalMessage(data []byte) (transactional bool, prefix string, content []byte, err error) {
+// it is transactional, its prefix and its content, both of which alias data.
+func readLogicalMessage(data []byte) (transactional bool, prefix, content []byte, err error) {
 	if len(data) < 10 {
-		return false, "", nil, errors.New("logical message: cut short")
+		return false, nil, nil, errors.New("logical message: cut short")
 	}
 	transactional = data[0]&1 == 1
 	data = data[9:] // flags and LSN
 	end := bytes.IndexByte(data, 0)
 	if end < 0 {
-		return false, "", nil, errors.New("logical message: prefix not terminated")
+		return false, nil, nil, errors.New("logical message: prefix not terminated")
 	}
-	prefix, data = string(data[:end]), data[end+1:]
+	prefix, data = data[:end], data[end+1:]
 	if len(data) < 4 {
-		return false, "", nil, errors.New("logical message: cut short")
+		return false, nil, nil, errors.New("logical message: cut short")
 	}
 	size := binary_.BigEndian.Uint32(data)
 	if uint64(size) != uint64(len(data)-4) {
-		return false, "", nil, errors.New("logical message: content length does not match")
+		return false, nil, nil, errors.New("logical message: content length does not match")
 	}
 	return transactional, prefix, data[4:], nil
 }

@@ -77,7 +77,7 @@ func TestReadLogicalMessage(t *testing.T) {
 	tx, prefix, body, err := readLogicalMessage(msg(1, "outbox:16384", []byte("abc"), 3))
 	require.NoError(t, err)
 	require.True(t, tx)
-	require.Equal(t, "outbox:16384", prefix)
+	require.Equal(t, "outbox:16384", string(prefix))
 	require.Equal(t, "abc", string(body))
 	tx, _, _, err = readLogicalMessage(msg(0, "p", nil, 0))
 	require.NoError(t, err)

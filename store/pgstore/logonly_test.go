@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/stretchr/testify/require"
 
 	"github.com/outboxgo/outbox/internal/dbtest"
@@ -373,21 +371,8 @@ func TestLogOnlyCheckNamesTheSequenceRight(t *testing.T) {
 	ctx := context.Background()
 	owner, schema := newLogOnlyStore(t)
 	db := owner.DB()
-	role := dbtest.Name("outbox_writer")
-	_, err := db.Exec("CREATE ROLE " + role + " LOGIN")
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		db.Exec("DROP OWNED BY " + role)
-		db.Exec("DROP ROLE " + role)
-	})
-	_, err = db.Exec("GRANT USAGE ON SCHEMA " + schema + " TO " + role + "; GRANT SELECT, INSERT, UPDATE, DELETE ON " + owner.Table() + " TO " + role)
-	require.NoError(t, err)
-
-	cfg, err := pgx.ParseConfig(dbtest.PostgresDSN())
-	require.NoError(t, err)
-	cfg.User = role
-	writerDB := stdlib.OpenDB(*cfg)
-	defer writerDB.Close()
+	writerDB, role := openAsRole(t, db, "outbox_writer", "GRANT USAGE ON SCHEMA "+schema+" TO %[1]s",
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON "+owner.Table()+" TO %[1]s")
 	writer, err := sqlstore.EngineOf(pgstore.New(writerDB, pgstore.Config{Table: schema + ".outbox", LogOnly: true}))
 	require.NoError(t, err)
 	err = writer.Check(ctx)

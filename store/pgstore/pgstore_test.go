@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"flag"
+	"fmt"
 	"testing"
 	"time"
 
@@ -106,23 +107,7 @@ func TestCheckNamesMissingRights(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, owner.Migrate(ctx))
 
-	role := dbtest.Name("outbox_reader")
-	_, err = db.Exec("CREATE ROLE " + role + " LOGIN")
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		db.Exec("DROP OWNED BY " + role)
-		db.Exec("DROP ROLE " + role)
-	})
-	_, err = db.Exec("GRANT USAGE ON SCHEMA " + schema + " TO " + role)
-	require.NoError(t, err)
-	_, err = db.Exec("GRANT SELECT ON " + owner.Table() + " TO " + role)
-	require.NoError(t, err)
-
-	cfg, err := pgx.ParseConfig(dbtest.PostgresDSN())
-	require.NoError(t, err)
-	cfg.User = role
-	readerDB := stdlib.OpenDB(*cfg)
-	defer readerDB.Close()
+	readerDB, _ := openAsRole(t, db, "outbox_reader", "GRANT USAGE ON SCHEMA "+schema+" TO %[1]s", "GRANT SELECT ON "+owner.Table()+" TO %[1]s")
 	reader, err := sqlstore.EngineOf(pgstore.New(readerDB, pgstore.Config{Table: schema + ".outbox"}))
 	require.NoError(t, err)
 	err = reader.Check(ctx)
@@ -170,4 +155,27 @@ func TestMigrationFilesMatchMigrate(t *testing.T) {
 		files = append(files, dbtest.MigrationFile(m))
 	}
 	dbtest.RequireMigrationFiles(t, "migrations", files, *update)
+}
+
+// openAsRole creates a login role named after name, runs grants (formats of the role's name)
+// through db, and opens a database handle as that role; both go away with the test.
+func openAsRole(t *testing.T, db *sql.DB, name string, grants ...string) (*sql.DB, string) {
+	t.Helper()
+	role := dbtest.Name(name)
+	_, err := db.Exec("CREATE ROLE " + role + " LOGIN")
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		db.Exec("DROP OWNED BY " + role)
+		db.Exec("DROP ROLE " + role)
+	})
+	for _, g := range grants {
+		_, err := db.Exec(fmt.Sprintf(g, role))
+		require.NoError(t, err)
+	}
+	cfg, err := pgx.ParseConfig(dbtest.PostgresDSN())
+	require.NoError(t, err)
+	cfg.User = role
+	roleDB := stdlib.OpenDB(*cfg)
+	t.Cleanup(func() { roleDB.Close() })
+	return roleDB, role
 }

@@ -303,7 +303,7 @@ func (rc *receiver) message(data []byte) error {
 	if err != nil {
 		return fmt.Errorf("outbox: decode replication message: %w", err)
 	}
-	if !transactional || rc.cur == nil || prefix != rc.prefix {
+	if !transactional || rc.cur == nil || string(prefix) != rc.prefix { // compared without a copy
 		return nil
 	}
 	lm, err := unpackMessage(content)

@@ -122,12 +122,7 @@ func (s *Store) Write(ctx context.Context, db store.Execer, msgs ...store.Messag
 // its ids from its lowest seq on, as a row that took an id before has a lower seq.
 func (s *Store) insert(ctx context.Context, db store.Execer, stmt string, b *builder, ids []string) error {
 	n := len(ids)
-	fail := func(err error) error {
-		if kind := s.d.Classify(err); kind != nil {
-			return fmt.Errorf("%w: write %d messages to %s: %v", kind, n, s.t, err)
-		}
-		return fmt.Errorf("outbox: write %d messages to %s: %w", n, s.t, err)
-	}
+	fail := func(err error) error { return s.writeFailed(n, "messages", err) }
 	q, canQuery := db.(interface {
 		QueryRowContext(context.Context, string, ...any) *sql.Row
 	})
@@ -156,6 +151,16 @@ func (s *Store) insert(ctx context.Context, db store.Execer, stmt string, b *bui
 		}
 	}
 	return fmt.Errorf("%w: write %d messages to %s: %d of their ids are taken", store.ErrDuplicateID, n, s.t, n-written)
+}
+
+// writeFailed is the error of a Write of n messages (what they are) that failed with err:
+// one of the store's own where the database's error is one (a duplicate id, a missing table
+// or right), err wrapped otherwise.
+func (s *Store) writeFailed(n int, what string, err error) error {
+	if kind := s.d.Classify(err); kind != nil {
+		return fmt.Errorf("%w: write %d %s to %s: %v", kind, n, what, s.t, err)
+	}
+	return fmt.Errorf("outbox: write %d %s to %s: %w", n, what, s.t, err)
 }
 
 // unwrite deletes the messages ids written by the earlier statements of a failed Write.
@@ -187,12 +192,7 @@ func (s *Store) writeLogOnly(ctx context.Context, db store.Execer, msgs []store.
 		seen[ids[i]] = true
 		packed[i] = s.logOnly.Pack(&msgs[i], ids[i], headers[i])
 	}
-	fail := func(err error) error {
-		if kind := s.d.Classify(err); kind != nil {
-			return fmt.Errorf("%w: write %d log-only messages to %s: %v", kind, len(msgs), s.t, err)
-		}
-		return fmt.Errorf("outbox: write %d log-only messages to %s: %w", len(msgs), s.t, err)
-	}
+	fail := func(err error) error { return s.writeFailed(len(msgs), "log-only messages", err) }
 	res, err := db.ExecContext(ctx, s.logOnly.Emit, ids, packed)
 	if err != nil {
 		return fail(err)
